@@ -1,0 +1,128 @@
+"""Model configuration: one dataclass, validated on construction, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+MODES = ("plt", "looped", "vanilla")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class PLTConfig:
+    vocab_size: int = 259  # 256 bytes + <bos>, <eos>, <pad> of the byte tokenizer
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2  # grouped-query attention: n_heads must be a multiple of n_kv_heads
+    head_dim: int | None = None  # None -> d_model // n_heads
+    mlp_hidden: int | None = None  # SwiGLU hidden size; None -> about 8/3 * d_model, rounded to 16
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 256  # the KV cache and the RoPE tables are sized for this
+    loops: int = 2  # L: how many times the N-layer block is applied
+    window: int = 16  # w: G-SWA sliding window over a loop's own keys (loops >= 2)
+    mode: str = "plt"  # plt | looped (sequential loops, own KV per loop) | vanilla (L = 1)
+    input_scale: float = 1.0  # a in B_l = a*E + b*shift_right(H_{l-1})
+    carry_scale: float = 1.0  # b in the same formula
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    extra: dict = field(default_factory=dict)  # free-form metadata (e.g. training task), not used by the model
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.d_model // max(self.n_heads, 1)
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 16 * ((8 * self.d_model // 3 + 15) // 16)
+        if self.mode == "vanilla" and self.loops != 1:
+            self.loops = 1
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ConfigError(f"invalid config: {msg}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"{name} must be a positive integer, got {value!r}")
+        need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(isinstance(self.loops, int) and self.loops >= 1, f"loops must be >= 1, got {self.loops!r}")
+        need(isinstance(self.window, int) and self.window >= 1, f"window must be >= 1, got {self.window!r}")
+        need(self.n_heads % self.n_kv_heads == 0,
+             f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        need(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
+        need(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
+        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    # Derived quantities -------------------------------------------------------------------
+    @property
+    def n_rep(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def n_cache_layers(self) -> int:
+        """Full-length KV cache layers: loop 1 only for plt/vanilla, every loop for looped."""
+        return self.n_layers * (self.loops if self.mode == "looped" else 1)
+
+    @property
+    def uses_gswa(self) -> bool:
+        return self.mode == "plt" and self.loops >= 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PLTConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("invalid config: expected a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"invalid config: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "PLTConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "PLTConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes) -> "PLTConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    # For tests: a few hundred thousand parameters, runs in milliseconds.
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256, window=8),
+    # For benchmarks: ~30M parameters (25-40M asked for), 2048-token context.
+    "small": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1536, max_seq_len=2304, window=64),
+    # Large enough to be memory-bound on a CPU: ~300M parameters in fp32.
+    "base": dict(d_model=1024, n_layers=20, n_heads=16, n_kv_heads=8, mlp_hidden=3072, max_seq_len=2304, window=64),
+}

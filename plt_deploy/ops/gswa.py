@@ -1,0 +1,102 @@
+"""Plain PyTorch reference of G-SWA and of causal attention over a cache.
+
+`gswa_reference` is the oracle: every other implementation (the ONNX function body, the CUDA
+kernels' host-side math, the TensorRT plugin) is tested against it. It is written for clarity,
+not speed: full score matrices, explicit masks, fp32 throughout. The contract is in contract.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import contract
+
+
+def masked_softmax_attention(scores: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """softmax over the valid keys only, times values; rows with no valid key give 0.
+
+    scores [..., S, K] fp32, valid [..., S, K] bool (broadcastable), values [..., K, D] fp32.
+    """
+    scores = scores.masked_fill(~valid, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)  # [..., S, 1]
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    p = torch.exp(scores - row_max).masked_fill(~valid, 0.0)  # [..., S, K]
+    denom = p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return (p @ values) / denom  # [..., S, D]
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int, dim: int) -> torch.Tensor:
+    """Grouped-query heads: repeat each KV head n_rep times along `dim`."""
+    return x if n_rep == 1 else torch.repeat_interleave(x, n_rep, dim=dim)
+
+
+def causal_cache_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           query_pos: torch.Tensor, scale: float) -> torch.Tensor:
+    """Loop-1 (and vanilla/looped) attention: causal attention of queries over a cache.
+
+    query [B, Hq, S, D], key/value [B, Hkv, T, D] (slot j = position j), query_pos [B, S] int64.
+    Returns [B, Hq, S, D] in the query's dtype.
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    q = query.float()
+    k = repeat_kv(key.float(), n_rep, 1)  # [B, Hq, T, D]
+    v = repeat_kv(value.float(), n_rep, 1)
+    scores = scale * (q @ k.transpose(-1, -2))  # [B, Hq, S, T]
+    slots = torch.arange(key.shape[2], device=key.device)
+    valid = slots[None, None, None, :] <= query_pos[:, None, :, None]  # [B, 1, S, T]
+    return masked_softmax_attention(scores, valid, v).to(query.dtype)
+
+
+def gswa_reference(query: torch.Tensor, key_global: torch.Tensor, value_global: torch.Tensor,
+                   key_local: torch.Tensor, value_local: torch.Tensor, query_pos: torch.Tensor,
+                   local_pos: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
+                   window: int, scale: float) -> torch.Tensor:
+    """Gated sliding-window attention over a shared cache (see contract.py for the equations).
+
+    query [B, R, Hq, S, D]; key_global/value_global [B, Hkv, T, D];
+    key_local/value_local [B, R, Hkv, W, D]; query_pos [B, S]; local_pos [B, W];
+    gate_weight [Hq, D]; gate_bias [Hq]. Returns [B, R, Hq, S, D] in the query's dtype.
+    """
+    B, R, Hq, S, D = query.shape
+    Hkv = key_global.shape[1]
+    contract.check_attributes(window, scale, Hq, Hkv)
+    n_rep = Hq // Hkv
+    q = query.float()
+
+    # Global part: every row attends to the shared cache, causally.
+    kg = repeat_kv(key_global.float(), n_rep, 1)[:, None]  # [B, 1, Hq, T, D]
+    vg = repeat_kv(value_global.float(), n_rep, 1)[:, None]
+    slots = torch.arange(key_global.shape[2], device=query.device)
+    valid_g = slots[None, None, None, None, :] <= query_pos[:, None, None, :, None]  # [B, 1, 1, S, T]
+    y_global = masked_softmax_attention(scale * (q @ kg.transpose(-1, -2)), valid_g, vg)  # [B, R, Hq, S, D]
+
+    # Local part: each row attends to its own keys inside the window (t - w, t].
+    kl = repeat_kv(key_local.float(), n_rep, 2)  # [B, R, Hq, W, D]
+    vl = repeat_kv(value_local.float(), n_rep, 2)
+    t = query_pos[:, None, None, :, None]  # [B, 1, 1, S, 1]
+    p = local_pos[:, None, None, None, :]  # [B, 1, 1, 1, W]
+    valid_l = (p >= 0) & (p <= t) & (p > t - window)  # [B, 1, 1, S, W]
+    y_local = masked_softmax_attention(scale * (q @ kl.transpose(-1, -2)), valid_l, vl)  # [B, R, Hq, S, D]
+
+    # Per-head, per-token sigmoid gate computed from the query.
+    gate_logit = torch.einsum("brhsd,hd->brhs", q, gate_weight.float()) + gate_bias.float()[:, None]
+    g = torch.sigmoid(gate_logit)[..., None]  # [B, R, Hq, S, 1]
+    return (g * y_local + (1.0 - g) * y_global).to(query.dtype)
+
+
+# torch.library registration: one op that export maps to one ONNX node ----------------------
+
+@torch.library.custom_op(contract.TORCH_OP, mutates_args=())
+def gated_sliding_window_attention(query: torch.Tensor, key_global: torch.Tensor, value_global: torch.Tensor,
+                                   key_local: torch.Tensor, value_local: torch.Tensor,
+                                   query_pos: torch.Tensor, local_pos: torch.Tensor,
+                                   gate_weight: torch.Tensor, gate_bias: torch.Tensor,
+                                   window: int, scale: float) -> torch.Tensor:
+    return gswa_reference(query, key_global, value_global, key_local, value_local, query_pos, local_pos,
+                          gate_weight, gate_bias, window, scale)
+
+
+@gated_sliding_window_attention.register_fake
+def _(query, key_global, value_global, key_local, value_local, query_pos, local_pos, gate_weight, gate_bias,
+      window, scale):
+    return torch.empty_like(query)
