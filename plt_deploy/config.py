@@ -122,7 +122,7 @@ PRESETS: dict[str, dict] = {
     # For tests: a few hundred thousand parameters, runs in milliseconds.
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256, window=8),
     # For benchmarks: ~30M parameters (25-40M asked for), 2048-token context.
-    "small": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1536, max_seq_len=2304, window=64),
+    "small": dict(d_model=512, n_layers=10, n_heads=8, n_kv_heads=4, mlp_hidden=1536, max_seq_len=2304, window=64),
     # Large enough to be memory-bound on a CPU: ~300M parameters in fp32.
     "base": dict(d_model=1024, n_layers=20, n_heads=16, n_kv_heads=8, mlp_hidden=3072, max_seq_len=2304, window=64),
 }

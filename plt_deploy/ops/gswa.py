@@ -100,3 +100,22 @@ def gated_sliding_window_attention(query: torch.Tensor, key_global: torch.Tensor
 def _(query, key_global, value_global, key_local, value_local, query_pos, local_pos, gate_weight, gate_bias,
       window, scale):
     return torch.empty_like(query)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9])
+    ctx.window, ctx.scale = inputs[9], inputs[10]
+
+
+def _backward(ctx, grad_output):
+    """Gradients by differentiating the reference (training runs on the CPU reference anyway)."""
+    saved = ctx.saved_tensors
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in saved]
+        out = gswa_reference(*inputs, ctx.window, ctx.scale)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_output, allow_unused=True))
+    return (*[next(grads) if t.requires_grad else None for t in inputs], None, None)
+
+
+gated_sliding_window_attention.register_autograd(_backward, setup_context=_setup_context)

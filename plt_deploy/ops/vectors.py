@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import contract
+from ..cache import ring_positions
 from .gswa import gswa_reference
 
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "tests" / "data" / "gswa_vectors.safetensors"
@@ -52,18 +53,6 @@ CASES: tuple[Case, ...] = (
     Case("decode_bf16", 2, 1, 4, 2, 1, 16, 40, 6, ((3,), (30,)), "ring", "bfloat16", seed=8),
     Case("prefill_fp16", 1, 1, 2, 1, 33, 16, 33, 8, (tuple(range(33)),), "chunk", "float16", seed=9),
 )
-
-
-def ring_positions(query_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """Positions held by a ring buffer of `window` slots after writing position t = query_pos[b].
-
-    Slot i holds the largest p <= t with p % window == i, or -1 if that p is negative.
-    query_pos [B] -> [B, window].
-    """
-    t = query_pos[:, None]  # [B, 1]
-    slots = torch.arange(window, dtype=torch.int64)[None, :]  # [1, W]
-    p = t - torch.remainder(t - slots, window)
-    return torch.where(p >= 0, p, torch.full_like(p, -1))
 
 
 def make_inputs(case: Case) -> dict[str, torch.Tensor]:

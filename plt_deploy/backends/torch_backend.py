@@ -1,0 +1,49 @@
+"""The PyTorch reference runtime: the model's own prefill / decode_step over a PLTCache."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache import PLTCache
+from ..errors import InputError
+from ..model import PLT
+from .base import Backend, DecoderSession
+
+
+class TorchSession(DecoderSession):
+    def __init__(self, model: PLT, batch: int, max_seq: int):
+        self.model, self.batch, self.max_seq = model, batch, max_seq
+        dtype = next(model.parameters()).dtype
+        self.cache = PLTCache.allocate(model.cfg, batch, max_seq, dtype, next(model.parameters()).device)
+
+    def prefill(self, tokens, lengths):
+        if tokens.shape[1] > self.max_seq:
+            raise InputError(f"prompt of {tokens.shape[1]} tokens exceeds the session's {self.max_seq}")
+        return self.model.prefill(tokens, lengths, self.cache).float()
+
+    def decode(self, tokens):
+        if int(self.cache.lengths.max()) >= self.max_seq:
+            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        return self.model.decode_step(tokens, self.cache).float()
+
+    @property
+    def lengths(self):
+        return self.cache.lengths
+
+    def kv_bytes(self) -> int:
+        return self.cache.kv_bytes()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: PLT, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.config = model.cfg
+
+    def start(self, batch: int, max_seq: int) -> TorchSession:
+        if max_seq > self.config.max_seq_len:
+            raise InputError(f"{max_seq} tokens exceed the model's max_seq_len of {self.config.max_seq_len}")
+        return TorchSession(self.model, batch, max_seq)

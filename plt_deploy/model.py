@@ -1,0 +1,297 @@
+"""The Parallel Loop Transformer (arXiv 2510.24824), plus the vanilla and sequential-looped baselines.
+
+One N-layer block stack `f` applied L times with the same weights.
+
+  plt     full sequence: H1 = f(E) (its K/V are the shared cache); for l >= 2
+          B_l = a*E + b*shift_right(H_{l-1}), H_l = f(B_l) with G-SWA in every layer.
+          decode: ONE pass with L rows [e_t, a*e_t + b*h_1(t-1), ...]; logits from row L.
+  looped  H_l = f(H_{l-1}), every loop with its own causal KV cache; decode = L sequential passes.
+  vanilla L = 1.
+
+Entry points: `forward` (training / full-sequence logits), `prefill` and `decode_step` (cached
+decoding, both with a functional core that export traces).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import cache as cache_lib
+from .cache import PLTCache
+from .config import PLTConfig
+from .ops import gswa as _gswa  # noqa: F401  (registers torch.ops.plt.gated_sliding_window_attention)
+from .ops.gswa import causal_cache_attention
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [max_seq, head_dim/2] in fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_seq, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, S, D]; cos/sin [B, S, D/2] (rotate-half convention)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]  # [B, 1, S, D/2]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: PLTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * D, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * D, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * D, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * D, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
+        if cfg.uses_gswa:  # G-SWA gate: a vector per head over head_dim plus a bias per head
+            self.gate_weight = nn.Parameter(torch.zeros(cfg.n_heads, D))
+            self.gate_bias = nn.Parameter(torch.zeros(cfg.n_heads))
+        self.scale = 1.0 / math.sqrt(D)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, S, d] -> q [B, Hq, S, D], k/v [B, Hkv, S, D] (q, k after norm and RoPE)."""
+        B, S, _ = x.shape
+        D = self.cfg.head_dim
+        q = self.wq(x).view(B, S, -1, D).transpose(1, 2)
+        k = self.wk(x).view(B, S, -1, D).transpose(1, 2)
+        v = self.wv(x).view(B, S, -1, D).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def out(self, y: torch.Tensor) -> torch.Tensor:
+        """y [B, Hq, S, D] -> [B, S, d]."""
+        B, _, S, _ = y.shape
+        return self.wo(y.transpose(1, 2).reshape(B, S, -1))
+
+    def gswa(self, q, k_global, v_global, k_local, v_local, query_pos, local_pos):
+        """The G-SWA custom op (one ONNX node on export). q [B, R, Hq, S, D] -> same shape."""
+        return torch.ops.plt.gated_sliding_window_attention(
+            q, k_global, v_global, k_local, v_local, query_pos, local_pos,
+            self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: PLTConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)  # up
+        self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)  # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PLTConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos, sin, attend: Attend) -> torch.Tensor:
+        """x [B, S, d]; `attend(q, k, v) -> y [B, Hq, S, D]` decides what the attention sees."""
+        q, k, v = self.attn.qkv(self.attn_norm(x), cos, sin)
+        x = x + self.attn.out(attend(q, k, v))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class PLT(nn.Module):
+    def __init__(self, cfg: PLTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.inplace_cache = True  # export traces with False (functional cache updates)
+
+    def init_weights(self, seed: int = 0) -> "PLT":
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif "gate" in name:
+                    p.zero_()
+                else:
+                    std = 0.02 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
+
+    def rope_at(self, pos: torch.Tensor):
+        """pos [B, S] int64 -> cos, sin [B, S, D/2]."""
+        return self.rope_cos[pos], self.rope_sin[pos]
+
+    def run_block_stack(self, x: torch.Tensor, cos, sin, attend_for_layer: Callable[[int], Attend]) -> torch.Tensor:
+        """One loop: f applied to x [B, S, d] with layer n attending through attend_for_layer(n)."""
+        for n, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attend_for_layer(n))
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(h))
+
+    # Full sequence (training and prefill) ----------------------------------------------------
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] -> logits [B, S, V] (all positions, no cache)."""
+        return self.prefill_core(tokens, None)[0]
+
+    def prefill_core(self, tokens: torch.Tensor, lengths: torch.Tensor | None):
+        """Full-sequence forward from position 0 over right-padded prompts.
+
+        tokens [B, S], lengths [B] (None: all S). Returns (logits [B, S, V], k, v, local_k,
+        local_v, carry): k/v lists of [B, Hkv, S, D] (cache slots 0..S-1), local rings
+        [B, L-1, Hkv, Wc, D] holding each loop's keys at the last Wc real positions, and
+        carry [B, L-1, d] = loops 1..L-1's hidden state at the last real position.
+        """
+        cfg = self.cfg
+        B, S = tokens.shape
+        pos = torch.arange(S, device=tokens.device)[None, :].expand(B, S)  # [B, S]
+        cos, sin = self.rope_at(pos)
+        E = self.embed(tokens)  # [B, S, d]
+        ks, vs = [], []
+
+        def causal_keep(n: int) -> Attend:
+            def attend(q, k, v):
+                ks.append(k)
+                vs.append(v)
+                return causal_cache_attention(q, k, v, pos, self.layers[n].attn.scale)
+            return attend
+
+        last = (lengths if lengths is not None else torch.full((B,), S, device=tokens.device)) - 1  # [B]
+        if not cfg.uses_gswa:  # vanilla and looped: each loop has its own causal cache
+            x = E
+            for _ in range(cfg.loops):
+                x = self.run_block_stack(x, cos, sin, causal_keep)
+            empty = E.new_zeros(B, 0, cfg.d_model)
+            return self.logits(x), ks, vs, [], [], empty
+
+        wc = cache_lib.ring_slots(cfg, cfg.max_seq_len)
+        ring_pos = cache_lib.ring_positions(last, wc).clamp_min(0)  # [B, Wc] chunk index per slot
+        local_k = [[] for _ in self.layers]
+        local_v = [[] for _ in self.layers]
+
+        def gswa_loop(n: int) -> Attend:
+            def attend(q, k, v):
+                idx = ring_pos[:, None, :, None].expand(B, k.shape[1], wc, k.shape[3])
+                local_k[n].append(torch.gather(k, 2, idx))  # [B, Hkv, Wc, D]
+                local_v[n].append(torch.gather(v, 2, idx))
+                y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos)
+                return y[:, 0]  # [B, Hq, S, D]
+            return attend
+
+        H = self.run_block_stack(E, cos, sin, causal_keep)  # loop 1 fills the shared cache
+        carry = [H]
+        for _ in range(1, cfg.loops):
+            shifted = F.pad(H, (0, 0, 1, 0))[:, :S]  # shift_right: zeros at position 0
+            H = self.run_block_stack(cfg.input_scale * E + cfg.carry_scale * shifted, cos, sin, gswa_loop)
+            carry.append(H)
+        take_last = last[:, None, None].expand(B, 1, cfg.d_model)
+        carry_last = torch.cat([torch.gather(h, 1, take_last) for h in carry[:-1]], dim=1)  # [B, L-1, d]
+        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, L-1, Hkv, Wc, D]
+        rings_v = [torch.stack(r, dim=1) for r in local_v]
+        return self.logits(H), ks, vs, rings_k, rings_v, carry_last
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: PLTCache) -> torch.Tensor:
+        """Run the prompts and fill `cache` (which must be empty). Returns last-token logits [B, V]."""
+        S = tokens.shape[1]
+        logits, ks, vs, lks, lvs, carry = self.prefill_core(tokens, lengths)
+        for dst, src in zip((*cache.k, *cache.v), (*ks, *vs)):
+            dst[:, :, :S].copy_(src)
+        for dst, src in zip((*cache.local_k, *cache.local_v), (*lks, *lvs)):
+            dst.copy_(src)
+        cache.carry.copy_(carry)
+        cache.lengths.copy_(lengths)
+        return torch.gather(logits, 1, (lengths - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+
+    # One decode step ---------------------------------------------------------------------------
+    def decode_core(self, tokens, pos, k, v, local_k, local_v, carry):
+        """One token per sequence at position pos[b], with L rows for plt.
+
+        tokens [B], pos [B] int64, caches as in PLTCache. Returns (logits [B, V], k, v, local_k,
+        local_v, carry) with the caches updated (in place unless self.inplace_cache is False).
+        """
+        cfg = self.cfg
+        k, v, local_k, local_v = list(k), list(v), list(local_k), list(local_v)
+        e = self.embed(tokens)[:, None]  # [B, 1, d]
+        inplace = self.inplace_cache
+
+        def causal_into(i: int, scale: float, row: slice) -> Attend:
+            def attend(q, kk, vv):
+                k[i] = cache_lib.write_at(k[i], pos, kk[:, :, 0], inplace)
+                v[i] = cache_lib.write_at(v[i], pos, vv[:, :, 0], inplace)
+                return causal_cache_attention(q[:, :, row], k[i], v[i], pos[:, None], scale)
+            return attend
+
+        if not cfg.uses_gswa:  # vanilla and looped: L sequential passes of one row
+            x = e
+            cos, sin = self.rope_at(pos[:, None])
+            N = cfg.n_layers
+            for loop in range(cfg.loops):
+                x = self.run_block_stack(x, cos, sin, lambda n: causal_into(loop * N + n, self.layers[n].attn.scale,
+                                                                            slice(0, 1)))
+            return self.logits(x[:, 0]), k, v, local_k, local_v, carry
+
+        L, wc = cfg.loops, local_k[0].shape[3]
+        x = torch.cat([e, cfg.input_scale * e + cfg.carry_scale * carry], dim=1)  # [B, L, d] rows
+        cos, sin = self.rope_at(pos[:, None].expand(-1, L))  # every row sits at position t
+        ring_slot = torch.remainder(pos, wc)  # [B]
+        local_pos = cache_lib.ring_positions(pos, wc)  # [B, Wc]
+
+        def rows_attend(n: int) -> Attend:
+            row1 = causal_into(n, self.layers[n].attn.scale, slice(0, 1))
+
+            def attend(q, kk, vv):  # q [B, Hq, L, D], kk/vv [B, Hkv, L, D]
+                y1 = row1(q, kk, vv)  # row 1 writes the shared cache first, then attends to it
+                local_k[n] = cache_lib.write_at(local_k[n], ring_slot, kk[:, :, 1:].transpose(1, 2), inplace)
+                local_v[n] = cache_lib.write_at(local_v[n], ring_slot, vv[:, :, 1:].transpose(1, 2), inplace)
+                qr = q[:, :, 1:].transpose(1, 2)[:, :, :, None]  # [B, L-1, Hq, 1, D]
+                yr = self.layers[n].attn.gswa(qr, k[n], v[n], local_k[n], local_v[n], pos[:, None], local_pos)
+                return torch.cat([y1, yr[:, :, :, 0].transpose(1, 2)], dim=2)  # [B, Hq, L, D]
+            return attend
+
+        x = self.run_block_stack(x, cos, sin, rows_attend)  # [B, L, d]
+        return self.logits(x[:, L - 1]), k, v, local_k, local_v, x[:, : L - 1]
+
+    @torch.no_grad()
+    def decode_step(self, tokens: torch.Tensor, cache: PLTCache) -> torch.Tensor:
+        """tokens [B] at positions cache.lengths -> logits [B, V]; the cache advances by one."""
+        logits, *_, carry = self.decode_core(tokens, cache.lengths, cache.k, cache.v, cache.local_k,
+                                             cache.local_v, cache.carry)
+        cache.carry.copy_(carry)
+        cache.lengths += 1
+        return logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
