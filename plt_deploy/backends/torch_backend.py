@@ -47,3 +47,10 @@ class TorchBackend(Backend):
         if max_seq > self.config.max_seq_len:
             raise InputError(f"{max_seq} tokens exceed the model's max_seq_len of {self.config.max_seq_len}")
         return TorchSession(self.model, batch, max_seq)
+
+
+def load(path, dtype: str | None = None, threads: int | None = None, **_ignored) -> TorchBackend:
+    """A checkpoint folder on the torch backend."""
+    from ..checkpoint import load_checkpoint
+
+    return TorchBackend(load_checkpoint(path, dtype=dtype), threads=threads)

@@ -1,0 +1,110 @@
+"""Checkpoints: a folder with config.json + model.safetensors (+ optional tokenizer.json).
+
+No pickle anywhere: loading parses JSON and raw tensors and never executes code. Every mismatch
+between the config and the weights is reported naming the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import PLTConfig
+from .errors import CheckpointError, ConfigError
+from .model import PLT
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def state_dict_for_save(model: PLT) -> dict[str, torch.Tensor]:
+    """Parameters only, tied lm_head dropped (it is the embedding)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a folder")
+    weights = save(state_dict_for_save(model), metadata={"format": "pt", "producer": "plt-deploy"})
+    atomic_write_bytes(out / WEIGHTS_FILE, weights)
+    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(model.cfg.to_dict(), indent=2) + "\n").encode())
+    for name, data in (extra_files or {}).items():
+        atomic_write_bytes(out / name, data)
+    return out
+
+
+def load_config(model_dir: str | Path) -> PLTConfig:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: no such checkpoint folder (make one with `plt-deploy init`)")
+    try:
+        return PLTConfig.from_json(model_dir / CONFIG_FILE)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def load_checkpoint(model_dir: str | Path, dtype: str | None = None) -> PLT:
+    """Load a checkpoint folder into a PLT model (eval mode). dtype overrides config.dtype."""
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir)
+    weights_path = model_dir / WEIGHTS_FILE
+    weights = read_weights(weights_path)
+    model = PLT(cfg)
+    expected = state_dict_for_save(model)
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing:
+        raise CheckpointError(f"{weights_path}: missing tensor {missing[0]!r}"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                              + f"; the weights do not match {model_dir / CONFIG_FILE}")
+    if extra:
+        raise CheckpointError(f"{weights_path}: unexpected tensor {extra[0]!r}"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                              + f"; the weights do not match {model_dir / CONFIG_FILE}")
+    for name, ref in expected.items():
+        got = weights[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{weights_path}: tensor {name!r} has shape {tuple(got.shape)}, config "
+                                  f"{model_dir / CONFIG_FILE} implies {tuple(ref.shape)}")
+        if not got.is_floating_point():
+            raise CheckpointError(f"{weights_path}: tensor {name!r} has non-float dtype {got.dtype}")
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{weights_path}: tensor {name!r} contains NaN or Inf")
+    model.load_state_dict(weights, strict=False)
+    target = getattr(torch, dtype or cfg.dtype)
+    return model.to(target).eval()

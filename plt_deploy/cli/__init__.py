@@ -1,0 +1,70 @@
+"""The `plt-deploy` command group. It only registers subcommands; each lives in its own module.
+
+Errors caused by input (PLTError, OSError on a user path) print one line and exit 1; click's
+own usage errors exit 2. A traceback means a bug in plt-deploy.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+import click
+
+from ..errors import PLTError
+
+# subcommand -> module under plt_deploy.cli (imported lazily so --help stays fast).
+COMMANDS = {
+    "init": "Write a randomly initialised checkpoint.",
+    "train": "Train a small model on a synthetic task and report held-out accuracy.",
+    "generate": "Generate text from a prompt on any backend.",
+    "export": "Export a checkpoint to ONNX (prefill + decode graphs) with a manifest.",
+    "check": "Compare backends (Polygraphy) on prefill, decode steps and greedy generations.",
+    "build": "Build TensorRT engines from an export (needs TensorRT and a GPU).",
+    "bench": "Benchmark decode latency and KV memory: plt vs looped vs vanilla vs a HF peer.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        try:
+            module = import_module(f"plt_deploy.cli.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"plt_deploy.cli.{name}_cmd":
+                return None
+            raise
+        return module.command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="plt-deploy")
+def cli():
+    """plt-deploy: Parallel Loop Transformer models from PyTorch to ONNX Runtime and TensorRT."""
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="plt-deploy", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except PLTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

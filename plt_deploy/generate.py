@@ -1,0 +1,95 @@
+"""Sampling and the decode loop, written once against the backend interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .backends.base import Backend
+from .errors import InputError
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+    stop_tokens: tuple[int, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] fp32 -> next tokens [B] int64."""
+    if params.temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists -> tokens [B, S], lengths [B]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InputError("every prompt needs at least one token")
+    S = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), S), pad_id, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        tokens[b, : len(p)] = torch.tensor(p, dtype=torch.int64)
+    return tokens, torch.tensor([len(p) for p in prompts], dtype=torch.int64)
+
+
+def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0,
+             on_tokens: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> list[list[int]]:
+    """Prefill the prompts, then decode up to max_new_tokens per sequence.
+
+    Returns the generated tokens of each prompt (stop token included when hit). on_tokens(tokens
+    [B], active [B] bool) is called after every step for streaming.
+    """
+    params.validate()
+    tokens, lengths = pad_prompts(prompts, pad_id)
+    limit = backend.config.max_seq_len
+    longest = int(lengths.max())
+    if longest + params.max_new_tokens > limit:
+        raise InputError(f"prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds the model's "
+                         f"max_seq_len of {limit}; shorten the prompt or lower --max-new-tokens")
+    out: list[list[int]] = [[] for _ in prompts]
+    if params.max_new_tokens == 0:
+        return out
+    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    session = backend.start(len(prompts), longest + params.max_new_tokens)
+    logits = session.prefill(tokens, lengths)
+    active = torch.ones(len(prompts), dtype=torch.bool)
+    stop = torch.tensor(list(params.stop_tokens) or [-1], dtype=torch.int64)
+    for step in range(params.max_new_tokens):
+        nxt = sample(logits, params, generator)  # [B]
+        for b in torch.nonzero(active)[:, 0].tolist():
+            out[b].append(int(nxt[b]))
+        if on_tokens is not None:
+            on_tokens(nxt, active.clone())
+        active &= ~torch.isin(nxt, stop)
+        if not active.any() or step == params.max_new_tokens - 1:
+            break
+        logits = session.decode(nxt)
+    return out

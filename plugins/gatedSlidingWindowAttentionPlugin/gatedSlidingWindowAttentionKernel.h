@@ -1,0 +1,68 @@
+/*
+ * CUDA launchers of the G-SWA op (contract: plt_deploy/ops/contract.py, gatedSlidingWindowAttention.yaml).
+ * Raw pointers and ints only: no TensorRT type crosses into the kernels.
+ *
+ * Layouts (contiguous, row-major):
+ *   query, output             [B, R, Hq, S, D]   T
+ *   keyGlobal, valueGlobal    [B, Hkv, Tc, D]    T   (slot j holds position j)
+ *   keyLocal, valueLocal      [B, R, Hkv, W, D]  T
+ *   queryPos                  [B, S]             int64
+ *   localPos                  [B, W]             int64 (-1 = empty slot)
+ *   gateWeight [Hq, D], gateBias [Hq]            T
+ * T = float, __half or __nv_bfloat16; all arithmetic in fp32.
+ */
+#ifndef PLT_GATED_SLIDING_WINDOW_ATTENTION_KERNEL_H
+#define PLT_GATED_SLIDING_WINDOW_ATTENTION_KERNEL_H
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace plt
+{
+namespace gswa
+{
+
+//! Sizes and attributes of one call (Tc = shared-cache slots, W = local slots).
+struct GswaDims
+{
+    int32_t batch;      // B
+    int32_t rows;       // R (loop rows)
+    int32_t heads;      // Hq
+    int32_t kvHeads;    // Hkv, Hq % Hkv == 0
+    int32_t queries;    // S
+    int32_t headDim;    // D, 1..256
+    int32_t cacheLen;   // Tc
+    int32_t localSlots; // W
+    int32_t window;     // >= 1
+    float scale;        // softmax scale
+};
+
+//! Workspace bytes the decode path needs for these sizes (0 when S is above the decode limit).
+size_t gswaDecodeWorkspaceBytes(GswaDims const& dims);
+
+//! Checks the sizes the kernels support; returns a message or nullptr when they are fine.
+char const* gswaCheckDims(GswaDims const& dims);
+
+//! Runs the op: the split-K decode path (partials in `workspace`, then a combine kernel) when
+//! S <= kDecodeMaxQueries and the workspace is large enough, else the tiled prefill kernel.
+template <typename T>
+cudaError_t launchGswa(T const* query, T const* keyGlobal, T const* valueGlobal, T const* keyLocal,
+    T const* valueLocal, int64_t const* queryPos, int64_t const* localPos, T const* gateWeight, T const* gateBias,
+    T* output, GswaDims const& dims, void* workspace, size_t workspaceBytes, cudaStream_t stream);
+
+//! The two paths, callable directly (tests, benchmarks). numSplits <= 0 picks decodeNumSplits(Tc).
+template <typename T>
+cudaError_t launchGswaDecode(T const* query, T const* keyGlobal, T const* valueGlobal, T const* keyLocal,
+    T const* valueLocal, int64_t const* queryPos, int64_t const* localPos, T const* gateWeight, T const* gateBias,
+    T* output, GswaDims const& dims, int32_t numSplits, void* workspace, size_t workspaceBytes, cudaStream_t stream);
+
+template <typename T>
+cudaError_t launchGswaPrefill(T const* query, T const* keyGlobal, T const* valueGlobal, T const* keyLocal,
+    T const* valueLocal, int64_t const* queryPos, int64_t const* localPos, T const* gateWeight, T const* gateBias,
+    T* output, GswaDims const& dims, cudaStream_t stream);
+
+} // namespace gswa
+} // namespace plt
+
+#endif // PLT_GATED_SLIDING_WINDOW_ATTENTION_KERNEL_H
