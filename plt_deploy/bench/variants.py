@@ -1,0 +1,102 @@
+"""The models a benchmark compares: plt (L = 2, 3), looped (L = 2, sequential) and vanilla (L = 1).
+
+All variants come from one config and share the same block weights (shapes match across modes;
+only plt has the G-SWA gate parameters, zero-initialised when the source has none), so timing
+differences come from the decode schedule alone. `open_backend` puts a variant on a runtime:
+in memory for torch, through the exporter's library function into a work folder for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+import torch
+
+from ..config import PLTConfig
+from ..errors import BackendUnavailable, PLTError
+from ..model import PLT
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    mode: str
+    loops: int
+
+
+VARIANTS = (
+    Variant("plt-2", "plt", 2),
+    Variant("plt-3", "plt", 3),
+    Variant("looped-2", "looped", 2),
+    Variant("vanilla", "vanilla", 1),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def variant_config(base: PLTConfig, variant: Variant) -> PLTConfig:
+    return base.replace(mode=variant.mode, loops=variant.loops)
+
+
+def build_models(base: PLTConfig, variants=VARIANTS, source: PLT | None = None, seed: int = 0) -> dict[str, PLT]:
+    """One PLT per variant with the weights of `source` (or a random init of `base` with `seed`)."""
+    if source is None:
+        source = PLT(base).init_weights(seed)
+    weights = source.state_dict()
+    models = {}
+    for variant in variants:
+        model = PLT(variant_config(base, variant))
+        own = model.state_dict()
+        missing, _ = model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+        bad = [k for k in missing if "gate" not in k]  # only the G-SWA gate may be absent (stays zero)
+        if bad:
+            raise PLTError(f"variant {variant.name}: source weights lack {bad[0]!r}")
+        models[variant.name] = model.to(getattr(torch, base.dtype)).eval()
+    return models
+
+
+def weight_bytes(model: PLT) -> int:
+    """Bytes of the distinct parameters (a tied lm_head counted once): what one decode step reads."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _export(model: PLT, workdir: Path, name: str) -> Path:
+    """Save a checkpoint and export it with the project's exporter; returns the export folder."""
+    from ..checkpoint import save_checkpoint
+
+    try:
+        export = import_module("plt_deploy.export")
+    except ModuleNotFoundError as exc:
+        raise BackendUnavailable(f"the ONNX exporter is not available ({exc}); use --backend torch") from None
+    ckpt = save_checkpoint(model, workdir / f"ckpt-{name}")
+    out = workdir / f"onnx-{name}"
+    export.export_model(ckpt, out)
+    return out
+
+
+def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: int | None = None,
+                 provider: str | None = None):
+    """A Backend running `model`: torch in memory, anything else from an export in `workdir`."""
+    if backend == "torch":
+        from ..backends.torch_backend import TorchBackend
+
+        return TorchBackend(model, threads=threads)
+    from ..backends import LOADERS, load_backend
+
+    if backend not in LOADERS:
+        raise PLTError(f"unknown backend {backend!r}; choose one of {', '.join(LOADERS)}")
+    module = LOADERS[backend].split(":")[0]
+    try:
+        import_module(module)  # fail before a slow export if the runtime is missing
+    except ModuleNotFoundError as exc:
+        raise BackendUnavailable(f"backend {backend!r} is not available here ({exc})") from None
+    options = {"threads": threads}
+    if provider:
+        options["provider"] = provider
+    return load_backend(backend, str(_export(model, workdir, name)), **options)

@@ -1,0 +1,65 @@
+"""plt-deploy bench: decode latency and KV memory of plt / looped / vanilla and a Hugging Face peer."""
+
+from __future__ import annotations
+
+import click
+
+from ..backends import LOADERS
+from ..config import PRESETS
+
+
+def _ints(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+@click.command("bench")
+@click.option("--model", type=click.Path(exists=True, file_okay=False), help="Checkpoint folder to derive the variants from.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Build random-init variants from a preset.")
+@click.option("--backend", type=click.Choice(list(LOADERS)), default="torch", show_default=True)
+@click.option("--batch", "batches", default="1", show_default=True, callback=_ints, help="Batch sizes, e.g. 1,8.")
+@click.option("--prompt-len", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Decode steps timed per run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds (every variant runs once per round).")
+@click.option("--warmup-tokens", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--contexts", default="128,2048", show_default=True, callback=_ints,
+              help="Short and long context for the decode-latency scaling check.")
+@click.option("--ctx-steps", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Decode steps timed per context-scaling run.")
+@click.option("--no-contexts", is_flag=True, help="Skip the context-scaling measurement.")
+@click.option("--peer/--no-peer", default=True, show_default=True, help="Include the transformers Llama peer.")
+@click.option("--floor-preset", type=click.Choice(list(PRESETS)),
+              help="Also time this (memory-bound) preset against weight bytes / bandwidth, e.g. base. Slow.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (torch and the runtime).")
+@click.option("--provider", help="ONNX Runtime execution provider.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep exports here instead of a temp folder.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps,
+            no_contexts, peer, floor_preset, threads, provider, seed, workdir, json_path, progress):
+    """Benchmark decode latency, tokens/s and KV-cache bytes of plt-2, plt-3, looped-2 and vanilla
+    built from one preset (or checkpoint), interleaved in one run, plus a Hugging Face peer."""
+    from ..bench import print_report, run_bench, write_json
+    from ..bench.report import progress_display
+
+    if (model is None) == (preset is None):
+        raise click.UsageError("give exactly one of --model or --preset")
+    if not no_contexts and len(contexts) != 2:
+        raise click.BadParameter("give two contexts, short and long (e.g. 128,2048)", param_hint="--contexts")
+    with progress_display(progress) as (tick, set_total):
+        result = run_bench(preset=preset, model=model, backend=backend, batches=batches, prompt_len=prompt_len,
+                           new_tokens=new_tokens, repeats=repeats, warmup_tokens=warmup_tokens,
+                           contexts=None if no_contexts else contexts, ctx_steps=ctx_steps, peer=peer,
+                           floor_preset=floor_preset, threads=threads, provider=provider, seed=seed,
+                           workdir=workdir, tick=tick, on_total=set_total)
+    print_report(result)
+    if json_path:
+        click.echo(f"wrote {write_json(result, json_path)}")
