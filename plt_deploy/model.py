@@ -25,7 +25,7 @@ from . import cache as cache_lib
 from .cache import PLTCache
 from .config import PLTConfig
 from .ops import gswa as _gswa  # noqa: F401  (registers torch.ops.plt.gated_sliding_window_attention)
-from .ops.gswa import causal_cache_attention
+from .ops.gswa import causal_cache_attention, gswa_reference
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -89,6 +89,10 @@ class Attention(nn.Module):
 
     def gswa(self, q, k_global, v_global, k_local, v_local, query_pos, local_pos):
         """The G-SWA custom op (one ONNX node on export). q [B, R, Hq, S, D] -> same shape."""
+        if self.training and torch.is_grad_enabled():  # same function, but autograd-native (no recompute)
+            return gswa_reference(q, k_global, v_global, k_local, v_local, query_pos, local_pos,
+                                  self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window,
+                                  self.scale)
         return torch.ops.plt.gated_sliding_window_attention(
             q, k_global, v_global, k_local, v_local, query_pos, local_pos,
             self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale)

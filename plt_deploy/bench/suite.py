@@ -71,12 +71,12 @@ def _row(name: str, cfg: PLTConfig, backend: str, batch: int, prompt_len: int, n
     }
 
 
-def _open_all(backend, models, workdir, threads, provider, tick) -> tuple[dict, dict]:
+def _open_all(backend, models, workdir, threads, provider, tick, max_batch=1) -> tuple[dict, dict]:
     """name -> Backend for every model that opens; name -> error message for the others."""
     opened, errors = {}, {}
     for name, model in models.items():
         try:
-            opened[name] = V.open_backend(backend, model, name, workdir, threads, provider)
+            opened[name] = V.open_backend(backend, model, name, workdir, threads, provider, max_batch)
         except Exception as exc:  # one variant failing (e.g. an export limit) must not hide the others
             if isinstance(exc, BackendUnavailable):  # the runtime itself is missing: nothing to measure
                 raise
@@ -153,7 +153,7 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
         cfgs = {name: m.cfg for name, m in models.items()}
         params = {name: m.num_parameters() for name, m in models.items()}
         wbytes = {name: V.weight_bytes(m) for name, m in models.items()}
-        backends, errors = _open_all(backend, models, work, threads, provider, tick)
+        backends, errors = _open_all(backend, models, work, threads, provider, tick, max(batches))
         runners = {name: BackendRunner(b) for name, b in backends.items()}
 
         hf = None

@@ -66,8 +66,10 @@ def weight_bytes(model: PLT) -> int:
     return total
 
 
-def _export(model: PLT, workdir: Path, name: str) -> Path:
+def _export(model: PLT, workdir: Path, name: str, max_batch: int) -> Path:
     """Save a checkpoint and export it with the project's exporter; returns the export folder."""
+    import inspect
+
     from ..checkpoint import save_checkpoint
 
     try:
@@ -76,12 +78,14 @@ def _export(model: PLT, workdir: Path, name: str) -> Path:
         raise BackendUnavailable(f"the ONNX exporter is not available ({exc}); use --backend torch") from None
     ckpt = save_checkpoint(model, workdir / f"ckpt-{name}")
     out = workdir / f"onnx-{name}"
-    export.export_model(ckpt, out)
+    wanted = {"max_batch": max(max_batch, 2), "force": True, "progress": False}
+    accepted = inspect.signature(export.export_model).parameters
+    export.export_model(ckpt, out, **{k: v for k, v in wanted.items() if k in accepted})
     return out
 
 
 def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: int | None = None,
-                 provider: str | None = None):
+                 provider: str | None = None, max_batch: int = 1):
     """A Backend running `model`: torch in memory, anything else from an export in `workdir`."""
     if backend == "torch":
         from ..backends.torch_backend import TorchBackend
@@ -99,4 +103,4 @@ def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: in
     options = {"threads": threads}
     if provider:
         options["provider"] = provider
-    return load_backend(backend, str(_export(model, workdir, name)), **options)
+    return load_backend(backend, str(_export(model, workdir, name, max_batch)), **options)

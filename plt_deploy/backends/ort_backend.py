@@ -1,0 +1,193 @@
+"""The ONNX Runtime backend: an export folder (manifest + prefill/decode graphs) behind Backend.
+
+Sessions are built once per backend (graph optimisation on, thread counts settable). A session
+(`OrtSession`) owns preallocated cache buffers in the layout the manifest documents. Each decode
+step binds, through IOBinding, every `present_*` output to the SAME OrtValue as its `past_*` input
+(the manifest's `alias_of`): the graph's ScatterElements then writes the one new slot in place
+(ORT's ScatterElements kernel skips its input->output copy when both are the same buffer), so no
+step copies the past cache. The carry (a few hidden vectors) is double-buffered. Prefill returns
+the prompt's K/V, which are copied into the buffers once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailable, InputError
+from .base import Backend, DecoderSession
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """'cpu' | 'cuda' | 'tensorrt' (or a full provider name) -> providers list, CPU as the fallback."""
+    import onnxruntime as ort
+
+    name = PROVIDERS.get((provider or "cpu").lower(), provider)
+    available = ort.get_available_providers()
+    if name not in available:
+        raise BackendUnavailable(f"ONNX Runtime execution provider {provider!r} ({name}) is not available here; "
+                                 f"available: {', '.join(available)}")
+    chain = [name]
+    if name == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
+        chain.append("CUDAExecutionProvider")
+    if name != "CPUExecutionProvider":
+        chain.append("CPUExecutionProvider")
+    return chain
+
+
+class OrtSession(DecoderSession):
+    def __init__(self, backend: "OrtBackend", batch: int, max_seq: int):
+        import onnxruntime as ort
+
+        self.be, self.batch, self.max_seq = backend, batch, max_seq
+        self.device = backend.device
+        spec = backend.manifest.graphs["decode"]
+        self._np_dtype = _NP[backend.manifest.dtype]
+        self._host: dict[str, np.ndarray] = {}  # CPU: numpy arrays sharing memory with the OrtValues
+        self._bufs: dict[str, ort.OrtValue] = {}
+        for t in spec.inputs:
+            if t.role in ("tokens", "position"):
+                continue
+            shape = [batch if d == "batch" else max_seq if d == "max_seq" else d for d in t.shape]
+            host = np.zeros(shape, dtype=self._np_dtype)
+            self._host[t.name] = host
+            self._bufs[t.name] = ort.OrtValue.ortvalue_from_numpy(host, self.device, 0)
+        self._carry_in = next((t.name for t in spec.inputs if t.role == "carry"), None)
+        if self._carry_in:  # double buffer: the decode graph writes a new carry from the old one
+            host = np.zeros_like(self._host[self._carry_in])
+            self._carry_spare = (host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
+        self._logits = ort.OrtValue.ortvalue_from_numpy(
+            np.zeros((batch, backend.config.vocab_size), dtype=self._np_dtype), self.device, 0)
+        self._lengths = torch.zeros(batch, dtype=torch.int64)
+        self._binding = backend.sessions["decode"].io_binding()
+        self._prefilled = False
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self._lengths
+
+    def kv_bytes(self) -> int:
+        return sum(a.nbytes for n, a in self._host.items() if n != self._carry_in)
+
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, S = tokens.shape
+        if B != self.batch:
+            raise InputError(f"prefill got {B} prompts, the session was started for {self.batch}")
+        if S > self.max_seq:
+            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
+        sess = self.be.sessions["prefill"]
+        spec = self.be.manifest.graphs["prefill"]
+        feeds = {"input_ids": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
+        outs = dict(zip(spec.output_names, sess.run(spec.output_names, _by_role(spec, feeds))))
+        for t in spec.outputs:
+            if t.role == "logits":
+                continue
+            past = t.name.replace("present_", "past_", 1)
+            host = self._host[past]
+            host[...] = 0
+            if t.role in ("key", "value"):
+                host[:, :, :S] = outs[t.name]
+            else:
+                host[...] = outs[t.name]
+            if self.device != "cpu":
+                self._bufs[past].update_inplace(host)
+        self._lengths = lengths.clone().to(torch.int64)
+        self._prefilled = True
+        logits = torch.from_numpy(outs["logits"].astype(np.float32))  # [B, S, V]
+        return torch.gather(logits, 1, (self._lengths - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self._prefilled:
+            raise InputError("decode called before prefill")
+        if int(self._lengths.max()) >= self.max_seq:
+            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        spec = self.be.manifest.graphs["decode"]
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        for t in spec.inputs:
+            if t.role == "tokens":
+                b.bind_cpu_input(t.name, tokens.numpy().astype(np.int64))
+            elif t.role == "position":
+                b.bind_cpu_input(t.name, self._lengths.numpy().astype(np.int64))
+            else:
+                b.bind_ortvalue_input(t.name, self._bufs[t.name])
+        for t in spec.outputs:
+            if t.role == "logits":
+                b.bind_ortvalue_output(t.name, self._logits)
+            elif t.alias_of:
+                b.bind_ortvalue_output(t.name, self._bufs[t.alias_of])  # in place: same memory as the input
+            else:  # carry
+                b.bind_ortvalue_output(t.name, self._carry_spare[1])
+        self.be.sessions["decode"].run_with_iobinding(b)
+        if self._carry_in:
+            old = (self._host[self._carry_in], self._bufs[self._carry_in])
+            self._host[self._carry_in], self._bufs[self._carry_in] = self._carry_spare
+            self._carry_spare = old
+        self._lengths = self._lengths + 1
+        return torch.from_numpy(self._logits.numpy().astype(np.float32))
+
+    def cache_arrays(self) -> dict[str, np.ndarray]:
+        """Host views of the cache buffers (CPU provider): for tests and debugging."""
+        return dict(self._host)
+
+
+def _by_role(spec, feeds: dict) -> dict:
+    return {t.name: feeds[t.name] for t in spec.inputs}
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, export_dir: str | Path, threads: int | None = None, provider: str | None = None,
+                 inter_threads: int | None = None, verify_hashes: bool = True):
+        import onnxruntime as ort
+
+        from ..export.manifest import read_manifest
+
+        self.manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
+        self.config = self.manifest.config
+        self.tokenizer_dir = str(export_dir) if (Path(export_dir) / "tokenizer.json").is_file() else None
+        if self.manifest.dtype == "bfloat16":
+            raise BackendUnavailable(f"{export_dir}: bfloat16 exports do not run on ONNX Runtime's CPU provider; "
+                                     "export with --dtype float32 or float16")
+        self.providers = resolve_providers(provider)
+        self.device = _DEVICE.get(self.providers[0], "cpu")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        if inter_threads:
+            opts.inter_op_num_threads = inter_threads
+        opts.log_severity_level = 3
+        self.sessions = {}
+        for g in ("prefill", "decode"):
+            try:
+                self.sessions[g] = ort.InferenceSession(str(self.manifest.graph_path(g)), opts,
+                                                        providers=self.providers)
+            except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail/InvalidGraph types)
+                from ..errors import ArtifactError
+
+                raise ArtifactError(f"{self.manifest.graph_path(g)}: ONNX Runtime cannot load it "
+                                    f"({str(exc).splitlines()[0][:300]})") from None
+
+    def start(self, batch: int, max_seq: int) -> OrtSession:
+        if batch > self.manifest.max_batch:
+            raise InputError(f"batch of {batch} exceeds the export's --max-batch {self.manifest.max_batch}")
+        if max_seq > self.manifest.max_seq:
+            raise InputError(f"{max_seq} tokens exceed the export's --max-seq {self.manifest.max_seq}")
+        return OrtSession(self, batch, max_seq)
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+
+def load(path, threads: int | None = None, provider: str | None = None, **_ignored) -> OrtBackend:
+    """An export folder on ONNX Runtime."""
+    return OrtBackend(path, threads=threads, provider=provider)

@@ -1,0 +1,1 @@
+"""Cross-backend checks (Polygraphy): runners over the Backend interface, comparison, JSON report."""

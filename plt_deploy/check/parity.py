@@ -1,0 +1,98 @@
+"""Compare backends: Polygraphy's Comparator over prefill + decode steps, then greedy generations.
+
+`compare_backends(reference, test, ...)` returns a JSON-able report with, per output and per
+iteration, max absolute / relative error and pass/fail against (atol, rtol); `compare_greedy`
+compares greedy generations token by token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..backends.base import Backend
+from ..generate import SamplingParams, generate
+from .runners import BackendRunner
+
+# (atol, rtol) on logits per dtype. fp32: the 1e-5 of the acceptance tests.
+TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (1e-1, 1e-1)}
+
+
+def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, seed: int = 0) -> list[dict]:
+    """One prefill feed (right-padded prompts of unequal length) then `steps` decode feeds."""
+    g = np.random.default_rng(seed)
+    S = max(prompt_lengths)
+    ids = g.integers(3, vocab, size=(batch, S), dtype=np.int64)
+    for b, n in enumerate(prompt_lengths):
+        ids[b, n:] = 0
+    feeds = [{"input_ids": ids, "lengths": np.array(prompt_lengths, dtype=np.int64)}]
+    feeds += [{"input_ids": g.integers(3, vocab, size=(batch,), dtype=np.int64)} for _ in range(steps)]
+    return feeds
+
+
+def error_stats(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> dict:
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(ref64 - out64)
+    rel = diff / np.maximum(np.abs(ref64), 1e-12)
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref64))) and bool(np.isfinite(out64).all())
+    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "atol": atol, "rtol": rtol, "passed": ok}
+
+
+def compare_backends(reference: Backend, test: Backend, steps: int = 32, batch: int = 2,
+                     prompt_lengths: list[int] | None = None, dtype: str | None = None, seed: int = 0) -> dict:
+    """Replay one prefill + `steps` decode steps on both backends through Polygraphy; per-output errors."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    dtype = dtype or getattr(test, "manifest", None) and test.manifest.dtype or reference.config.dtype
+    atol, rtol = TOLERANCES[dtype]
+    prompt_lengths = prompt_lengths or [max(2, 9 - 4 * b) for b in range(batch)]
+    max_seq = max(prompt_lengths) + steps + 1
+    feeds = make_feeds(reference.config.vocab_size, batch, prompt_lengths, steps, seed)
+    runners = [BackendRunner(reference, batch, max_seq, name=f"ref:{reference.name}"),
+               BackendRunner(test, batch, max_seq, name=f"test:{test.name}")]
+    _quiet_polygraphy()
+    run_results = Comparator.run(runners, data_loader=feeds)
+    accuracy = Comparator.compare_accuracy(run_results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol,
+                                                                                      check_shapes=True))
+    (_, ref_iters), (_, test_iters) = run_results.items()[0], run_results.items()[1]
+    results = []
+    for i, (r_it, t_it) in enumerate(zip(ref_iters, test_iters)):
+        for name in r_it.keys():
+            stats = error_stats(r_it[name], t_it[name], atol, rtol)
+            results.append({"name": name, "iteration": i, **stats})
+    summary = {}
+    for name in ("prefill_logits", "decode_logits"):
+        rows = [r for r in results if r["name"] == name]
+        if rows:
+            summary[name] = {"max_abs": max(r["max_abs"] for r in rows), "max_rel": max(r["max_rel"] for r in rows),
+                             "iterations": len(rows), "passed": all(r["passed"] for r in rows)}
+    passed = bool(accuracy) and all(r["passed"] for r in results)
+    return {"reference": reference.name, "test": test.name, "dtype": dtype, "atol": atol, "rtol": rtol,
+            "batch": batch, "prompt_lengths": prompt_lengths, "decode_steps": steps, "summary": summary,
+            "results": results, "polygraphy_passed": bool(accuracy), "passed": passed}
+
+
+def compare_greedy(reference: Backend, test: Backend, prompts: list[list[int]], new_tokens: int = 64) -> dict:
+    """Greedy generations on both backends, compared token by token."""
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    ref = generate(reference, prompts, params)
+    out = generate(test, prompts, params)
+    per_prompt = []
+    for r, o in zip(ref, out):
+        first = next((i for i, (a, b) in enumerate(zip(r, o)) if a != b), None)
+        if first is None and len(r) != len(o):
+            first = min(len(r), len(o))
+        per_prompt.append({"tokens": len(r), "identical": first is None, "first_mismatch": first})
+    return {"reference": reference.name, "test": test.name, "new_tokens": new_tokens,
+            "prompts": per_prompt, "passed": all(p["identical"] for p in per_prompt),
+            "reference_tokens": ref, "test_tokens": out}
+
+
+def _quiet_polygraphy() -> None:
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+
+
+def to_torch(x) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x))

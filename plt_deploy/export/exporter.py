@@ -1,0 +1,317 @@
+"""Export a checkpoint to ONNX: trace the functional cores, post-process, validate, write a manifest.
+
+Stages (shown with a rich progress display): load -> trace prefill -> trace decode -> attach the
+G-SWA function + plugin attributes -> save (external data above 2 GB) -> onnx.checker full check
+-> validate on ONNX Runtime against PyTorch -> manifest. Everything is written into a temporary
+folder next to the target and renamed into place at the end: never a half-written export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..cache import ring_slots
+from ..config import PLTConfig
+from ..errors import ArtifactError, InputError
+from ..model import PLT
+from . import io_spec, manifest as manifest_lib, onnx_op
+
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
+# ORT vs torch tolerances per dtype (max abs diff of logits), used here and by `plt-deploy check`.
+TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (1e-1, 1e-1)}  # (atol, rtol)
+MAX_IR_VERSION = 10  # what onnxruntime >= 1.20 loads
+
+
+class PrefillGraph(torch.nn.Module):
+    """prefill_core with flat outputs in io_spec order."""
+
+    def __init__(self, model: PLT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, lengths):
+        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)
+        out = (logits, *k, *v, *lk, *lv)
+        return out + ((carry,) if self.model.cfg.uses_gswa else ())
+
+
+class DecodeGraph(torch.nn.Module):
+    """decode_core with functional cache writes (ScatterElements) and flat I/O in io_spec order."""
+
+    def __init__(self, model: PLT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position, caches):
+        cfg = self.model.cfg
+        n, N = cfg.n_cache_layers, cfg.n_layers
+        k, v = caches[:n], caches[n:2 * n]
+        if cfg.uses_gswa:
+            lk, lv, carry = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N], caches[-1]
+        else:
+            lk, lv, carry = [], [], None
+        logits, k, v, lk, lv, carry = self.model.decode_core(input_ids, position, k, v, lk, lv, carry)
+        out = (logits, *k, *v, *lk, *lv)
+        return out + ((carry,) if cfg.uses_gswa else ())
+
+
+def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Example inputs with the named axes set to `sizes` (distinct values, so nothing specialises)."""
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for t in spec.inputs:
+        shape = [sizes[d] if isinstance(d, str) else d for d in t.shape]
+        if t.role == "tokens":
+            out.append(torch.randint(3, 200, shape, generator=g))
+        elif t.role == "lengths":
+            out.append(torch.tensor([sizes["prompt"] - i % 3 for i in range(shape[0])], dtype=torch.int64))
+        elif t.role == "position":
+            out.append(torch.tensor([sizes["max_seq"] // 2 + i for i in range(shape[0])], dtype=torch.int64))
+        else:
+            out.append((0.1 * torch.randn(shape, generator=g)).to(dtype))
+    return out
+
+
+def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits: dict[str, tuple[int, int]],
+           opset: int, grouped: bool):
+    dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, (lo, hi) in limits.items()}
+    shapes = [{i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs]
+    if grouped:  # decode: (input_ids, position, caches tuple)
+        args, shapes = (args[0], args[1], tuple(args[2:])), (shapes[0], shapes[1], tuple(shapes[2:]))
+    else:
+        args, shapes = tuple(args), tuple(shapes)
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(module, args, dynamo=True, input_names=spec.input_names,
+                                        output_names=spec.output_names, dynamic_shapes=shapes,
+                                        custom_translation_table=onnx_op.translation_table(),
+                                        opset_version=opset, optimize=True, verbose=False)
+        except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
+            raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
+    return program.model_proto
+
+
+def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
+    """Attach the G-SWA function and plugin attributes, pin the IR version, check the I/O names."""
+    import onnx
+
+    got_in = [i.name for i in model_proto.graph.input]
+    got_out = [o.name for o in model_proto.graph.output]
+    if got_in != spec.input_names or got_out != spec.output_names:
+        raise ArtifactError(f"{spec.name} graph I/O names {got_in} -> {got_out} differ from the io_spec "
+                            f"{spec.input_names} -> {spec.output_names}")
+    n_nodes = sum(n.op_type == onnx_op.contract.OP_NAME for n in model_proto.graph.node)
+    if n_nodes:
+        onnx_op.attach_function(model_proto)
+        onnx_op.add_plugin_attributes(model_proto)
+    model_proto.ir_version = min(model_proto.ir_version, MAX_IR_VERSION)
+    del model_proto.metadata_props[:]
+    for k, v in meta.items():
+        model_proto.metadata_props.add(key=k, value=str(v))
+    model_proto.graph.name = f"plt_{spec.name}"
+    return model_proto, n_nodes
+
+
+def save_onnx(model_proto, path: Path) -> list[str]:
+    """Save `path`; weights above 2 GB go to `<name>.data` (ONNX external data). Returns files written."""
+    import onnx
+
+    total = sum(len(t.raw_data) for t in model_proto.graph.initializer)
+    if total > EXTERNAL_DATA_LIMIT - (64 << 20):
+        data_name = path.name + ".data"
+        onnx.save_model(model_proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        return [path.name, data_name]
+    onnx.save_model(model_proto, str(path))
+    return [path.name]
+
+
+def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
+                 max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
+                 progress: bool = True) -> Path:
+    """Library entry point of `plt-deploy export`. Returns the export folder."""
+    import onnx
+    import onnxruntime
+
+    from ..checkpoint import load_checkpoint
+    from ..ops import gswa  # noqa: F401
+
+    model_dir, out = Path(model_dir), Path(out)
+    if out.exists() and not force:
+        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
+    if opset < onnx_op.MIN_OPSET:
+        raise InputError(f"--opset must be >= {onnx_op.MIN_OPSET} (the G-SWA function body uses opset-18 ops), "
+                         f"got {opset}")
+    if max_batch < 1:
+        raise InputError(f"--max-batch must be >= 1, got {max_batch}")
+
+    stages = ["load checkpoint", "trace prefill", "trace decode", "post-process + save", "onnx.checker",
+              "validate vs torch", "manifest"]
+    with _Progress(stages, enabled=progress) as bar:
+        model = load_checkpoint(model_dir, dtype=dtype)
+        cfg: PLTConfig = model.cfg
+        dtype = dtype or cfg.dtype
+        max_seq = max_seq or cfg.max_seq_len
+        if not 2 <= max_seq <= cfg.max_seq_len:
+            raise InputError(f"--max-seq must be in [2, {cfg.max_seq_len}] (the model's max_seq_len), got {max_seq}")
+        model.inplace_cache = False
+        torch_dtype = getattr(torch, dtype)
+        specs = io_spec.graph_specs(cfg, max_seq, dtype)
+        bar.advance()
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            # Example sizes: distinct from each other and from the static dims, >= 2 so nothing specialises.
+            b_ex = min(3, max_batch) if max_batch >= 2 else 2
+            prompt_ex = min(11, max_seq - 1)
+            seq_ex = min(max(prompt_ex + 6, 24), max_seq)
+            sizes = {"batch": b_ex, "prompt": prompt_ex, "max_seq": seq_ex}
+            limits = {"batch": (1, max(max_batch, 2)), "prompt": (1, max_seq), "max_seq": (2, max_seq)}
+            protos = {}
+            with torch.no_grad():
+                protos["prefill"] = _trace(PrefillGraph(model), specs["prefill"],
+                                           dummy_inputs(specs["prefill"], sizes, torch_dtype),
+                                           {k: limits[k] for k in ("batch", "prompt")}, opset, grouped=False)
+                bar.advance()
+                protos["decode"] = _trace(DecodeGraph(model), specs["decode"],
+                                          dummy_inputs(specs["decode"], sizes, torch_dtype),
+                                          {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=True)
+                bar.advance()
+            identity = manifest_lib.model_identity(model_dir)
+            meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype}
+            graphs, op_nodes = {}, {}
+            for name, proto in protos.items():
+                proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name})
+                files = save_onnx(proto, tmp / f"{name}.onnx")
+                graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
+                                **specs[name].to_dict()}
+            del protos
+            bar.advance()
+            for name in graphs:
+                try:
+                    onnx.checker.check_model(str(tmp / graphs[name]["file"]), full_check=True)
+                except onnx.checker.ValidationError as exc:
+                    raise ArtifactError(f"{graphs[name]['file']}: onnx.checker failed: {str(exc).splitlines()[0]}")
+            bar.advance()
+            tok = model_dir / "tokenizer.json"
+            if tok.is_file():
+                shutil.copyfile(tok, tmp / tok.name)
+            manifest = {
+                "format": manifest_lib.FORMAT, "format_version": manifest_lib.FORMAT_VERSION,
+                "model": {"config": cfg.to_dict(), "source": str(model_dir), "sha256": identity},
+                "dtype": dtype, "opset": opset, "max_batch": max_batch, "max_seq": max_seq,
+                "custom_op": manifest_lib.op_entry(),
+                "graphs": graphs,
+                "cache": cache_layout(cfg, max_seq),
+                "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                             "onnxruntime": onnxruntime.__version__, "plt_deploy": _version()},
+                "tolerances": {"atol": TOLERANCES[dtype][0], "rtol": TOLERANCES[dtype][1]},
+            }
+            manifest_lib.write_manifest(tmp, manifest)
+            if validate:
+                validate_export(tmp, model, dtype)
+            bar.advance()
+            bar.advance()
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
+    """The manifest's description of the decoder state (see plt_deploy/cache.py)."""
+    layout = {
+        "kv": {"shape": ["batch", "kv_heads", "max_seq", "head_dim"], "layers": cfg.n_cache_layers,
+               "slot": "slot j holds position j; written at `position` by the decode graph (ScatterElements), "
+                       "prefill returns slots 0..prompt-1",
+               "meaning": "loop 1 keys/values (the shared cache)" if cfg.mode != "looped"
+               else "every loop's own cache, index = loop * n_layers + layer"},
+        "in_place": "decode present_key.i/present_value.i/present_local_* are the past_* buffers with one slot "
+                    "written: bind each present_* output to the SAME buffer as its past_* input (see alias_of)",
+        "attention_reads": "the decode graph's causal attention reads the whole max_seq buffer with a position "
+                           "mask (a read, no copy); per-step cost grows with max_seq, not with a cache copy",
+        "position": "tokens already cached per sequence (next position); kept by the runner, per sequence",
+        "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
+    }
+    if cfg.uses_gswa:
+        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_slots(cfg, cfg.max_seq_len),
+                                          "head_dim"],
+                                "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window"}
+        layout["carry"] = {"shape": ["batch", cfg.loops - 1, "d_model"],
+                           "meaning": "h_l(t-1) of loops 1..L-1; present_carry is a new tensor (double-buffer it)"}
+    return layout
+
+
+def validate_export(folder: Path, model: PLT, dtype: str, steps: int = 4) -> dict:
+    """Run the fresh export on ONNX Runtime against the torch model; ArtifactError past the tolerance."""
+    from ..check.parity import compare_backends
+
+    if dtype == "bfloat16":
+        return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for these graphs"}
+    from ..backends.ort_backend import OrtBackend
+    from ..backends.torch_backend import TorchBackend
+
+    model.inplace_cache = True
+    try:
+        with OrtBackend(folder) as ort_be:
+            report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=2)
+    finally:
+        model.inplace_cache = False
+    if not report["passed"]:
+        worst = max(report["results"], key=lambda r: r["max_abs"] / max(r["atol"], 1e-30))
+        raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
+                            f"{worst['max_abs']:.3g} (tolerance {worst['atol']:.3g})")
+    return report
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plt-deploy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Progress:
+    """A rich progress bar over the export stages (silent when disabled)."""
+
+    def __init__(self, stages: list[str], enabled: bool):
+        self.stages, self.enabled, self.i = stages, enabled, 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("[bold]export[/]"), BarColumn(), TextColumn("{task.description}"),
+                              TimeElapsedColumn(), transient=False)
+            self.p.__enter__()
+            self.task = self.p.add_task(self.stages[0], total=len(self.stages))
+        return self
+
+    def advance(self):
+        self.i += 1
+        if self.enabled:
+            self.p.update(self.task, advance=1, description=self.stages[min(self.i, len(self.stages) - 1)])
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)

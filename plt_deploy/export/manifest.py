@@ -1,0 +1,142 @@
+"""The export manifest (manifest.json): what runners read instead of guessing tensor names.
+
+Written last and atomically by the exporter. `read_manifest` refuses, with an ArtifactError naming
+the file, anything a runner must not trust: a missing or corrupt file, a sha256 that does not match
+(flipped bytes, a manifest copied from another export), a missing external-data file, a custom op
+name/domain/version other than this build's contract, a manifest format it does not know, or a
+checkpoint other than the one exported (`expect_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..checkpoint import atomic_write_bytes
+from ..config import PLTConfig
+from ..errors import ArtifactError, ConfigError
+from ..ops import contract
+from .io_spec import GRAPHS, GraphSpec
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "plt-deploy.onnx-export"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(model_dir: Path) -> dict:
+    """sha256 of the checkpoint's config.json and model.safetensors: which model an export came from."""
+    from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    return {name: sha256_file(Path(model_dir) / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
+
+
+def op_entry() -> dict:
+    return {"name": contract.OP_NAME, "domain": contract.OP_DOMAIN, "version": contract.OP_VERSION,
+            "plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": str(contract.OP_VERSION)}
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Fill in every file's sha256 (all files in the folder but the manifest) and write atomically."""
+    folder = Path(folder)
+    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                         for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    path = folder / MANIFEST_FILE
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return path
+
+
+class Manifest:
+    """A verified manifest: config, graph specs, cache layout and file paths."""
+
+    def __init__(self, folder: Path, data: dict):
+        self.folder, self.data = folder, data
+        self.config = PLTConfig.from_dict(data["model"]["config"])
+        self.graphs = {g: GraphSpec.from_dict(g, data["graphs"][g]) for g in GRAPHS}
+        self.dtype: str = data["dtype"]
+        self.max_batch: int = data["max_batch"]
+        self.max_seq: int = data["max_seq"]
+
+    def graph_path(self, graph: str) -> Path:
+        return self.folder / self.data["graphs"][graph]["file"]
+
+
+def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: str | Path | None = None) -> Manifest:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such export folder (make one with `plt-deploy export`)")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found; {folder} is not a complete export")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a plt-deploy ONNX export manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: manifest format version {data.get('format_version')!r}, this plt-deploy "
+                            f"reads {FORMAT_VERSION}; re-export the model")
+    try:
+        op = data["custom_op"]
+        for key, want in op_entry().items():
+            if op.get(key) != want:
+                raise ArtifactError(f"{path}: custom op {key} is {op.get(key)!r}, this plt-deploy implements "
+                                    f"{want!r}; re-export the model")
+        files = data["files"]
+        for graph in GRAPHS:
+            gfile = data["graphs"][graph]["file"]
+            if gfile not in files:
+                raise ArtifactError(f"{path}: graph file {gfile} is not listed in the manifest's files")
+        manifest = Manifest(folder, data)
+    except KeyError as exc:
+        raise ArtifactError(f"{path}: missing field {exc}") from None
+    except (ConfigError, TypeError) as exc:
+        raise ArtifactError(f"{path}: invalid model config ({exc})") from None
+    for name, entry in files.items():
+        fpath = folder / name
+        if not fpath.is_file():
+            raise ArtifactError(f"{fpath}: file not found (listed in {path}); the export is incomplete")
+        if fpath.stat().st_size != entry["bytes"]:
+            raise ArtifactError(f"{fpath}: {fpath.stat().st_size} bytes, {path} records {entry['bytes']}; "
+                                "the file is damaged or from another export")
+        if verify_hashes and sha256_file(fpath) != entry["sha256"]:
+            raise ArtifactError(f"{fpath}: sha256 does not match {path}; the file is damaged or from another export")
+    for graph in GRAPHS:
+        check_op_version(manifest.graph_path(graph))
+    if expect_model is not None:
+        want = model_identity(Path(expect_model))
+        have = data["model"].get("sha256", {})
+        if want != have:
+            raise ArtifactError(f"{path}: export was made from another model than {expect_model} "
+                                "(checkpoint sha256 differs); re-export or pass the matching --model")
+    return manifest
+
+
+def check_op_version(onnx_path: Path) -> None:
+    """The file imports domain plt at exactly the contract's version (if it uses the op at all)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
+        raise ArtifactError(f"{onnx_path}: not a readable ONNX file ({str(exc).splitlines()[0]})") from None
+    for o in model.opset_import:
+        if o.domain == contract.OP_DOMAIN and o.version != contract.OP_VERSION:
+            raise ArtifactError(f"{onnx_path}: imports custom op domain {o.domain!r} version {o.version}, this "
+                                f"plt-deploy implements version {contract.OP_VERSION}; re-export the model")
+    for f in model.functions:
+        if f.domain == contract.OP_DOMAIN and f.name == contract.OP_NAME:
+            break
+    else:
+        if any(n.domain == contract.OP_DOMAIN for n in model.graph.node):
+            raise ArtifactError(f"{onnx_path}: uses {contract.OP_DOMAIN}::{contract.OP_NAME} but carries no "
+                                "local function for it; re-export the model")

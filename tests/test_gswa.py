@@ -1,0 +1,139 @@
+"""Properties of the G-SWA reference, the custom op, and the committed shared test vectors."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plt_deploy.cache import ring_positions
+from plt_deploy.ops import vectors
+from plt_deploy.ops.gswa import causal_cache_attention, gswa_reference
+
+
+def random_inputs(B, R, Hq, Hkv, S, T, D, seed=0, past=None):
+    g = torch.Generator().manual_seed(seed)
+    past = torch.zeros(B, dtype=torch.int64) if past is None else past
+    query_pos = past[:, None] + torch.arange(S)[None]  # [B, S]
+    return dict(
+        query=torch.randn(B, R, Hq, S, D, generator=g),
+        key_global=torch.randn(B, Hkv, T, D, generator=g),
+        value_global=torch.randn(B, Hkv, T, D, generator=g),
+        key_local=torch.randn(B, R, Hkv, S, D, generator=g),
+        value_local=torch.randn(B, R, Hkv, S, D, generator=g),
+        query_pos=query_pos,
+        local_pos=query_pos.clone(),
+        gate_weight=torch.zeros(Hq, D),
+        gate_bias=torch.zeros(Hq),
+    )
+
+
+def causal_over(q, k, v, query_pos):
+    """Causal attention of every row of q [B, R, Hq, S, D] over k/v [B, Hkv, T, D]."""
+    return torch.stack([causal_cache_attention(q[:, r], k, v, query_pos, 1 / math.sqrt(q.shape[-1]))
+                        for r in range(q.shape[1])], dim=1)
+
+
+shapes = st.tuples(
+    st.integers(1, 3),  # B
+    st.integers(1, 3),  # R
+    st.sampled_from([(1, 1), (2, 1), (4, 2), (4, 4), (6, 3)]),  # (Hq, Hkv)
+    st.integers(1, 9),  # S
+    st.integers(0, 6),  # extra cache slots beyond the queries
+    st.sampled_from([2, 4, 8]),  # D
+    st.integers(1, 12),  # window
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.integers(0, 2**16))
+def test_gate_closed_is_causal_attention_over_shared_keys(shape, seed):
+    B, R, (Hq, Hkv), S, extra, D, w = shape
+    x = random_inputs(B, R, Hq, Hkv, S, S + extra, D, seed)
+    x["gate_bias"] = torch.full((Hq,), -200.0)  # sigmoid -> 0
+    out = gswa_reference(**x, window=w, scale=1 / math.sqrt(D))
+    torch.testing.assert_close(out, causal_over(x["query"], x["key_global"], x["value_global"], x["query_pos"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.integers(0, 2**16))
+def test_gate_open_with_large_window_is_causal_attention_over_local_keys(shape, seed):
+    B, R, (Hq, Hkv), S, extra, D, _ = shape
+    x = random_inputs(B, R, Hq, Hkv, S, S + extra, D, seed)
+    x["gate_bias"] = torch.full((Hq,), 200.0)  # sigmoid -> 1
+    out = gswa_reference(**x, window=S, scale=1 / math.sqrt(D))
+    expected = torch.stack([causal_cache_attention(x["query"][:, r], x["key_local"][:, r], x["value_local"][:, r],
+                                                   x["query_pos"], 1 / math.sqrt(D)) for r in range(R)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes, st.integers(0, 2**16))
+def test_grouped_query_heads_equal_repeated_kv_heads(shape, seed):
+    B, R, (Hq, Hkv), S, extra, D, w = shape
+    x = random_inputs(B, R, Hq, Hkv, S, S + extra, D, seed)
+    g = torch.Generator().manual_seed(seed)
+    x["gate_weight"], x["gate_bias"] = torch.randn(Hq, D, generator=g), torch.randn(Hq, generator=g)
+    rep = Hq // Hkv
+    mha = dict(x)
+    for name, dim in (("key_global", 1), ("value_global", 1), ("key_local", 2), ("value_local", 2)):
+        mha[name] = x[name].repeat_interleave(rep, dim=dim)
+    torch.testing.assert_close(gswa_reference(**x, window=w, scale=0.3), gswa_reference(**mha, window=w, scale=0.3))
+
+
+def test_window_masks_exactly_w_keys():
+    """Only the last w local keys count: changing a key just outside the window changes nothing."""
+    x = random_inputs(1, 1, 2, 1, 8, 8, 4, seed=1)
+    x["gate_bias"] = torch.full((2,), 200.0)
+    base = gswa_reference(**x, window=3, scale=0.5)
+    x["key_local"][..., 4, :] += 10.0  # position 4: outside (7-3, 7] for the last query
+    moved = gswa_reference(**x, window=3, scale=0.5)
+    torch.testing.assert_close(moved[..., 7, :], base[..., 7, :])
+    assert (moved[..., 5, :] - base[..., 5, :]).abs().max() > 1e-3  # inside the window of query 5
+
+
+def test_rows_without_valid_local_keys_give_global_share_only():
+    x = random_inputs(1, 1, 2, 2, 1, 4, 4, seed=2)
+    x["local_pos"] = torch.full((1, 1), -1)  # empty ring slot
+    out = gswa_reference(**x, window=2, scale=0.5)  # gate 0.5: y = 0.5 * y_global
+    glob = causal_over(x["query"], x["key_global"], x["value_global"], x["query_pos"])
+    torch.testing.assert_close(out, 0.5 * glob)
+    assert torch.isfinite(out).all()
+
+
+def test_ring_positions():
+    assert ring_positions(torch.tensor([0, 5, 9]), 4).tolist() == [[0, -1, -1, -1], [4, 5, 2, 3], [8, 9, 6, 7]]
+
+
+def test_custom_op_matches_reference_and_vectors_are_current():
+    """The committed vectors equal the reference today; the torch op reproduces them exactly."""
+    fresh, _ = vectors.build_vectors()
+    for attrs, t in vectors.load_vectors():
+        inputs = {k: v for k, v in t.items() if k != "expected"}
+        torch.testing.assert_close(fresh[f"{attrs['name']}/expected"], t["expected"], rtol=0, atol=0)
+        out = torch.ops.plt.gated_sliding_window_attention(**inputs, window=attrs["window"], scale=attrs["scale"])
+        assert out.dtype == t["query"].dtype and out.shape == t["query"].shape
+        # Loaded tensors may be unaligned, so BLAS may sum in another order: allow one rounding.
+        ulp = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[out.dtype]
+        torch.testing.assert_close(out, t["expected"], rtol=ulp, atol=ulp)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_inputs_accumulate_in_fp32(dtype, tol):
+    x = random_inputs(2, 2, 4, 2, 5, 9, 8, seed=4)
+    ref = gswa_reference(**x, window=3, scale=0.35)
+    half = gswa_reference(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in x.items()},
+                          window=3, scale=0.35)
+    assert half.dtype == dtype
+    assert (half.float() - ref).abs().max() < tol * 4
+
+
+def test_bad_attributes_are_rejected():
+    x = random_inputs(1, 1, 2, 1, 2, 2, 4)
+    with pytest.raises(ValueError, match="window"):
+        gswa_reference(**x, window=0, scale=0.5)
+    x["key_global"] = torch.randn(1, 3, 2, 4)
+    with pytest.raises(ValueError, match="multiple"):
+        gswa_reference(**x, window=1, scale=0.5)

@@ -1,0 +1,33 @@
+"""The train command runs end to end and its task splits are disjoint."""
+
+import json
+import random
+
+from plt_deploy.checkpoint import load_checkpoint
+from plt_deploy.cli.train_cmd import run_train
+from plt_deploy.tasks import TASKS
+from plt_deploy.tokenizer import ByteTokenizer
+from plt_deploy.training import make_batch
+
+
+def test_train_writes_checkpoints_and_results(tmp_path):
+    results = run_train(tmp_path, "addition", ("plt", "vanilla"), steps=3, batch=8, eval_examples=8)
+    assert [r["variant"] for r in results] == ["plt", "vanilla"]
+    saved = json.loads((tmp_path / "train_results.json").read_text())
+    assert saved["results"] == results
+    for r in results:
+        assert 0.0 <= r["held_out_accuracy"] <= 1.0 and r["steps"] == 3
+        assert load_checkpoint(r["checkpoint"]).cfg.mode == r["mode"]
+
+
+def test_held_out_split_is_disjoint_and_masks_cover_the_answer():
+    task = TASKS["addition"]
+    rng = random.Random(0)
+    train = {task.sample(rng, held_out=False)[0] for _ in range(2000)}
+    held = {task.sample(rng, held_out=True)[0] for _ in range(300)}
+    assert not train & held
+    tokens, mask = make_batch(task, ByteTokenizer(), random.Random(1), 4)
+    text = ByteTokenizer().decode(tokens[0].tolist())
+    prompt, answer = text.split("=")
+    assert int(answer[::-1]) == sum(int(x) for x in prompt.split("+"))
+    assert mask[0].sum() == len(answer) + 1  # answer digits and <eos>
