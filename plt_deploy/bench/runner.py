@@ -62,6 +62,8 @@ def interleave(jobs: dict[str, Callable[[int], Sample]], new_tokens: int, repeat
     """Warm every job up, then `repeats` rounds; each round runs every job once (prefill plus
     `new_tokens` decode steps), in an order rotated by one each round. jobs: name -> run(n_steps)."""
     names = list(jobs)
+    if not names:
+        return {}
     for name in names:  # warm-up: first-run allocations, thread pools, graph optimisation
         jobs[name](max(1, warmup_tokens))
         if tick:

@@ -225,7 +225,8 @@ def _context_scaling(runners, base, contexts, steps, repeats, warmup, seed, tick
                        "decode_ms_p90": s["p90"], "decode_steps": s["n"], "prefill_ms": summary(g.prefill_ms)["median"]})
     lo, hi = min(contexts), max(contexts)
     med = {(p["variant"], p["ctx"]): p["decode_ms_median"] for p in points}
-    ratios = {name: med[(name, hi)] / med[(name, lo)] for name in CTX_VARIANTS if (name, lo) in med}
+    ratios = {name: med[(name, hi)] / med[(name, lo)] for name in CTX_VARIANTS
+              if med.get((name, lo)) and med.get((name, hi)) is not None}
     return {"variant": "plt-2", "contexts": [lo, hi], "steps": steps, "points": points,
             "ratio": ratios.get("plt-2"), "ratios": ratios}
 

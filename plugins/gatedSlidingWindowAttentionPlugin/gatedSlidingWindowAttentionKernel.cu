@@ -585,11 +585,10 @@ char const* gswaCheckDims(GswaDims const& d)
 
 size_t gswaDecodeWorkspaceBytes(GswaDims const& d)
 {
-    if (d.queries > kDecodeMaxQueries)
-    {
-        return 0;
-    }
-    return sizeof(float) * static_cast<size_t>(decodeWorkspaceFloats(numQueryVectors(d), decodeNumSplits(d.cacheLen), d.headDim));
+    GswaDims clamped = d; // the decode path only runs for S <= kDecodeMaxQueries
+    clamped.queries = d.queries < kDecodeMaxQueries ? d.queries : kDecodeMaxQueries;
+    return sizeof(float)
+        * static_cast<size_t>(decodeWorkspaceFloats(numQueryVectors(clamped), decodeNumSplits(d.cacheLen), d.headDim));
 }
 
 template <typename T>

@@ -38,7 +38,8 @@ struct GswaDims
     float scale;        // softmax scale
 };
 
-//! Workspace bytes the decode path needs for these sizes (0 when S is above the decode limit).
+//! Workspace bytes of the decode path for these sizes, S clamped to the decode limit: computed
+//! from a profile's max shapes it bounds what any runtime shape of that profile needs.
 size_t gswaDecodeWorkspaceBytes(GswaDims const& dims);
 
 //! Checks the sizes the kernels support; returns a message or nullptr when they are fine.
