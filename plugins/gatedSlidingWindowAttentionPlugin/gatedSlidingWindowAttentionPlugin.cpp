@@ -324,7 +324,11 @@ size_t GatedSlidingWindowAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDe
             maxDims[i] = inputs[i].max;
         }
         // Decode partials for the largest shapes of the profile (S clamped to the decode limit).
-        return gswa::gswaDecodeWorkspaceBytes(dimsFrom(maxDims, nbInputs));
+        gswa::GswaDims const dims = dimsFrom(maxDims, nbInputs);
+        check(dims.batch >= 0 && dims.rows >= 0 && dims.heads >= 0 && dims.queries >= 0 && dims.headDim >= 0
+                && dims.cacheLen >= 0,
+            "max shapes of the profile must be known");
+        return gswa::gswaDecodeWorkspaceBytes(dims);
     }
     catch (std::exception const& e)
     {
