@@ -12,7 +12,7 @@ import torch
 
 from ..backends.base import Backend
 from ..generate import SamplingParams, generate
-from .runners import BackendRunner
+from .runners import DECODE, PREFILL, BackendRunner
 
 # (atol, rtol) on logits per dtype. fp32: the 1e-5 of the acceptance tests.
 TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (1e-1, 1e-1)}
@@ -25,8 +25,10 @@ def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, se
     ids = g.integers(3, vocab, size=(batch, S), dtype=np.int64)
     for b, n in enumerate(prompt_lengths):
         ids[b, n:] = 0
-    feeds = [{"input_ids": ids, "lengths": np.array(prompt_lengths, dtype=np.int64)}]
-    feeds += [{"input_ids": g.integers(3, vocab, size=(batch,), dtype=np.int64)} for _ in range(steps)]
+    lengths = np.array(prompt_lengths, dtype=np.int64)
+    feeds = [{"input_ids": ids, "lengths": lengths, "phase": np.array([PREFILL], dtype=np.int64)}]
+    feeds += [{"input_ids": g.integers(3, vocab, size=(batch, 1), dtype=np.int64), "lengths": lengths,
+               "phase": np.array([DECODE], dtype=np.int64)} for _ in range(steps)]
     return feeds
 
 
@@ -54,7 +56,7 @@ def compare_backends(reference: Backend, test: Backend, steps: int = 32, batch: 
     run_results = Comparator.run(runners, data_loader=feeds)
     accuracy = Comparator.compare_accuracy(run_results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol,
                                                                                       check_shapes=True))
-    (_, ref_iters), (_, test_iters) = run_results.items()[0], run_results.items()[1]
+    (_, ref_iters), (_, test_iters) = list(run_results.items())[:2]
     results = []
     for i, (r_it, t_it) in enumerate(zip(ref_iters, test_iters)):
         for name in r_it.keys():

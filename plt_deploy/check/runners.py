@@ -1,14 +1,16 @@
 """A Polygraphy runner over any plt_deploy Backend (the PyTorch reference, ONNX Runtime, ...).
 
 Polygraphy runners are stateless per `infer`; decoding is not. `BackendRunner` keeps one decoder
-session per activation and reads the phase from the feed: a feed with `lengths` is a prefill
-(input_ids [B, S]), a feed without is one decode step (input_ids [B]). Feeding the same list of
+session per activation and reads the phase from the feed: every feed has `input_ids` [B, S],
+`lengths` [B] and `phase` [1]; phase 0 is a prefill of right-padded prompts, phase 1 one decode
+step (S = 1, `lengths` unused). Feeding the same list of
 feeds to every runner through `Comparator.run` therefore replays the same prefill + decode steps
 on each backend.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -17,6 +19,9 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from ..backends.base import Backend
+
+FEED_NAMES = ("input_ids", "lengths", "phase")
+PREFILL, DECODE = 0, 1
 
 
 class BackendRunner(BaseRunner):
@@ -29,18 +34,24 @@ class BackendRunner(BaseRunner):
         self.session = self.backend.start(self.batch, self.max_seq)
 
     def get_input_metadata_impl(self, use_numpy_dtypes=None):
-        return TensorMetadata()  # the feeds differ by phase; checked in infer_impl
+        meta = TensorMetadata()
+        for name, shape in zip(FEED_NAMES, (("batch", "seq"), ("batch",), (1,))):
+            meta.add(name, np.int64, shape)
+        return meta
 
     def infer_impl(self, feed_dict):
+        start = time.perf_counter()
         tokens = torch.from_numpy(np.ascontiguousarray(feed_dict["input_ids"])).to(torch.int64)
-        if "lengths" in feed_dict:
+        if int(np.asarray(feed_dict["phase"]).reshape(-1)[0]) == PREFILL:
             lengths = torch.from_numpy(np.ascontiguousarray(feed_dict["lengths"])).to(torch.int64)
             logits = self.session.prefill(tokens, lengths)
             name = "prefill_logits"
         else:
-            logits = self.session.decode(tokens)
+            logits = self.session.decode(tokens.reshape(-1))
             name = "decode_logits"
-        return OrderedDict([(name, logits.float().numpy().copy())])
+        out = OrderedDict([(name, logits.float().numpy().copy())])
+        self.inference_time = time.perf_counter() - start
+        return out
 
     def deactivate_impl(self):
         self.session = None

@@ -227,6 +227,9 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
                 validate_export(tmp, model, dtype)
             bar.advance()
             bar.advance()
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+            tmp.chmod(0o755)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
