@@ -1,0 +1,288 @@
+"""The TensorRT backend: an export folder with engines from `plt-deploy build` behind Backend.
+
+Loading checks, in order, each with a one-line error: TensorRT and a CUDA device are present
+(build.availability), the export's manifest verifies, the manifest records engines (if not, they
+are built now with default options unless build_missing=False), the plugin library is found and
+loaded and is the one the engines were built with, the plans were built by this TensorRT version
+for this GPU's compute capability, and their sha256 match (build.plan_check).
+
+A session (`TrtSession`) owns device-resident, preallocated caches: the decode step's inputs and
+outputs are fixed device addresses, tokens and positions are copied into fixed device buffers,
+and logits come back to the host as torch tensors.
+
+In place or not: TensorRT documents output-to-input aliasing only for layers that declare it
+(IKVCacheUpdateLayer, TensorRT >= 10.15, reported by `ICudaEngine.get_aliased_input_tensor`; and
+plugins through IPluginV3OneBuildV2::getAliasedInput behind a preview feature). Our decode graph
+writes the caches with ONNX ScatterElements, which TensorRT lowers to an ordinary layer that copies
+`data` into its output and then scatters; binding present_* to the SAME address as past_* is not
+a documented contract (the copy would have src == dst, and other layers read past_* in the same
+enqueue). So by default each cache has two device buffers and the step alternates between them
+("ping-pong"): step k reads set k%2 and writes set (k+1)%2; no host copy and no extra device copy
+beyond the one the scatter layer does anyway, at the cost of twice the cache memory. Outputs the
+engine itself reports as aliased (get_aliased_input_tensor == alias_of) share one buffer.
+
+CUDA graphs: after the first decode step (TensorRT needs one enqueue after shapes are set), the
+step is captured once per parity (two graphs, since the ping-pong alternates addresses) and later
+steps only copy tokens/positions and replay. If capture fails (some engines enqueue host syncs),
+the session falls back to plain `execute_async_v3` and records why in `cuda_graph_error`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ArtifactError, InputError
+from .base import Backend, DecoderSession
+
+_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
+          "int32": torch.int32}
+_TRT_DTYPE = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32"}
+
+
+def _shape(t, batch: int, cache_len: int, prompt: int | None = None) -> tuple[int, ...]:
+    sizes = {"batch": batch, "max_seq": cache_len, "prompt": prompt}
+    return tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
+
+
+def _past_name(out) -> str:
+    """The decode input an output replaces: alias_of for caches, past_carry for the carry."""
+    return out.alias_of or out.name.replace("present_", "past_", 1)
+
+
+class TrtSession(DecoderSession):
+    def __init__(self, backend: "TrtBackend", batch: int, max_seq: int):
+        self.be, self.batch, self.max_seq = backend, batch, max_seq
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream(self.device)
+        T = backend.cache_len  # the decode engine's fixed cache length (>= max_seq)
+        spec = backend.manifest.graphs["decode"]
+        self._spec = spec
+        self._present = {_past_name(o): o.name for o in spec.outputs if o.role != "logits"}
+        dt = _TORCH[backend.manifest.dtype]
+        self._sets: list[dict[str, torch.Tensor]] = [{}, {}]
+        with torch.cuda.stream(self.stream):
+            for t in spec.inputs:
+                if t.role in ("tokens", "position"):
+                    continue
+                a = torch.zeros(_shape(t, batch, T), dtype=dt, device=self.device)
+                self._sets[0][t.name] = a
+                self._sets[1][t.name] = a if self._present[t.name] in backend.aliased else torch.zeros_like(a)
+            self._tokens = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            self._position = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            self._logits = torch.empty(batch, backend.config.vocab_size, dtype=dt, device=self.device)
+        self.stream.synchronize()
+        ctx = backend.engines["decode"].create_execution_context()
+        if ctx is None:
+            raise ArtifactError("TensorRT could not create a decode execution context (out of device memory?)")
+        ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
+        for t in spec.inputs:
+            if not ctx.set_input_shape(t.name, _shape(t, batch, T)):
+                raise InputError(f"decode engine rejects {t.name} of shape {_shape(t, batch, T)} (outside its profile; "
+                                 "rebuild with a larger --max-batch)")
+        self._ctx = ctx
+        self._prefill_ctx = None
+        self._cur = 0  # which buffer set holds the current past_*
+        self._lengths = torch.zeros(batch, dtype=torch.int64)
+        self._prefilled = False
+        self._steps = 0
+        self._graphs: list | None = None
+        self.cuda_graph = backend.cuda_graph
+        self.cuda_graph_error: str | None = None
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self._lengths
+
+    def kv_bytes(self) -> int:
+        """Device bytes of the cache buffers (both ping-pong sets), carry excluded."""
+        seen, total = set(), 0
+        for s in self._sets:
+            for name, a in s.items():
+                role = next(t.role for t in self._spec.inputs if t.name == name)
+                if role != "carry" and a.data_ptr() not in seen:
+                    seen.add(a.data_ptr())
+                    total += a.numel() * a.element_size()
+        return total
+
+    # -- prefill -------------------------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, S = tokens.shape
+        if B != self.batch:
+            raise InputError(f"prefill got {B} prompts, the session was started for {self.batch}")
+        if S > self.max_seq:
+            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
+        be, spec = self.be, self.be.manifest.graphs["prefill"]
+        if self._prefill_ctx is None:
+            self._prefill_ctx = be.engines["prefill"].create_execution_context()
+            self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
+        ctx = self._prefill_ctx
+        with torch.cuda.stream(self.stream):
+            feeds = {"input_ids": tokens.to(self.device, torch.int64), "lengths": lengths.to(self.device, torch.int64)}
+            for t in spec.inputs:
+                x = feeds[t.name].contiguous()
+                feeds[t.name] = x
+                if not ctx.set_input_shape(t.name, tuple(x.shape)):
+                    raise InputError(f"prefill engine rejects {t.name} of shape {tuple(x.shape)} (outside its profile)")
+                ctx.set_tensor_address(t.name, x.data_ptr())
+            outs = {}
+            for t in spec.outputs:
+                shape = tuple(ctx.get_tensor_shape(t.name))
+                outs[t.name] = torch.empty(shape, dtype=_TORCH[t.dtype], device=self.device)
+                ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
+            if not ctx.execute_async_v3(self.stream.cuda_stream):
+                raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
+            live = self._sets[self._cur]
+            for t in spec.outputs:
+                if t.role == "logits":
+                    continue
+                buf = live[t.name.replace("present_", "past_", 1)]
+                if t.role in ("key", "value"):  # [B, Hkv, S, D] -> slots 0..S-1 of [B, Hkv, T, D]
+                    buf.zero_()
+                    buf[:, :, :S].copy_(outs[t.name])
+                else:
+                    buf.copy_(outs[t.name])
+            idx = (feeds["lengths"] - 1).clamp(min=0)
+            logits = outs["logits"][torch.arange(B, device=self.device), idx].float().cpu()  # [B, V]
+        self._lengths = lengths.clone().to(torch.int64)
+        self._prefilled = True
+        return logits
+
+    # -- decode --------------------------------------------------------------------------------
+    def _bind(self, parity: int) -> None:
+        ctx, src, dst = self._ctx, self._sets[parity], self._sets[1 - parity]
+        ctx.set_tensor_address("input_ids", self._tokens.data_ptr())
+        ctx.set_tensor_address("position", self._position.data_ptr())
+        ctx.set_tensor_address("logits", self._logits.data_ptr())
+        for past, present in self._present.items():
+            ctx.set_tensor_address(past, src[past].data_ptr())
+            ctx.set_tensor_address(present, dst[past].data_ptr())  # == src[past] for engine-declared aliases
+
+    def _capture(self) -> None:
+        """One CUDA graph per parity; on failure fall back to plain enqueues and say why."""
+        graphs = []
+        try:
+            for parity in (0, 1):
+                self._bind(parity)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, stream=self.stream, capture_error_mode="thread_local"):
+                    if not self._ctx.execute_async_v3(self.stream.cuda_stream):
+                        raise RuntimeError("execute_async_v3 returned False during capture")
+                graphs.append(g)
+            self._graphs = graphs
+        except Exception as exc:  # noqa: BLE001  (capture errors come from CUDA, torch or TensorRT)
+            self._graphs = None
+            self.cuda_graph = False
+            self.cuda_graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self._prefilled:
+            raise InputError("decode called before prefill")
+        if int(self._lengths.max()) >= self.max_seq:
+            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        with torch.cuda.stream(self.stream):
+            self._tokens.copy_(tokens.reshape(-1).to(torch.int64))
+            self._position.copy_(self._lengths)
+            if self._graphs is not None:
+                self._graphs[self._cur].replay()
+            else:
+                self._bind(self._cur)
+                if not self._ctx.execute_async_v3(self.stream.cuda_stream):
+                    raise ArtifactError("TensorRT decode enqueue failed (see the TensorRT log above)")
+            logits = self._logits.float().cpu()  # synchronises the stream
+        self._steps += 1
+        if self.cuda_graph and self._graphs is None and self._steps == 1:
+            self._capture()  # after the first real enqueue; capturing does not run anything
+        self._cur = 1 - self._cur
+        self._lengths = self._lengths + 1
+        return logits
+
+    def close(self) -> None:
+        self._graphs = None
+        self._ctx = self._prefill_ctx = None
+        self._sets = [{}, {}]
+
+
+class TrtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, export_dir: str | Path, plugin: str | Path | None = None, build_missing: bool = True,
+                 cuda_graph: bool = True, verify_hashes: bool = True, log=None):
+        from ..build import availability, plan_check
+        from ..export.manifest import read_manifest
+
+        trt = availability.require()
+        self.trt, self.cuda_graph = trt, cuda_graph
+        export_dir = Path(export_dir)
+        manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
+        if plan_check.SECTION not in manifest.data and build_missing:
+            from ..build.engine import build_engines
+
+            build_engines(export_dir, plugin, log=log or (lambda *_: None))
+            manifest = read_manifest(export_dir, verify_hashes=False)
+        self.manifest, self.config = manifest, manifest.config
+        self.tokenizer_dir = str(export_dir) if (export_dir / "tokenizer.json").is_file() else None
+        where = export_dir / "manifest.json"
+        section = plan_check.trt_section(manifest.data, where)
+        self.plugin = None
+        if section.get("plugin"):
+            from ..build.plugin import ENV_VAR, load_plugin
+
+            recorded = Path(section["plugin"]["path"])
+            explicit = plugin or (None if os.environ.get(ENV_VAR) or not recorded.is_file() else recorded)
+            self.plugin = load_plugin(trt, explicit)
+        self.section, plans = plan_check.check_all(
+            export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(),
+            self.plugin.sha256 if self.plugin else None, self.plugin.path if self.plugin else None, verify_hashes)
+        self.cache_len = int(self.section["decode_cache_len"])
+        self.max_batch = int(self.section["max_batch"])
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engines = {}
+        for graph, path in plans.items():
+            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise ArtifactError(f"{path}: TensorRT could not deserialize the plan (see the log above); rebuild "
+                                    f"with `plt-deploy build --onnx {export_dir}`")
+            self._check_io(engine, graph, path)
+            self.engines[graph] = engine
+        dec = self.engines["decode"]
+        get_alias = getattr(dec, "get_aliased_input_tensor", None)  # TensorRT >= 10.15
+        self.aliased = set()
+        for o in manifest.graphs["decode"].outputs:
+            if o.alias_of and get_alias is not None and get_alias(o.name) == o.alias_of:
+                self.aliased.add(o.name)
+
+    def _check_io(self, engine, graph: str, path: Path) -> None:
+        """The plan's I/O names, directions and dtypes are the manifest's."""
+        trt, spec = self.trt, self.manifest.graphs[graph]
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        for t, mode in [(t, trt.TensorIOMode.INPUT) for t in spec.inputs] + \
+                       [(t, trt.TensorIOMode.OUTPUT) for t in spec.outputs]:
+            if t.name not in names or engine.get_tensor_mode(t.name) != mode:
+                raise ArtifactError(f"{path}: engine has no {mode.name.lower()} {t.name!r}; it was built from another "
+                                    "export: rebuild with `plt-deploy build`")
+            got = _TRT_DTYPE.get(engine.get_tensor_dtype(t.name).name, engine.get_tensor_dtype(t.name).name)
+            if got != t.dtype:
+                raise ArtifactError(f"{path}: {t.name} is {got} in the engine, {t.dtype} in the manifest; rebuild "
+                                    "with `plt-deploy build`")
+
+    def start(self, batch: int, max_seq: int) -> TrtSession:
+        if not 1 <= batch <= self.max_batch:
+            raise InputError(f"batch of {batch} is outside the engines' 1..{self.max_batch} (`plt-deploy build "
+                             "--max-batch`)")
+        if max_seq > self.cache_len:
+            raise InputError(f"{max_seq} tokens exceed the engines' --max-seq {self.cache_len}")
+        return TrtSession(self, batch, max_seq)
+
+    def close(self) -> None:
+        self.engines.clear()
+        self._runtime = None
+
+
+def load(path, plugin: str | None = None, build_missing: bool = True, cuda_graph: bool = True,
+         **_ignored) -> TrtBackend:
+    """An export folder (with engines from `plt-deploy build`, built now if absent) on TensorRT."""
+    return TrtBackend(path, plugin=plugin, build_missing=build_missing, cuda_graph=cuda_graph)
