@@ -1,0 +1,121 @@
+"""TensorRT in `plt-deploy check`: Polygraphy's TrtRunner on each built engine, with the plugin loaded.
+
+Two levels of comparison use TensorRT:
+  - sequences (prefill + decode steps + greedy generations): `load_backend("tensorrt", export_dir)`
+    behind `check.runners.BackendRunner`, exactly like the other backends (see parity.py);
+  - graphs: `trt_runners(export_dir)` gives one Polygraphy TrtRunner per graph (prefill, decode),
+    built from loaders (`EngineFromBytes(BytesFromPath(plan))`), and `compare_graphs` feeds the same
+    inputs to ONNX Runtime's OnnxrtRunner and to TensorRT and compares every output (logits and
+    every present_* cache), which localises a mismatch to one graph and one tensor.
+
+The plugin is loaded by `build.plugin.load_plugin` (ctypes + registry check, libnvinfer promoted to
+RTLD_GLOBAL) rather than Polygraphy's LoadPlugins, which only dlopens the library: ours does not
+link libnvinfer. Plans are refused by `build.plan_check` when built for another TensorRT, GPU or
+plugin library. Everything TensorRT is imported lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# (atol, rtol) of TensorRT against ONNX Runtime / torch: fp32 1e-4, fp16 1e-2 relative.
+TRT_TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (1e-1, 1e-1)}
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def trt_loaders(export_dir: str | Path, plugin: str | Path | None = None, verify_hashes: bool = True) -> dict:
+    """graph -> Polygraphy engine loader, after the plugin is loaded and the plans are checked."""
+    import os
+
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes
+
+    from ..build import availability, plan_check
+    from ..build.plugin import ENV_VAR, load_plugin
+    from ..export.manifest import read_manifest
+
+    trt = availability.require()
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
+    section = plan_check.trt_section(manifest.data, export_dir / "manifest.json")
+    loaded = None
+    if section.get("plugin"):
+        recorded = Path(section["plugin"]["path"])
+        explicit = plugin or (None if os.environ.get(ENV_VAR) or not recorded.is_file() else recorded)
+        loaded = load_plugin(trt, explicit)
+    _, plans = plan_check.check_all(export_dir, manifest.data, availability.trt_version(trt),
+                                    availability.compute_capability(), loaded.sha256 if loaded else None,
+                                    loaded.path if loaded else None, verify_hashes)
+    return {graph: EngineFromBytes(BytesFromPath(str(path))) for graph, path in plans.items()}
+
+
+def trt_runners(export_dir: str | Path, plugin: str | Path | None = None) -> dict:
+    """graph -> Polygraphy TrtRunner (a context manager: activate / infer / deactivate)."""
+    from polygraphy.backend.trt import TrtRunner
+
+    return {graph: TrtRunner(loader, name=f"tensorrt:{graph}")
+            for graph, loader in trt_loaders(export_dir, plugin).items()}
+
+
+def onnxrt_runners(export_dir: str | Path) -> dict:
+    """graph -> Polygraphy OnnxrtRunner on the same ONNX files (CPU provider), the graph-level reference."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    from ..export.manifest import read_manifest
+
+    manifest = read_manifest(export_dir)
+    return {g: OnnxrtRunner(SessionFromOnnx(str(manifest.graph_path(g)), providers=["CPUExecutionProvider"]),
+                            name=f"onnxruntime:{g}") for g in manifest.graphs}
+
+
+def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 7, iterations: int = 2,
+                seed: int = 0) -> list[dict]:
+    """Deterministic feeds for one graph: right-padded prompts (prefill) or random caches at valid positions."""
+    g = np.random.default_rng(seed)
+    spec, vocab = manifest.graphs[graph], manifest.config.vocab_size
+    feeds = []
+    for it in range(iterations):
+        feed = {}
+        for t in spec.inputs:
+            shape = [batch if d == "batch" else cache_len if d == "max_seq" else prompt if d == "prompt" else d
+                     for d in t.shape]
+            if t.role == "tokens":
+                feed[t.name] = g.integers(3, vocab, size=shape, dtype=np.int64)
+            elif t.role == "lengths":
+                feed[t.name] = np.array([max(1, prompt - (b + it) % prompt) for b in range(batch)], dtype=np.int64)
+            elif t.role == "position":
+                feed[t.name] = g.integers(1, cache_len, size=shape, dtype=np.int64)
+            else:
+                feed[t.name] = (0.1 * g.standard_normal(shape)).astype(_NP[t.dtype])
+        feeds.append(feed)
+    return feeds
+
+
+def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, batch: int = 2, prompt: int = 7,
+                   iterations: int = 2, seed: int = 0) -> dict:
+    """ONNX Runtime vs TensorRT on each graph, every output; a JSON-able report."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from ..export.manifest import read_manifest
+    from .parity import _quiet_polygraphy, error_stats
+
+    manifest = read_manifest(export_dir)
+    atol, rtol = TRT_TOLERANCES[manifest.dtype]
+    trt = trt_runners(export_dir, plugin)
+    ort = onnxrt_runners(export_dir)
+    cache_len = int(manifest.data["tensorrt"]["decode_cache_len"])
+    _quiet_polygraphy()
+    report = {"dtype": manifest.dtype, "atol": atol, "rtol": rtol, "graphs": {}}
+    for graph in manifest.graphs:
+        feeds = graph_feeds(manifest, graph, batch, cache_len, prompt, iterations, seed)
+        results = Comparator.run([ort[graph], trt[graph]], data_loader=feeds)
+        ok = bool(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol)))
+        (_, ref_iters), (_, out_iters) = results.items()[0], results.items()[1]
+        rows = [{"name": name, "iteration": i, **error_stats(r[name], o[name], atol, rtol)}
+                for i, (r, o) in enumerate(zip(ref_iters, out_iters)) for name in r.keys()]
+        report["graphs"][graph] = {"polygraphy_passed": ok, "passed": ok and all(r["passed"] for r in rows),
+                                   "results": rows}
+    report["passed"] = all(g["passed"] for g in report["graphs"].values())
+    return report

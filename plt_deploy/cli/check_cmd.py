@@ -1,0 +1,30 @@
+"""plt-deploy check: the torch reference against ONNX Runtime (and TensorRT) through Polygraphy."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("check")
+@click.option("--model", required=True, type=click.Path(file_okay=False), help="Checkpoint folder (the reference).")
+@click.option("--onnx", "onnx_dir", required=True, type=click.Path(file_okay=False),
+              help="Export folder written by `plt-deploy export` from the same checkpoint.")
+@click.option("--backends", default="torch,onnxruntime", show_default=True,
+              help="Comma-separated backends; each is compared with torch.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Decode steps compared.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Greedy tokens compared per prompt.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtimes.")
+@click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
+@click.pass_context
+def command(ctx, model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
+    """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
+    from rich.console import Console
+
+    from ..check.report import run_check
+
+    result = run_check(model, onnx_dir, backends.split(","), report, steps=steps, new_tokens=new_tokens,
+                       threads=threads, provider=provider, console=Console())
+    if not result["passed"]:
+        ctx.exit(1)

@@ -1,0 +1,26 @@
+"""plt-deploy export: a checkpoint to ONNX (prefill + decode graphs) with a manifest."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.option("--model", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Export folder to write (export/NAME).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"]),
+              help="Weight and activation dtype (default: the checkpoint's).")
+@click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True, help="ONNX opset.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch the graphs accept.")
+@click.option("--max-seq", type=click.IntRange(min=2), help="Longest sequence (default: the model's max_seq_len).")
+@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
+def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
+    """Export a checkpoint to ONNX with the G-SWA custom op, then validate it against PyTorch."""
+    from ..export.exporter import export_model
+
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
+    path = export_model(model, out, dtype=dtype, opset=opset, max_batch=max_batch, max_seq=max_seq, force=force,
+                        validate=not no_validate)
+    click.echo(f"wrote {path} (manifest.json, prefill.onnx, decode.onnx)")

@@ -1,0 +1,73 @@
+"""The G-SWA FunctionProto on its own: a one-node model through onnx.reference and ONNX Runtime."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from plt_deploy.export import onnx_op
+from plt_deploy.ops import contract
+from plt_deploy.ops.vectors import load_vectors
+
+CASES = load_vectors()
+IDS = [attrs["name"] for attrs, _ in CASES]
+
+
+def one_node_model(attrs: dict, elem: int, opset: int = 18) -> onnx.ModelProto:
+    ins = [helper.make_tensor_value_info(s.name, TensorProto.INT64 if s.dtype == "int64" else elem, list(s.shape))
+           for s in contract.INPUTS]
+    outs = [helper.make_tensor_value_info(s.name, elem, list(s.shape)) for s in contract.OUTPUTS]
+    node = helper.make_node(contract.OP_NAME, [s.name for s in contract.INPUTS], [s.name for s in contract.OUTPUTS],
+                            domain=contract.OP_DOMAIN, **{a.name: attrs[a.name] for a in contract.ATTRIBUTES})
+    model = helper.make_model(helper.make_graph([node], "gswa", ins, outs),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx_op.attach_function(model)
+    onnx_op.add_plugin_attributes(model)
+    return model
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_function_matches_torch_op(case):
+    attrs, t = CASES[case]
+    if t["query"].dtype == torch.bfloat16:
+        pytest.skip("numpy has no bfloat16: neither onnx.reference nor ORT's numpy API can feed it")
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    elem = helper.np_dtype_to_tensor_dtype(t["query"].numpy().dtype)
+    model = one_node_model(attrs, elem)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {s.name: t[s.name].numpy() for s in contract.INPUTS}
+    torch_out = torch.ops.plt.gated_sliding_window_attention(
+        *[t[s.name] for s in contract.INPUTS], attrs["window"], attrs["scale"]).float().numpy()
+    np.testing.assert_allclose(torch_out, t["expected"].float().numpy(), atol=1e-6 if case < 7 else 1e-3)
+    tol = 1e-5 if t["query"].dtype == torch.float32 else 2e-3
+    ref = ReferenceEvaluator(model).run(None, feeds)[0]
+    assert ref.dtype == t["query"].numpy().dtype
+    np.testing.assert_allclose(ref.astype(np.float32), torch_out, atol=tol, rtol=0)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, feeds)[0]
+    np.testing.assert_allclose(out.astype(np.float32), torch_out, atol=tol, rtol=0)
+
+
+def test_function_uses_only_standard_ops_of_the_model_opset():
+    for opset in (18, 20):
+        fn = onnx_op.build_function(opset)
+        assert [o.domain for o in fn.opset_import] == [""] and fn.opset_import[0].version == opset
+        for node in fn.node:
+            assert node.domain == ""
+            onnx.defs.get_schema(node.op_type, opset, "")  # raises if not a standard op at this opset
+        assert set(fn.attribute) == {a.name for a in contract.ATTRIBUTES if a.default is None}
+    with pytest.raises(ValueError, match="opset >= 18"):
+        onnx_op.build_function(17)
+
+
+def test_node_attributes_follow_the_contract():
+    attrs, _ = CASES[0]
+    model = one_node_model(attrs, TensorProto.FLOAT)
+    node = model.graph.node[0]
+    got = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert got["plugin_namespace"] == b"plt" and got["plugin_version"] == b"1"
+    assert {a.name for a in contract.ATTRIBUTES} <= set(got)
+    assert any(o.domain == contract.OP_DOMAIN and o.version == contract.OP_VERSION for o in model.opset_import)
