@@ -46,6 +46,11 @@ def run_check(model: str | Path, onnx: str | Path, backends=("torch", "onnxrunti
             parity = compare_backends(reference, be, steps=steps, batch=2, dtype=dtype)
             greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size), new_tokens)
         entry = {"parity": parity, "greedy": greedy, "passed": parity["passed"] and greedy["passed"]}
+        if name == "tensorrt":  # graph level: Polygraphy TrtRunner per engine (plugin loaded) vs OnnxrtRunner
+            from .trt import compare_graphs
+
+            entry["graphs"] = compare_graphs(onnx)
+            entry["passed"] = entry["passed"] and entry["graphs"]["passed"]
         out["backends"][name] = entry
         out["passed"] &= entry["passed"]
     if report:
@@ -71,6 +76,11 @@ def print_report(report: dict, console) -> None:
                            for x in g["prompts"])
         table.add_row(name, f"greedy x{len(g['prompts'])}", str(g["new_tokens"]), "-", "-", "-", "-",
                       _verdict(g["passed"]) + f" ({detail})")
+        graphs = entry.get("graphs")  # tensorrt: TrtRunner vs OnnxrtRunner, worst output per graph
+        for graph, gr in (graphs or {}).get("graphs", {}).items():
+            w = max(gr["results"], key=lambda r: r["max_abs"])
+            table.add_row(name, f"{graph} graph vs ORT ({w['name']})", str(len(gr["results"])), f"{w['max_abs']:.3g}",
+                          f"{w['max_rel']:.3g}", f"{graphs['atol']:.1g}", f"{graphs['rtol']:.1g}", _verdict(gr["passed"]))
     console.print(table)
     console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
 
