@@ -71,12 +71,12 @@ def _row(name: str, cfg: PLTConfig, backend: str, batch: int, prompt_len: int, n
     }
 
 
-def _open_all(backend, models, workdir, threads, provider, tick, max_batch=1) -> tuple[dict, dict]:
+def _open_all(backend, models, workdir, threads, provider, tick, max_batch=1, validate=True) -> tuple[dict, dict]:
     """name -> Backend for every model that opens; name -> error message for the others."""
     opened, errors = {}, {}
     for name, model in models.items():
         try:
-            opened[name] = V.open_backend(backend, model, name, workdir, threads, provider, max_batch)
+            opened[name] = V.open_backend(backend, model, name, workdir, threads, provider, max_batch, validate)
         except Exception as exc:  # one variant failing (e.g. an export limit) must not hide the others
             if isinstance(exc, BackendUnavailable):  # the runtime itself is missing: nothing to measure
                 raise
@@ -94,7 +94,7 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
               warmup_tokens: int = 8, contexts: tuple[int, int] | None = (128, 2048), ctx_steps: int = 32,
               peer: bool = True, floor_preset: str | None = None, floor_steps: int = 16,
               bandwidth_bytes: int = 512 << 20, threads: int | None = None, provider: str | None = None,
-              seed: int = 0, workdir: str | Path | None = None,
+              seed: int = 0, workdir: str | Path | None = None, validate_exports: bool = True,
               tick: Callable[[str], None] | None = None, on_total: Callable[[int], None] | None = None) -> dict:
     """Benchmark plt-2, plt-3, looped-2 and vanilla (and the HF peer) built from one preset or checkpoint.
 
@@ -138,7 +138,7 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
                 "warmup_tokens": warmup_tokens, "contexts": list(contexts) if contexts else None,
                 "ctx_steps": ctx_steps, "floor_preset": floor_preset, "floor_steps": floor_steps,
                 "threads": torch.get_num_threads(), "provider": provider, "seed": seed, "dtype": base.dtype,
-                "peer": peer}
+                "peer": peer, "validate_exports": validate_exports if backend != "torch" else None}
     result = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
@@ -153,7 +153,8 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
         cfgs = {name: m.cfg for name, m in models.items()}
         params = {name: m.num_parameters() for name, m in models.items()}
         wbytes = {name: V.weight_bytes(m) for name, m in models.items()}
-        backends, errors = _open_all(backend, models, work, threads, provider, tick, max(batches))
+        backends, errors = _open_all(backend, models, work, threads, provider, tick, max(batches),
+                                     validate_exports)
         runners = {name: BackendRunner(b) for name, b in backends.items()}
 
         hf = None
@@ -200,7 +201,7 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
         tick("measured memory bandwidth")
         if floor_preset:
             result["floor"] = _floor(floor_preset, backend, work, threads, provider, floor_steps, repeats,
-                                     warmup_tokens, seed, result["bandwidth"], tick)
+                                     warmup_tokens, seed, result["bandwidth"], tick, validate_exports)
 
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["targets"] = targets.check_targets(result)
@@ -231,7 +232,7 @@ def _context_scaling(runners, base, contexts, steps, repeats, warmup, seed, tick
             "ratio": ratios.get("plt-2"), "ratios": ratios}
 
 
-def _floor(preset, backend, work, threads, provider, steps, repeats, warmup, seed, bw, tick) -> dict:
+def _floor(preset, backend, work, threads, provider, steps, repeats, warmup, seed, bw, tick, validate) -> dict:
     """Decode step time of a memory-bound preset against weight_bytes / bandwidth."""
     cfg = PLTConfig.from_name(preset)
     wanted = tuple(V.BY_NAME[n] for n in FLOOR_VARIANTS)
@@ -240,7 +241,7 @@ def _floor(preset, backend, work, threads, provider, steps, repeats, warmup, see
         tick(f"built {preset} {name}")
     wb = {name: V.weight_bytes(m) for name, m in models.items()}
     params = {name: m.num_parameters() for name, m in models.items()}
-    backends, errors = _open_all(backend, models, work / f"floor-{preset}", threads, provider, tick)
+    backends, errors = _open_all(backend, models, work / f"floor-{preset}", threads, provider, tick, 1, validate)
     del models
     tokens = prompt_tokens(1, 64, cfg.vocab_size, seed)
     got = interleave(_jobs({n: BackendRunner(b) for n, b in backends.items()}, tokens), steps, repeats,

@@ -8,6 +8,8 @@ in memory for torch, through the exporter's library function into a work folder 
 
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -66,26 +68,42 @@ def weight_bytes(model: PLT) -> int:
     return total
 
 
-def _export(model: PLT, workdir: Path, name: str, max_batch: int) -> Path:
-    """Save a checkpoint and export it with the project's exporter; returns the export folder."""
-    import inspect
+def _reusable(out: Path, ckpt: Path, max_batch: int) -> bool:
+    """Whether `out` is an export of exactly this checkpoint (same config and weight hashes)."""
+    try:
+        from ..export.manifest import model_identity, read_manifest
 
+        m = read_manifest(out, verify_hashes=False)
+        data = json.loads((out / "manifest.json").read_text())
+        return data["model"]["sha256"] == model_identity(ckpt) and m.max_batch >= max_batch
+    except Exception:  # no export, an older format, a half-written folder: export again
+        return False
+
+
+def _export(model: PLT, workdir: Path, name: str, max_batch: int, validate: bool) -> Path:
+    """Save a checkpoint and export it with the project's exporter (reusing an identical earlier
+    export in `workdir`); returns the export folder."""
     from ..checkpoint import save_checkpoint
 
     try:
         export = import_module("plt_deploy.export")
+        if not hasattr(export, "export_model"):
+            export = import_module("plt_deploy.export.exporter")
     except ModuleNotFoundError as exc:
         raise BackendUnavailable(f"the ONNX exporter is not available ({exc}); use --backend torch") from None
     ckpt = save_checkpoint(model, workdir / f"ckpt-{name}")
     out = workdir / f"onnx-{name}"
-    wanted = {"max_batch": max(max_batch, 2), "force": True, "progress": False}
+    max_batch = max(max_batch, 2)
+    if _reusable(out, ckpt, max_batch):
+        return out
+    wanted = {"max_batch": max_batch, "force": True, "progress": False, "validate": validate}
     accepted = inspect.signature(export.export_model).parameters
     export.export_model(ckpt, out, **{k: v for k, v in wanted.items() if k in accepted})
     return out
 
 
 def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: int | None = None,
-                 provider: str | None = None, max_batch: int = 1):
+                 provider: str | None = None, max_batch: int = 1, validate: bool = True):
     """A Backend running `model`: torch in memory, anything else from an export in `workdir`."""
     if backend == "torch":
         from ..backends.torch_backend import TorchBackend
@@ -103,4 +121,4 @@ def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: in
     options = {"threads": threads}
     if provider:
         options["provider"] = provider
-    return load_backend(backend, str(_export(model, workdir, name, max_batch)), **options)
+    return load_backend(backend, str(_export(model, workdir, name, max_batch, validate)), **options)

@@ -40,11 +40,14 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (torch and the runtime).")
 @click.option("--provider", help="ONNX Runtime execution provider.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), help="Keep exports here instead of a temp folder.")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Keep exports here (reused when the weights match) instead of a temp folder.")
+@click.option("--validate-exports/--no-validate-exports", default=True, show_default=True,
+              help="Let the exporter check each export against torch (slower).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps,
-            no_contexts, peer, floor_preset, threads, provider, seed, workdir, json_path, progress):
+            no_contexts, peer, floor_preset, threads, provider, seed, workdir, validate_exports, json_path, progress):
     """Benchmark decode latency, tokens/s and KV-cache bytes of plt-2, plt-3, looped-2 and vanilla
     built from one preset (or checkpoint), interleaved in one run, plus a Hugging Face peer."""
     from ..bench import print_report, run_bench, write_json
@@ -59,7 +62,8 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, wa
                            new_tokens=new_tokens, repeats=repeats, warmup_tokens=warmup_tokens,
                            contexts=None if no_contexts else contexts, ctx_steps=ctx_steps, peer=peer,
                            floor_preset=floor_preset, threads=threads, provider=provider, seed=seed,
-                           workdir=workdir, tick=tick, on_total=set_total)
+                           workdir=workdir, validate_exports=validate_exports, tick=tick,
+                           on_total=set_total)
     print_report(result)
     if json_path:
         click.echo(f"wrote {write_json(result, json_path)}")
