@@ -365,3 +365,18 @@ def test_gpu_decode_is_graph_captured_and_deterministic(tiny_engines):
             assert (s._graphs is not None) == cuda_graph, s.cuda_graph_error
             outs.append(torch.stack([first, *steps]))
         torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)
+
+
+def test_decode_outputs_pair_with_inputs_for_ping_pong():
+    """Every decode output but logits has an input of the same shape the runner alternates it with."""
+    from plt_deploy.backends.trt_backend import _past_name, _shape
+
+    cfg = PLTConfig.from_name("tiny")
+    spec = io_spec.graph_specs(cfg, 64, "float16")["decode"]
+    inputs = {t.name: t for t in spec.inputs}
+    outs = [o for o in spec.outputs if o.role != "logits"]
+    assert outs and len({_past_name(o) for o in outs}) == len(outs)
+    for o in outs:
+        past = inputs[_past_name(o)]
+        assert _shape(past, 3, 64) == _shape(o, 3, 64) and past.dtype == o.dtype
+    assert any(o.role == "carry" and o.alias_of is None for o in outs)  # the carry is never in place

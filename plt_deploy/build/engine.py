@@ -207,7 +207,7 @@ def build_engines(export_dir: str | Path, plugin: str | Path | None = None, opti
     manifest = read_manifest(export_dir)
     max_batch = opts.max_batch or manifest.max_batch
     max_seq = opts.max_seq or manifest.max_seq
-    if not 1 <= max_batch <= max(manifest.max_batch, 2):
+    if not 1 <= max_batch <= manifest.max_batch:
         raise InputError(f"--max-batch must be in [1, {manifest.max_batch}] (the export's --max-batch), got {max_batch}")
     if not 2 <= max_seq <= manifest.max_seq:
         raise InputError(f"--max-seq must be in [2, {manifest.max_seq}] (the export's --max-seq), got {max_seq}")
@@ -224,7 +224,8 @@ def build_engines(export_dir: str | Path, plugin: str | Path | None = None, opti
     out_dir = export_dir / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else out_dir / TIMING_CACHE
-    cache = _timing_cache(trt, builder.create_builder_config(), cache_path, log)
+    cache_config = builder.create_builder_config()  # kept alive: it created the shared timing cache
+    cache = _timing_cache(trt, cache_config, cache_path, log)
     engines = {}
     for graph in GRAPHS:
         axes = profile_axes(graph, max_batch, max_seq, opts.opt_batch, opts.opt_prompt)
