@@ -105,7 +105,9 @@ def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, bat
     atol, rtol = TRT_TOLERANCES[manifest.dtype]
     trt = trt_runners(export_dir, plugin)
     ort = onnxrt_runners(export_dir)
-    cache_len = int(manifest.data["tensorrt"]["decode_cache_len"])
+    section = manifest.data["tensorrt"]  # present: trt_runners checked it
+    cache_len = int(section["decode_cache_len"])
+    batch, prompt = min(batch, int(section["max_batch"])), min(prompt, cache_len)
     _quiet_polygraphy()
     report = {"dtype": manifest.dtype, "atol": atol, "rtol": rtol, "graphs": {}}
     for graph in manifest.graphs:
