@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 
@@ -17,8 +19,7 @@ import click
               help="Greedy tokens compared per prompt.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtimes.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
-@click.pass_context
-def command(ctx, model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
+def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
     """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
     from rich.console import Console
 
@@ -27,4 +28,4 @@ def command(ctx, model, onnx_dir, backends, report, steps, new_tokens, threads, 
     result = run_check(model, onnx_dir, backends.split(","), report, steps=steps, new_tokens=new_tokens,
                        threads=threads, provider=provider, console=Console())
     if not result["passed"]:
-        ctx.exit(1)
+        sys.exit(1)

@@ -1,0 +1,266 @@
+"""Export of the tiny preset (plt, looped, vanilla), ONNX Runtime parity, the manifest, damaged artifacts.
+
+Each mode is exported once per module (the slow part); every other test reuses those folders.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from plt_deploy.backends.ort_backend import OrtBackend
+from plt_deploy.backends.torch_backend import load as load_torch
+from plt_deploy.check.parity import compare_backends, compare_greedy
+from plt_deploy.cli.init_cmd import init_checkpoint
+from plt_deploy.errors import ArtifactError, InputError
+from plt_deploy.export import manifest as manifest_lib
+from plt_deploy.export.exporter import export_model
+from plt_deploy.ops import contract
+
+MODES = ("plt", "looped", "vanilla")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for mode in MODES:
+        ck = init_checkpoint("tiny", root / f"ck_{mode}", mode=mode, seed=1)
+        # Only the plt export runs the exporter's own ORT-vs-torch validation (tested once is enough).
+        ex = export_model(ck, root / f"ex_{mode}", max_batch=4, progress=False, validate=(mode == "plt"))
+        out[mode] = (ck, ex)
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ort_matches_torch_prefill_and_decode(exports, mode):
+    ck, ex = exports[mode]
+    ref, be = load_torch(ck), OrtBackend(ex)
+    report = compare_backends(ref, be, steps=32, batch=2, prompt_lengths=[9, 4])
+    assert report["summary"]["prefill_logits"]["max_abs"] <= 1e-5, report["summary"]
+    assert report["summary"]["decode_logits"]["max_abs"] <= 1e-5, report["summary"]
+    assert report["summary"]["decode_logits"]["iterations"] == 32
+    assert report["passed"] and report["polygraphy_passed"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_tokens_identical(exports, mode):
+    ck, ex = exports[mode]
+    result = compare_greedy(load_torch(ck), OrtBackend(ex), [[1, 72, 101, 108, 108, 111, 32], [1, 80, 76]], 64)
+    assert result["passed"], result["prompts"]
+    assert all(len(t) == 64 for t in result["test_tokens"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_checker_op_nodes_and_plugin_attributes(exports, mode):
+    _, ex = exports[mode]
+    m = manifest_lib.read_manifest(ex)
+    for graph in ("prefill", "decode"):
+        path = m.graph_path(graph)
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        nodes = [n for n in model.graph.node if n.domain == contract.OP_DOMAIN]
+        if mode != "plt":
+            assert not nodes and not model.functions  # baselines export without the plugin
+            continue
+        assert len(nodes) == m.config.n_layers  # one G-SWA node per layer of loops >= 2
+        for node in nodes:
+            assert node.op_type == contract.OP_NAME
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["plugin_namespace"] == contract.PLUGIN_NAMESPACE.encode()
+            assert attrs["plugin_version"] == str(contract.OP_VERSION).encode()
+            assert attrs["window"] == m.config.window and attrs["num_heads"] == m.config.n_heads
+            assert attrs["num_kv_heads"] == m.config.n_kv_heads
+            assert attrs["scale"] == pytest.approx(m.config.head_dim ** -0.5)
+        fns = [f for f in model.functions if f.name == contract.OP_NAME and f.domain == contract.OP_DOMAIN]
+        assert len(fns) == 1
+        assert {(o.domain, o.version) for o in model.opset_import} >= {("", 18), ("plt", 1)}
+
+
+def test_manifest_describes_graphs_and_cache(exports):
+    ck, ex = exports["plt"]
+    data = json.loads((ex / "manifest.json").read_text())
+    assert data["custom_op"]["name"] == contract.OP_NAME and data["custom_op"]["version"] == contract.OP_VERSION
+    assert set(data["files"]) == {"prefill.onnx", "decode.onnx"}
+    assert data["versions"]["torch"] == torch.__version__ and data["versions"]["onnx"] == onnx.__version__
+    dec = data["graphs"]["decode"]
+    names = [t["name"] for t in dec["inputs"]]
+    assert names[:2] == ["input_ids", "position"] and "past_key.0" in names and "past_carry" in names
+    aliased = {t["name"]: t["alias_of"] for t in dec["outputs"] if t["alias_of"]}
+    assert aliased["present_key.0"] == "past_key.0" and "present_carry" not in aliased
+    assert dec["inputs"][2]["shape"] == ["batch", 2, "max_seq", 16]
+    assert "local_ring" in data["cache"] and data["model"]["sha256"] == manifest_lib.model_identity(ck)
+    # the ONNX graphs really carry the names the manifest lists
+    for g in ("prefill", "decode"):
+        model = onnx.load(str(ex / data["graphs"][g]["file"]), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [t["name"] for t in data["graphs"][g]["inputs"]]
+        assert [o.name for o in model.graph.output] == [t["name"] for t in data["graphs"][g]["outputs"]]
+
+
+def test_decode_writes_cache_in_place(exports):
+    _, ex = exports["plt"]
+    be = OrtBackend(ex)
+    s = be.start(2, 40)
+    s.prefill(torch.tensor([[1, 5, 6, 7], [1, 8, 9, 0]]), torch.tensor([4, 3]))
+    host = s.cache_arrays()
+    before = {k: v.copy() for k, v in host.items()}
+    ptrs = {k: s._bufs[k].data_ptr() for k in host}
+    s.decode(torch.tensor([3, 4]))
+    for name in ("past_key.0", "past_value.1"):
+        changed = np.argwhere(np.any(host[name] != before[name], axis=(1, 3)))
+        assert changed.tolist() == [[0, 4], [1, 3]]  # exactly the slot at each sequence's position
+        assert s._bufs[name].data_ptr() == ptrs[name] == host[name].ctypes.data
+    ring = np.argwhere(np.any(host["past_local_key.0"] != before["past_local_key.0"], axis=(1, 2, 4)))
+    assert ring.tolist() == [[0, 4 % 8], [1, 3 % 8]]
+    assert s.lengths.tolist() == [5, 4]
+
+
+def test_session_limits(exports):
+    _, ex = exports["plt"]
+    be = OrtBackend(ex)
+    with pytest.raises(InputError, match="max-batch"):
+        be.start(5, 16)
+    with pytest.raises(InputError, match="before prefill"):
+        be.start(1, 16).decode(torch.tensor([1]))
+
+
+def test_generate_cli_onnxruntime_matches_torch(exports, capsys):
+    from plt_deploy.cli import main
+
+    ck, ex = exports["vanilla"]
+    main(["generate", "--model", str(ck), "--prompt", "hello", "--max-new-tokens", "12"])
+    torch_text = capsys.readouterr().out
+    main(["generate", "--backend", "onnxruntime", "--model", str(ex), "--prompt", "hello", "--max-new-tokens", "12",
+          "--threads", "1"])
+    assert capsys.readouterr().out == torch_text
+
+
+def test_check_cli_report_and_exit_codes(exports, tmp_path, monkeypatch, capsys):
+    from plt_deploy.check import parity
+    from plt_deploy.cli import main
+
+    ck, ex = exports["plt"]
+    report = tmp_path / "report.json"
+    main(["check", "--model", str(ck), "--onnx", str(ex), "--report", str(report), "--steps", "32"])
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["backends"]["onnxruntime"]["greedy"]["new_tokens"] == 64
+    assert "PASSED" in capsys.readouterr().out
+    monkeypatch.setitem(parity.TOLERANCES, "float32", (0.0, 0.0))  # nothing passes a zero tolerance
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--model", str(ck), "--onnx", str(ex), "--report", str(report), "--steps", "2",
+              "--new-tokens", "2"])
+    assert exc.value.code == 1 and not json.loads(report.read_text())["passed"]
+    other, _ = exports["vanilla"]
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--model", str(other), "--onnx", str(ex)])
+    assert exc.value.code == 1 and "another model" in capsys.readouterr().err
+
+
+def test_export_refuses_bad_requests(exports, tmp_path):
+    ck, ex = exports["plt"]
+    with pytest.raises(ArtifactError, match="already exists"):
+        export_model(ck, ex, progress=False)
+    with pytest.raises(InputError, match="opset"):
+        export_model(ck, tmp_path / "x", opset=17, progress=False)
+    with pytest.raises(InputError, match="max-seq"):
+        export_model(ck, tmp_path / "x", max_seq=10_000, progress=False)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+# Damaged artifacts ---------------------------------------------------------------------------
+
+@pytest.fixture
+def copy_of(exports, tmp_path):
+    def make(mode="plt"):
+        dst = tmp_path / f"copy_{mode}"
+        shutil.copytree(exports[mode][1], dst)
+        return dst
+    return make
+
+
+def _rehash(folder):
+    """Re-record file hashes (as if an attacker or a bad tool also rewrote the manifest)."""
+    data = json.loads((folder / "manifest.json").read_text())
+    manifest_lib.write_manifest(folder, data)
+
+
+def test_flipped_bytes_refused(copy_of):
+    ex = copy_of()
+    path = ex / "decode.onnx"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match=r"decode\.onnx: sha256 does not match"):
+        OrtBackend(ex)
+
+
+def test_missing_external_data_refused(copy_of):
+    ex = copy_of()
+    model = onnx.load(str(ex / "prefill.onnx"))
+    onnx.save_model(model, str(ex / "prefill.onnx"), save_as_external_data=True, location="prefill.onnx.data",
+                    size_threshold=0)
+    _rehash(ex)
+    assert OrtBackend(ex).sessions  # loads with its data file
+    (ex / "prefill.onnx.data").unlink()
+    with pytest.raises(ArtifactError, match=r"prefill\.onnx\.data: file not found"):
+        OrtBackend(ex)
+
+
+def test_external_data_written_above_limit(exports, tmp_path, monkeypatch):
+    from plt_deploy.export import exporter
+
+    _, ex = exports["vanilla"]
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_LIMIT", 1024)
+    files = exporter.save_onnx(onnx.load(str(ex / "decode.onnx")), tmp_path / "decode.onnx")
+    assert files == ["decode.onnx", "decode.onnx.data"] and (tmp_path / "decode.onnx.data").stat().st_size > 1000
+    onnx.checker.check_model(str(tmp_path / "decode.onnx"), full_check=True)
+
+
+def test_wrong_op_version_refused(copy_of):
+    ex = copy_of()
+    model = onnx.load(str(ex / "prefill.onnx"))
+    for o in model.opset_import:
+        if o.domain == contract.OP_DOMAIN:
+            o.version = contract.OP_VERSION + 1
+    onnx.save(model, str(ex / "prefill.onnx"))
+    _rehash(ex)
+    with pytest.raises(ArtifactError, match=r"prefill\.onnx: imports custom op domain 'plt' version 2"):
+        OrtBackend(ex)
+    data = json.loads((ex / "manifest.json").read_text())
+    data["custom_op"]["version"] = 7
+    (ex / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: custom op version is 7"):
+        OrtBackend(ex)
+
+
+def test_manifest_hash_mismatch_refused(copy_of):
+    ex = copy_of()
+    data = json.loads((ex / "manifest.json").read_text())
+    data["files"]["prefill.onnx"]["sha256"] = "0" * 64
+    (ex / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"prefill\.onnx: sha256 does not match .*manifest\.json"):
+        OrtBackend(ex)
+
+
+def test_manifest_from_another_model_refused(copy_of, exports):
+    ex = copy_of("plt")
+    shutil.copyfile(exports["vanilla"][1] / "manifest.json", ex / "manifest.json")
+    with pytest.raises(ArtifactError, match=r"(decode|prefill)\.onnx: .*(sha256|bytes)"):
+        OrtBackend(ex)
+    with pytest.raises(ArtifactError, match="another model"):
+        manifest_lib.read_manifest(exports["plt"][1], expect_model=exports["vanilla"][0])
+
+
+def test_missing_or_corrupt_manifest_refused(copy_of, tmp_path):
+    ex = copy_of()
+    (ex / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"manifest\.json: not valid JSON"):
+        OrtBackend(ex)
+    (ex / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match=r"manifest\.json: file not found"):
+        OrtBackend(ex)
+    with pytest.raises(ArtifactError, match="no such export folder"):
+        OrtBackend(tmp_path / "nowhere")
