@@ -104,6 +104,18 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
     """
     if (preset is None) == (model is None):
         raise InputError("give exactly one of --preset or --model")
+    before = torch.get_num_threads()
+    try:
+        return _run(preset, model, backend, tuple(batches), prompt_len, new_tokens, repeats, warmup_tokens, contexts,
+                    ctx_steps, peer, floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir,
+                    validate_exports, tick, on_total)
+    finally:
+        torch.set_num_threads(before)  # a library call must not change the caller's torch settings
+
+
+def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps, peer,
+         floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir, validate_exports, tick,
+         on_total) -> dict:
     if threads:
         torch.set_num_threads(threads)
     tick = tick or (lambda _desc: None)

@@ -37,6 +37,8 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Include the transformers Llama peer.")
 @click.option("--floor-preset", type=click.Choice(list(PRESETS)),
               help="Also time this (memory-bound) preset against weight bytes / bandwidth, e.g. base. Slow.")
+@click.option("--bandwidth-mib", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Size of the array copied to measure memory bandwidth.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (torch and the runtime).")
 @click.option("--provider", help="ONNX Runtime execution provider.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -47,7 +49,7 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps,
-            no_contexts, peer, floor_preset, threads, provider, seed, workdir, validate_exports, json_path, progress):
+            no_contexts, peer, floor_preset, bandwidth_mib, threads, provider, seed, workdir, validate_exports, json_path, progress):
     """Benchmark decode latency, tokens/s and KV-cache bytes of plt-2, plt-3, looped-2 and vanilla
     built from one preset (or checkpoint), interleaved in one run, plus a Hugging Face peer."""
     from ..bench import print_report, run_bench, write_json
@@ -61,7 +63,7 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, wa
         result = run_bench(preset=preset, model=model, backend=backend, batches=batches, prompt_len=prompt_len,
                            new_tokens=new_tokens, repeats=repeats, warmup_tokens=warmup_tokens,
                            contexts=None if no_contexts else contexts, ctx_steps=ctx_steps, peer=peer,
-                           floor_preset=floor_preset, threads=threads, provider=provider, seed=seed,
+                           floor_preset=floor_preset, bandwidth_bytes=bandwidth_mib << 20, threads=threads, provider=provider, seed=seed,
                            workdir=workdir, validate_exports=validate_exports, tick=tick,
                            on_total=set_total)
     print_report(result)
