@@ -95,6 +95,7 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
               peer: bool = True, floor_preset: str | None = None, floor_steps: int = 16,
               bandwidth_bytes: int = 512 << 20, threads: int | None = None, provider: str | None = None,
               seed: int = 0, workdir: str | Path | None = None, validate_exports: bool = True,
+              variants: tuple[str, ...] | None = None,
               tick: Callable[[str], None] | None = None, on_total: Callable[[int], None] | None = None) -> dict:
     """Benchmark plt-2, plt-3, looped-2 and vanilla (and the HF peer) built from one preset or checkpoint.
 
@@ -108,14 +109,14 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
     try:
         return _run(preset, model, backend, tuple(batches), prompt_len, new_tokens, repeats, warmup_tokens, contexts,
                     ctx_steps, peer, floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir,
-                    validate_exports, tick, on_total)
+                    validate_exports, variants, tick, on_total)
     finally:
         torch.set_num_threads(before)  # a library call must not change the caller's torch settings
 
 
 def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps, peer,
-         floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir, validate_exports, tick,
-         on_total) -> dict:
+         floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir, validate_exports, names,
+         tick, on_total) -> dict:
     if threads:
         torch.set_num_threads(threads)
     tick = tick or (lambda _desc: None)
@@ -135,9 +136,15 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
         raise InputError(f"context {max(contexts)} + {ctx_steps} steps exceed max_seq_len {base.max_seq_len}")
     if not batches or min(batches) < 1:
         raise InputError("--batch needs positive batch sizes")
+    unknown = sorted(set(names or ()) - set(V.BY_NAME))
+    if unknown:
+        raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(V.BY_NAME)}")
+    chosen = tuple(v for v in V.VARIANTS if names is None or v.name in names)
+    if "vanilla" not in {v.name for v in chosen}:
+        raise InputError("the variants must include vanilla: every ratio is taken against it")
 
-    n_runs = len(V.VARIANTS) + int(peer)
-    total = len(V.VARIANTS) + int(peer) + len(batches) * n_runs * (1 + repeats) + 1
+    n_runs = len(chosen) + int(peer)
+    total = len(chosen) + int(peer) + len(batches) * n_runs * (1 + repeats) + 1
     if contexts:
         total += len(CTX_VARIANTS) * len(contexts) * (1 + repeats)
     if floor_preset:
@@ -150,7 +157,7 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
                 "warmup_tokens": warmup_tokens, "contexts": list(contexts) if contexts else None,
                 "ctx_steps": ctx_steps, "floor_preset": floor_preset, "floor_steps": floor_steps,
                 "threads": torch.get_num_threads(), "provider": provider, "seed": seed, "dtype": base.dtype,
-                "peer": peer, "validate_exports": validate_exports if backend != "torch" else None}
+                "peer": peer, "variants": [v.name for v in chosen], "validate_exports": validate_exports if backend != "torch" else None}
     result = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
@@ -161,7 +168,7 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     with tempfile.TemporaryDirectory(prefix="plt-bench-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        models = V.build_models(base, source=source, seed=seed)
+        models = V.build_models(base, variants=chosen, source=source, seed=seed)
         cfgs = {name: m.cfg for name, m in models.items()}
         params = {name: m.num_parameters() for name, m in models.items()}
         wbytes = {name: V.weight_bytes(m) for name, m in models.items()}

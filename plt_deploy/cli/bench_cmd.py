@@ -26,6 +26,8 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--prompt-len", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Decode steps timed per run.")
+@click.option("--variants", help="Comma-separated subset of plt-2,plt-3,looped-2,vanilla (vanilla required); "
+              "default all.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds (every variant runs once per round).")
 @click.option("--warmup-tokens", type=click.IntRange(min=1), default=8, show_default=True)
@@ -48,7 +50,7 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
               help="Let the exporter check each export against torch (slower).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps,
+def command(model, preset, backend, batches, prompt_len, new_tokens, variants, repeats, warmup_tokens, contexts, ctx_steps,
             no_contexts, peer, floor_preset, bandwidth_mib, threads, provider, seed, workdir, validate_exports, json_path, progress):
     """Benchmark decode latency, tokens/s and KV-cache bytes of plt-2, plt-3, looped-2 and vanilla
     built from one preset (or checkpoint), interleaved in one run, plus a Hugging Face peer."""
@@ -61,7 +63,8 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, repeats, wa
         raise click.BadParameter("give two contexts, short and long (e.g. 128,2048)", param_hint="--contexts")
     with progress_display(progress) as (tick, set_total):
         result = run_bench(preset=preset, model=model, backend=backend, batches=batches, prompt_len=prompt_len,
-                           new_tokens=new_tokens, repeats=repeats, warmup_tokens=warmup_tokens,
+                           new_tokens=new_tokens, repeats=repeats,
+                           variants=tuple(variants.split(",")) if variants else None, warmup_tokens=warmup_tokens,
                            contexts=None if no_contexts else contexts, ctx_steps=ctx_steps, peer=peer,
                            floor_preset=floor_preset, bandwidth_bytes=bandwidth_mib << 20, threads=threads, provider=provider, seed=seed,
                            workdir=workdir, validate_exports=validate_exports, tick=tick,
