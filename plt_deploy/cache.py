@@ -5,7 +5,7 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
                                      plt/vanilla: loop 1's keys (the shared cache), one per layer;
                                      looped: every loop's own cache, i = loop * N + layer.
   local_k[n], local_v[n]  [B, L-1, Hkv, Wc, D]   plt only: ring buffer of each loop >= 2's own
-                                     keys, slot = position % Wc, Wc = min(window, T).
+                                     keys, slot = position % Wc, Wc = window.
   carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1.
   lengths         [B] int64          tokens cached per sequence (= next position).
 """
@@ -19,9 +19,13 @@ import torch
 from .config import PLTConfig
 
 
-def ring_slots(config: PLTConfig, max_seq: int) -> int:
-    """Slots in a loop's local ring buffer: the window, capped by the longest sequence."""
-    return min(config.window, max_seq)
+def ring_slots(config: PLTConfig, max_seq: int | None = None) -> int:
+    """Slots in a loop's local ring buffer: always the window w.
+
+    Not capped by a session's max_seq: prefill builds the rings before it knows the session, and
+    w slots keep the KV bytes exactly vanilla x (1 + (L-1) * w / T). Unused slots read as empty.
+    """
+    return config.window
 
 
 def ring_positions(pos: torch.Tensor, n_slots: int) -> torch.Tensor:
