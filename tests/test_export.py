@@ -139,7 +139,7 @@ def test_generate_cli_onnxruntime_matches_torch(exports, capsys):
 
 
 def test_check_cli_report_and_exit_codes(exports, tmp_path, monkeypatch, capsys):
-    from plt_deploy.check import parity
+    from plt_deploy.check import tolerances
     from plt_deploy.cli import main
 
     ck, ex = exports["plt"]
@@ -148,7 +148,7 @@ def test_check_cli_report_and_exit_codes(exports, tmp_path, monkeypatch, capsys)
     data = json.loads(report.read_text())
     assert data["passed"] and data["backends"]["onnxruntime"]["greedy"]["new_tokens"] == 64
     assert "PASSED" in capsys.readouterr().out
-    monkeypatch.setitem(parity.TOLERANCES, "float32", (0.0, 0.0))  # nothing passes a zero tolerance
+    monkeypatch.setitem(tolerances.TOLERANCES["onnxruntime"], "float32", (0.0, 0.0))  # nothing passes a zero tolerance
     with pytest.raises(SystemExit) as exc:
         main(["check", "--model", str(ck), "--onnx", str(ex), "--report", str(report), "--steps", "2",
               "--new-tokens", "2"])

@@ -13,9 +13,8 @@ import torch
 from ..backends.base import Backend
 from ..generate import SamplingParams, generate
 from .runners import DECODE, PREFILL, BackendRunner
+from .tolerances import tolerance
 
-# (atol, rtol) on logits per dtype. fp32: the 1e-5 of the acceptance tests.
-TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (1e-1, 1e-1)}
 
 
 def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, seed: int = 0) -> list[dict]:
@@ -46,7 +45,7 @@ def compare_backends(reference: Backend, test: Backend, steps: int = 32, batch: 
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     dtype = dtype or getattr(test, "manifest", None) and test.manifest.dtype or reference.config.dtype
-    atol, rtol = TOLERANCES[dtype]
+    atol, rtol = tolerance(test.name, dtype)
     prompt_lengths = prompt_lengths or [max(2, 9 - 4 * b) for b in range(batch)]
     max_seq = max(prompt_lengths) + steps + 1
     feeds = make_feeds(reference.config.vocab_size, batch, prompt_lengths, steps, seed)

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-# (atol, rtol) of TensorRT against ONNX Runtime / torch: fp32 1e-4, fp16 1e-2 relative.
-TRT_TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (1e-1, 1e-1)}
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
@@ -100,9 +98,10 @@ def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, bat
 
     from ..export.manifest import read_manifest
     from .parity import _quiet_polygraphy, error_stats
+    from .tolerances import tolerance
 
     manifest = read_manifest(export_dir)
-    atol, rtol = TRT_TOLERANCES[manifest.dtype]
+    atol, rtol = tolerance("tensorrt", manifest.dtype)
     trt = trt_runners(export_dir, plugin)
     ort = onnxrt_runners(export_dir)
     section = manifest.data["tensorrt"]  # present: trt_runners checked it

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -24,12 +23,11 @@ from ..cache import ring_slots
 from ..config import PLTConfig
 from ..errors import ArtifactError, InputError
 from ..model import PLT
+from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
-# ORT vs torch tolerances per dtype (max abs diff of logits), used here and by `plt-deploy check`.
-TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (1e-1, 1e-1)}  # (atol, rtol)
 MAX_IR_VERSION = 10  # what onnxruntime >= 1.20 loads
 
 
@@ -220,7 +218,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
                 "cache": cache_layout(cfg, max_seq),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                              "onnxruntime": onnxruntime.__version__, "plt_deploy": _version()},
-                "tolerances": {"atol": TOLERANCES[dtype][0], "rtol": TOLERANCES[dtype][1]},
+                "tolerances": dict(zip(("atol", "rtol"), tolerance("onnxruntime", dtype))),
             }
             manifest_lib.write_manifest(tmp, manifest)
             if validate:
