@@ -146,7 +146,7 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     n_runs = len(chosen) + int(peer)
     total = len(chosen) + int(peer) + len(batches) * n_runs * (1 + repeats) + 1
     if contexts:
-        total += len(CTX_VARIANTS) * len(contexts) * (1 + repeats)
+        total += len({v.name for v in chosen} & set(CTX_VARIANTS)) * len(contexts) * (1 + repeats)
     if floor_preset:
         total += len(FLOOR_VARIANTS) * (2 + repeats)
     if on_total:
