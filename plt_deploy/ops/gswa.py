@@ -35,16 +35,21 @@ def causal_cache_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     """Loop-1 (and vanilla/looped) attention: causal attention of queries over a cache.
 
     query [B, Hq, S, D], key/value [B, Hkv, T, D] (slot j = position j), query_pos [B, S] int64.
-    Returns [B, Hq, S, D] in the query's dtype.
+    Returns [B, Hq, S, D] in the query's dtype. Grouped-query heads are handled by folding the
+    n_rep query heads of a KV head into the query axis, so the cache is read once and never
+    repeated (query head h uses KV head h // n_rep, as repeat_kv). Every query sees at least
+    slot 0, so a plain softmax over the masked scores is safe here.
     """
-    n_rep = query.shape[1] // key.shape[1]
-    q = query.float()
-    k = repeat_kv(key.float(), n_rep, 1)  # [B, Hq, T, D]
-    v = repeat_kv(value.float(), n_rep, 1)
-    scores = scale * (q @ k.transpose(-1, -2))  # [B, Hq, S, T]
-    slots = torch.arange(key.shape[2], device=key.device)
-    valid = slots[None, None, None, :] <= query_pos[:, None, :, None]  # [B, 1, S, T]
-    return masked_softmax_attention(scores, valid, v).to(query.dtype)
+    B, Hq, S, D = query.shape
+    Hkv, T = key.shape[1], key.shape[2]
+    n_rep = Hq // Hkv
+    q = query.float().reshape(B, Hkv, n_rep * S, D)  # row r*S + s = head kvh*n_rep + r, query s
+    scores = scale * (q @ key.float().transpose(-1, -2))  # [B, Hkv, n_rep*S, T]
+    slots = torch.arange(T, device=key.device)
+    t = query_pos.repeat(1, n_rep)  # [B, n_rep*S], same row order as q
+    scores = scores.masked_fill(slots[None, None, None, :] > t[:, None, :, None], float("-inf"))
+    out = scores.softmax(dim=-1) @ value.float()  # [B, Hkv, n_rep*S, D]
+    return out.reshape(B, Hq, S, D).to(query.dtype)
 
 
 def gswa_reference(query: torch.Tensor, key_global: torch.Tensor, value_global: torch.Tensor,
