@@ -40,11 +40,11 @@ def run_cli(tmp_path, *extra):
     return json.loads(out.read_text())
 
 
-def check_rows(data, backend, expect_peer):
+def check_rows(data, backend, expect_peer, variants=("plt-2", "plt-3", "looped-2", "vanilla")):
     cfg = PLTConfig.from_name("tiny")
     T = PROMPT + NEW
     rows = {r["variant"]: r for r in data["rows"]}
-    expected = {"plt-2", "plt-3", "looped-2", "vanilla"} | ({"hf-llama"} if expect_peer else set())
+    expected = set(variants) | ({"hf-llama"} if expect_peer else set())
     assert set(rows) == expected
     for name, r in rows.items():
         assert r["error"] is None, r["error"]
@@ -56,8 +56,10 @@ def check_rows(data, backend, expect_peer):
         assert r["kv_bytes_allocated"] == r["kv_bytes_formula"] > 0, name
         assert r["kv_ratio_vs_vanilla"] == pytest.approx(r["kv_ratio_expected"], rel=1e-12)
     for L in (2, 3):  # the formula, computed here independently: 1 + (L-1) * w / T
-        assert rows[f"plt-{L}"]["kv_ratio_vs_vanilla"] == pytest.approx(1 + (L - 1) * cfg.window / T, rel=1e-12)
-    assert rows["looped-2"]["kv_ratio_vs_vanilla"] == pytest.approx(2.0)
+        if f"plt-{L}" in rows:
+            assert rows[f"plt-{L}"]["kv_ratio_vs_vanilla"] == pytest.approx(1 + (L - 1) * cfg.window / T, rel=1e-12)
+    if "looped-2" in rows:
+        assert rows["looped-2"]["kv_ratio_vs_vanilla"] == pytest.approx(2.0)
     assert rows["vanilla"]["latency_vs_vanilla"] == 1.0
     assert rows["plt-2"]["params"] == rows["vanilla"]["params"] + cfg.n_layers * cfg.n_heads * (cfg.head_dim + 1)
 
@@ -114,12 +116,12 @@ def test_bench_rejects_bad_requests(tmp_path):
         run_bench(preset="tiny", prompt_len=250, new_tokens=8)
 
 
-@pytest.mark.slow  # four ONNX exports (the tiny preset's variants) take minutes on a loaded 2-core machine
+@pytest.mark.slow  # ONNX exports of the variants take a minute or more on a 2-core machine
 def test_bench_onnxruntime_tiny(tmp_path):
     pytest.importorskip("onnxruntime")
     if importlib.util.find_spec("plt_deploy.backends.ort_backend") is None:
         pytest.skip("the ONNX Runtime backend is not in this checkout")
     data = run_cli(tmp_path, "--backend", "onnxruntime", "--no-peer", "--no-validate-exports",
-                   "--workdir", str(tmp_path.parent / "bench-ort-work"))
-    check_rows(data, "onnxruntime", expect_peer=False)
+                   "--variants", "plt-2,vanilla", "--workdir", str(tmp_path.parent / "bench-ort-work"))
+    check_rows(data, "onnxruntime", expect_peer=False, variants=("plt-2", "vanilla"))
     check_sections(data)

@@ -14,7 +14,6 @@ import torch
 from plt_deploy.backends.ort_backend import OrtBackend
 from plt_deploy.backends.torch_backend import load as load_torch
 from plt_deploy.check.parity import compare_backends, compare_greedy
-from plt_deploy.cli.init_cmd import init_checkpoint
 from plt_deploy.errors import ArtifactError, InputError
 from plt_deploy.export import manifest as manifest_lib
 from plt_deploy.export.exporter import export_model
@@ -24,15 +23,8 @@ MODES = ("plt", "looped", "vanilla")
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    out = {}
-    for mode in MODES:
-        ck = init_checkpoint("tiny", root / f"ck_{mode}", mode=mode, seed=1)
-        # Only the plt export runs the exporter's own ORT-vs-torch validation (tested once is enough).
-        ex = export_model(ck, root / f"ex_{mode}", max_batch=4, progress=False, validate=(mode == "plt"))
-        out[mode] = (ck, ex)
-    return out
+def exports(tiny_exports):
+    return tiny_exports
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -236,14 +236,8 @@ def test_profile_opt_clamped_to_range():
 
 # -- with a real (tiny) export: function stripping, manifest section, graph feeds on ORT ----------
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    from plt_deploy.checkpoint import save_checkpoint
-    from plt_deploy.export.exporter import export_model
-    from plt_deploy.model import PLT
-
-    root = tmp_path_factory.mktemp("trt")
-    ckpt = save_checkpoint(PLT(PLTConfig.from_name("tiny")).init_weights(0), root / "ckpt")
-    return export_model(ckpt, root / "export", max_batch=2, max_seq=48, progress=False)
+def tiny_export(tiny_exports):
+    return tiny_exports["plt"][1]
 
 
 @pytest.mark.slow

@@ -1,0 +1,20 @@
+"""Shared fixtures: ONNX exports are slow (dynamo tracing), so the suite makes each once."""
+
+import pytest
+
+EXPORT_MODES = ("plt", "looped", "vanilla")
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """mode -> (checkpoint folder, export folder) of the tiny preset, seed 1, max batch 4."""
+    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for mode in EXPORT_MODES:
+        ck = init_checkpoint("tiny", root / f"ck_{mode}", mode=mode, seed=1)
+        # Only the plt export runs the exporter's own ORT-vs-torch validation (tested once is enough).
+        out[mode] = (ck, export_model(ck, root / f"ex_{mode}", max_batch=4, progress=False, validate=(mode == "plt")))
+    return out
