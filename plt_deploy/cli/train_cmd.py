@@ -36,8 +36,7 @@ def run_train(out: str | Path, task: str = "addition", variants: tuple[str, ...]
             raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
     results = []
     for name in variants:
-        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops,
-                         max_seq_len=max(the_task.max_len + 8, 32), extra={"task": task})
+        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops, extra={"task": task})
         if window is not None:
             overrides["window"] = window
         cfg = PLTConfig.from_name(preset, **overrides)
