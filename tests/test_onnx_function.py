@@ -71,3 +71,28 @@ def test_node_attributes_follow_the_contract():
     assert got["plugin_namespace"] == b"plt" and got["plugin_version"] == b"1"
     assert {a.name for a in contract.ATTRIBUTES} <= set(got)
     assert any(o.domain == contract.OP_DOMAIN and o.version == contract.OP_VERSION for o in model.opset_import)
+
+
+def test_function_gives_zero_for_rows_without_valid_keys():
+    """Empty local slots (-1) and a negative query position: the contract's 0, never NaN."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from plt_deploy.ops.gswa import gswa_reference
+
+    g = torch.Generator().manual_seed(0)
+    B, R, Hq, Hkv, S, T, W, D = 2, 1, 2, 1, 2, 5, 3, 4
+    x = {"query": torch.randn(B, R, Hq, S, D, generator=g), "key_global": torch.randn(B, Hkv, T, D, generator=g),
+         "value_global": torch.randn(B, Hkv, T, D, generator=g),
+         "key_local": torch.randn(B, R, Hkv, W, D, generator=g), "value_local": torch.randn(B, R, Hkv, W, D, generator=g),
+         "query_pos": torch.tensor([[-1, 2], [3, 4]]), "local_pos": torch.tensor([[-1, -1, -1], [-1, 4, 0]]),
+         "gate_weight": torch.randn(Hq, D, generator=g), "gate_bias": torch.randn(Hq, generator=g)}
+    attrs = {"window": 2, "scale": 0.5, "num_heads": Hq, "num_kv_heads": Hkv}
+    expected = gswa_reference(**x, window=2, scale=0.5).numpy()
+    assert (expected[0, :, :, 0] == 0).all()  # position -1: no global, no local key
+    model = one_node_model(attrs, TensorProto.FLOAT)
+    feeds = {k: v.numpy() for k, v in x.items()}
+    for out in (ReferenceEvaluator(model).run(None, feeds)[0],
+                ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]):
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, expected, atol=1e-6, rtol=0)

@@ -111,7 +111,7 @@ def build_function(opset: int) -> FunctionProto:
     window = b.node("Constant", [], value_int=_ref("window", onnx.AttributeProto.INT))  # int64 scalar
     scale = b.node("Constant", [], value_float=_ref("scale", onnx.AttributeProto.FLOAT))  # float scalar
     zero_f, one_f = b.const(0.0, F), b.const(1.0, F)
-    neg_inf, tiny = b.const(float("-inf"), F), b.const(1.1754943508222875e-38, F)  # torch.finfo(float32).tiny
+    neg_inf = b.const(float("-inf"), F)
     zero_i, one_i, minus1 = b.const(0, TensorProto.INT64), b.const(1, TensorProto.INT64), b.ints([-1])
 
     # Grouped-query heads without copying K/V: view q as [B, R, Hkv, n_rep, S, D] and broadcast K/V.
@@ -120,20 +120,26 @@ def build_function(opset: int) -> FunctionProto:
     q6_shape = b.node("Concat", [b.node("Shape", [query], start=0, end=2), hkv, minus1,
                                  b.node("Shape", [query], start=3, end=5)], axis=0)
     q6 = b.node("Reshape", [q, q6_shape])  # [B, R, Hkv, n_rep, S, D]
+    q6s = b.node("Mul", [q6, scale])  # scaled once for both score matmuls
     perm = [0, 1, 2, 3, 5, 4]
 
-    def masked_softmax_attention(scores, valid, values):  # same steps as ops/gswa.py
-        s = b.node("Where", [valid, scores, neg_inf])
-        row_max = b.node("ReduceMax", [s, minus1], keepdims=1)
-        row_max = b.node("Where", [b.node("IsInf", [row_max]), zero_f, row_max])
-        p = b.node("Where", [valid, b.node("Exp", [b.node("Sub", [s, row_max])]), zero_f])
-        denom = b.node("Max", [b.node("ReduceSum", [p, minus1], keepdims=1), tiny])
-        return b.node("Div", [b.node("MatMul", [p, values]), denom])
+    def masked_softmax_attention(scores, valid, values):
+        """softmax over the valid keys; rows without one are 0 (as ops/gswa.py).
+
+        The bias and the any-valid flag depend on positions only, so ONNX Runtime's common
+        subexpression elimination shares them between layers; per layer this is 4 nodes. A row
+        without a valid key is all -inf, which Softmax turns into NaN: the Where replaces it by 0.
+        """
+        bias = b.node("Where", [valid, zero_f, neg_inf])
+        any_valid = b.node("Greater", [b.node("ReduceMax", [b.node("Cast", [valid], to=F), minus1], keepdims=1),
+                                       zero_f])
+        p = b.node("Softmax", [b.node("Add", [scores, bias])], axis=-1)
+        return b.node("Where", [any_valid, b.node("MatMul", [p, values]), zero_f])
 
     # Global part: causal over the shared cache, slot j = position j.
     kg6 = b.node("Unsqueeze", [kg, b.ints([1, 3])])  # [B, 1, Hkv, 1, T, D]
     vg6 = b.node("Unsqueeze", [vg, b.ints([1, 3])])
-    scores_g = b.node("Mul", [scale, b.node("MatMul", [q6, b.node("Transpose", [kg6], perm=perm)])])  # [.., S, T]
+    scores_g = b.node("MatMul", [q6s, b.node("Transpose", [kg6], perm=perm)])  # [B, R, Hkv, n_rep, S, T]
     t_len = b.node("Squeeze", [b.node("Shape", [key_global_name], start=2, end=3), b.ints([0])])
     slots = b.node("Range", [zero_i, t_len, one_i])  # [T]
     qpos6 = b.node("Unsqueeze", [query_pos, b.ints([1, 2, 3, 5])])  # [B, 1, 1, 1, S, 1]
@@ -143,7 +149,7 @@ def build_function(opset: int) -> FunctionProto:
     # Local part: own keys inside the window (t - w, t], empty slots hold -1.
     kl6 = b.node("Unsqueeze", [kl, b.ints([3])])  # [B, R, Hkv, 1, W, D]
     vl6 = b.node("Unsqueeze", [vl, b.ints([3])])
-    scores_l = b.node("Mul", [scale, b.node("MatMul", [q6, b.node("Transpose", [kl6], perm=perm)])])
+    scores_l = b.node("MatMul", [q6s, b.node("Transpose", [kl6], perm=perm)])  # [B, R, Hkv, n_rep, S, W]
     lpos6 = b.node("Unsqueeze", [local_pos, b.ints([1, 2, 3, 4])])  # [B, 1, 1, 1, 1, W]
     valid_l = b.node("And", [b.node("And", [b.node("GreaterOrEqual", [lpos6, zero_i]),
                                              b.node("LessOrEqual", [lpos6, qpos6])]),
