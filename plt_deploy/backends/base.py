@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..config import PLTConfig
+from ..errors import InputError
 
 
 class DecoderSession(ABC):
@@ -36,6 +37,20 @@ class DecoderSession(ABC):
     def kv_bytes(self) -> int:
         """Bytes of KV-cache buffers this session allocated."""
         return 0
+
+    # Request checks shared by every runtime (call them first in prefill / decode).
+    def check_prefill(self, tokens: torch.Tensor) -> None:
+        B, S = tokens.shape
+        if B != self.batch:
+            raise InputError(f"prefill got {B} prompts, the session was started for {self.batch}")
+        if S > self.max_seq:
+            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
+
+    def check_decode(self, prefilled: bool = True) -> None:
+        if not prefilled:
+            raise InputError("decode called before prefill")
+        if int(self.lengths.max()) >= self.max_seq:
+            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
 
 
 class Backend(ABC):

@@ -76,11 +76,8 @@ class OrtSession(DecoderSession):
         return sum(a.nbytes for n, a in self._host.items() if n != self._carry_in)
 
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        self.check_prefill(tokens)
         B, S = tokens.shape
-        if B != self.batch:
-            raise InputError(f"prefill got {B} prompts, the session was started for {self.batch}")
-        if S > self.max_seq:
-            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
         sess = self.be.sessions["prefill"]
         spec = self.be.manifest.graphs["prefill"]
         feeds = {"input_ids": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
@@ -103,10 +100,7 @@ class OrtSession(DecoderSession):
         return torch.gather(logits, 1, (self._lengths - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self._prefilled:
-            raise InputError("decode called before prefill")
-        if int(self._lengths.max()) >= self.max_seq:
-            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        self.check_decode(self._prefilled)
         spec = self.be.manifest.graphs["decode"]
         b = self._binding
         b.clear_binding_inputs()

@@ -17,13 +17,11 @@ class TorchSession(DecoderSession):
         self.cache = PLTCache.allocate(model.cfg, batch, max_seq, dtype, next(model.parameters()).device)
 
     def prefill(self, tokens, lengths):
-        if tokens.shape[1] > self.max_seq:
-            raise InputError(f"prompt of {tokens.shape[1]} tokens exceeds the session's {self.max_seq}")
+        self.check_prefill(tokens)
         return self.model.prefill(tokens, lengths, self.cache).float()
 
     def decode(self, tokens):
-        if int(self.cache.lengths.max()) >= self.max_seq:
-            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        self.check_decode()
         return self.model.decode_step(tokens, self.cache).float()
 
     @property

@@ -109,11 +109,8 @@ class TrtSession(DecoderSession):
 
     # -- prefill -------------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        self.check_prefill(tokens)
         B, S = tokens.shape
-        if B != self.batch:
-            raise InputError(f"prefill got {B} prompts, the session was started for {self.batch}")
-        if S > self.max_seq:
-            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
         be, spec = self.be, self.be.manifest.graphs["prefill"]
         if self._prefill_ctx is None:
             self._prefill_ctx = be.engines["prefill"].create_execution_context()
@@ -178,10 +175,7 @@ class TrtSession(DecoderSession):
             self.cuda_graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self._prefilled:
-            raise InputError("decode called before prefill")
-        if int(self._lengths.max()) >= self.max_seq:
-            raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
+        self.check_decode(self._prefilled)
         with torch.cuda.stream(self.stream):
             self._tokens.copy_(tokens.reshape(-1).to(torch.int64))
             self._position.copy_(self._lengths)
