@@ -125,3 +125,16 @@ def test_bench_onnxruntime_tiny(tmp_path):
                    "--variants", "plt-2,vanilla", "--workdir", str(tmp_path.parent / "bench-ort-work"))
     check_rows(data, "onnxruntime", expect_peer=False, variants=("plt-2", "vanilla"))
     check_sections(data)
+
+
+def test_bench_tensorrt_fails_fast_without_tensorrt(tmp_path, capsys):
+    from plt_deploy.build.availability import unavailable_reason
+    from plt_deploy.cli import main
+
+    reason = unavailable_reason()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--preset", "tiny", "--backend", "tensorrt", "--no-progress", "--workdir", str(tmp_path)])
+    assert exc.value.code == 1 and capsys.readouterr().err.strip() == f"error: {reason}"
+    assert not any(tmp_path.iterdir())  # nothing exported before the refusal

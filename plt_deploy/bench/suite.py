@@ -105,6 +105,10 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
     """
     if (preset is None) == (model is None):
         raise InputError("give exactly one of --preset or --model")
+    if backend == "tensorrt":  # fail before minutes of exports, with the loader's one-line reason
+        from ..build.availability import require
+
+        require()
     before = torch.get_num_threads()
     try:
         return _run(preset, model, backend, tuple(batches), prompt_len, new_tokens, repeats, warmup_tokens, contexts,
