@@ -28,16 +28,16 @@ def run_generate(model: str, prompts: list[str], backend: str = "torch", max_new
                                          param_hint="--stop")
             stop_ids.append(ids[0])
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids))
-        on_tokens = None
-        if stream is not None and len(prompts) == 1:
-            done: list[int] = []
+        streaming = stream is not None and len(prompts) == 1
+        done: list[int] = []
 
-            def on_tokens(tokens, active):
-                if active[0]:
-                    before = tok.decode(done)
-                    done.append(int(tokens[0]))
-                    stream(tok.decode(done)[len(before):])
-        outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id, on_tokens=on_tokens)
+        def on_tokens(tokens, active):  # print the text each new token adds to the first prompt's output
+            if active[0]:
+                before = tok.decode(done)
+                done.append(int(tokens[0]))
+                stream(tok.decode(done)[len(before):])
+        outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,
+                        on_tokens=on_tokens if streaming else None)
     return [tok.decode(o) for o in outs]
 
 

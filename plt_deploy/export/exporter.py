@@ -105,8 +105,6 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
 
 def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
     """Attach the G-SWA function and plugin attributes, pin the IR version, check the I/O names."""
-    import onnx
-
     got_in = [i.name for i in model_proto.graph.input]
     got_out = [o.name for o in model_proto.graph.output]
     if got_in != spec.input_names or got_out != spec.output_names:
