@@ -86,16 +86,11 @@ def load_checkpoint(model_dir: str | Path, dtype: str | None = None) -> PLT:
     weights = read_weights(weights_path)
     model = PLT(cfg)
     expected = state_dict_for_save(model)
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing:
-        raise CheckpointError(f"{weights_path}: missing tensor {missing[0]!r}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                              + f"; the weights do not match {model_dir / CONFIG_FILE}")
-    if extra:
-        raise CheckpointError(f"{weights_path}: unexpected tensor {extra[0]!r}"
-                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                              + f"; the weights do not match {model_dir / CONFIG_FILE}")
+    for kind, names in (("missing", set(expected) - set(weights)), ("unexpected", set(weights) - set(expected))):
+        if names:
+            first, more = sorted(names)[0], len(names) - 1
+            raise CheckpointError(f"{weights_path}: {kind} tensor {first!r}" + (f" (and {more} more)" if more else "")
+                                  + f"; the weights do not match {model_dir / CONFIG_FILE}")
     for name, ref in expected.items():
         got = weights[name]
         if tuple(got.shape) != tuple(ref.shape):
