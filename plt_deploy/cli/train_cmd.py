@@ -27,9 +27,11 @@ from ..tasks import TASKS
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time cap per variant.")
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads (default: 1 for models under 5M parameters, where it is fastest; else torch's).")
 @click.option("--force", is_flag=True, help="Overwrite existing checkpoints.")
 def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes,
-            save_every, force):
+            save_every, threads, force):
     """Train on a synthetic task (made on the fly) and report held-out exact-match accuracy.
 
     Ctrl-C stops at the next step boundary and keeps that step's checkpoint (a second Ctrl-C
@@ -44,7 +46,7 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
     from contextlib import ExitStack
 
     from ..training import TrainingInterrupted, train_variants
-    from .progress import console, progress_reporter
+    from ..progress import console, progress_reporter
 
     stop = {"requested": False}
 
@@ -66,7 +68,7 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
 
     try:
         results = train_variants(out, task, names, preset, loops, window, steps, batch, lr, seed, eval_examples,
-                                 max_minutes, force, save_every=save_every, progress=progress,
+                                 max_minutes, force, save_every=save_every, threads=threads, progress=progress,
                                  should_stop=lambda: stop["requested"])
     except TrainingInterrupted as exc:
         shown["stack"].close()
