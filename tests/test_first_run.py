@@ -270,3 +270,15 @@ def test_help_does_not_import_heavy_modules():
             "print(bad)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.decode().strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_bad_config_fails_before_torch_loads(ckpt, tmp_path):
+    edit_config(ckpt, norm_eps="x")
+    code = ("import sys\nfrom plt_deploy.cli import main\n"
+            f"for argv in (['generate', '--model', {str(ckpt)!r}, '--prompt', 'a'],\n"
+            f"             ['check', '--model', {str(ckpt)!r}, '--onnx', {str(tmp_path)!r}]):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        print(e.code)\n"
+            "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, timeout=60)
+    assert proc.stdout.decode().split() == ["1", "1", "False"], proc.stdout + proc.stderr
+    assert b"norm_eps must be a number" in proc.stderr and b"Traceback" not in proc.stderr

@@ -19,9 +19,9 @@ def load_backend(name: str, path: str, **options):
     """Load `path` (a checkpoint folder for torch, an export folder for the others) on backend `name`."""
     if name not in LOADERS:
         raise InputError(f"unknown backend {name!r}; choose one of {', '.join(LOADERS)}")
-    from .folders import check_folder_fits
+    from .folders import preflight
 
-    check_folder_fits(name, path)
+    preflight(name, path)
     module, func = LOADERS[name].split(":")
     return getattr(import_module(module), func)(path, **options)
 

@@ -21,6 +21,10 @@ import click
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
     """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
+    from ..backends.folders import preflight
+
+    preflight("torch", model)  # cheap checks of both folders before torch and onnx load
+    preflight("onnxruntime", onnx_dir)
     from ..check.report import run_check
     from ..progress import console
 

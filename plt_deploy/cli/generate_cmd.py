@@ -29,6 +29,9 @@ def command(model, prompts, backend, max_new_tokens, temperature, top_k, top_p, 
 
     if math.isnan(temperature) or math.isinf(temperature):
         raise click.BadParameter(f"{temperature} is not a finite temperature", param_hint="--temperature")
+    from ..backends.folders import preflight
+
+    preflight(backend, model)  # a wrong folder or a bad config fails before torch loads
     from ..generate import generate_text
     from ..tokenizer import printable
 
