@@ -92,10 +92,10 @@ class Attention(nn.Module):
         if self.training and torch.is_grad_enabled():  # same function, but autograd-native (no recompute)
             return gswa_reference(q, k_global, v_global, k_local, v_local, query_pos, local_pos,
                                   self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window,
-                                  self.scale)
+                                  self.scale, 0)
         return torch.ops.plt.gated_sliding_window_attention(
             q, k_global, v_global, k_local, v_local, query_pos, local_pos,
-            self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale)
+            self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale, 0)
 
 
 class MLP(nn.Module):

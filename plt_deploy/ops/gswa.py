@@ -55,16 +55,20 @@ def causal_cache_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 def gswa_reference(query: torch.Tensor, key_global: torch.Tensor, value_global: torch.Tensor,
                    key_local: torch.Tensor, value_local: torch.Tensor, query_pos: torch.Tensor,
                    local_pos: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
-                   window: int, scale: float) -> torch.Tensor:
-    """Gated sliding-window attention over a shared cache (see contract.py for the equations).
+                   window: int, scale: float, global_rows: int) -> torch.Tensor:
+    """Gated sliding-window attention over a shared cache, contract v2 (see contract.py).
 
     query [B, R, Hq, S, D]; key_global/value_global [B, Hkv, T, D];
-    key_local/value_local [B, R, Hkv, W, D]; query_pos [B, S]; local_pos [B, W];
-    gate_weight [Hq, D]; gate_bias [Hq]. Returns [B, R, Hq, S, D] in the query's dtype.
+    key_local/value_local [B, R-G, Hkv, W, D]; query_pos [B, S]; local_pos [B, W];
+    gate_weight [Hq, D]; gate_bias [Hq]; G = global_rows. Returns [B, R, Hq, S, D] in the
+    query's dtype: rows < G are y_global, rows >= G mix in their own local keys.
     """
     B, R, Hq, S, D = query.shape
     Hkv = key_global.shape[1]
-    contract.check_attributes(window, scale, Hq, Hkv)
+    G = global_rows
+    contract.check_attributes(window, scale, Hq, Hkv, G, R)
+    if key_local.shape[1] != R - G or value_local.shape[1] != R - G:
+        raise ValueError(f"key_local/value_local must have R - G = {R - G} rows, got {key_local.shape[1]}")
     n_rep = Hq // Hkv
     q = query.float()
 
@@ -74,19 +78,23 @@ def gswa_reference(query: torch.Tensor, key_global: torch.Tensor, value_global: 
     slots = torch.arange(key_global.shape[2], device=query.device)
     valid_g = slots[None, None, None, None, :] <= query_pos[:, None, None, :, None]  # [B, 1, 1, S, T]
     y_global = masked_softmax_attention(scale * (q @ kg.transpose(-1, -2)), valid_g, vg)  # [B, R, Hq, S, D]
+    if G == R:
+        return y_global.to(query.dtype)
 
-    # Local part: each row attends to its own keys inside the window (t - w, t].
-    kl = repeat_kv(key_local.float(), n_rep, 2)  # [B, R, Hq, W, D]
+    # Local part, rows G..R-1 only: each row attends to its own keys inside the window (t - w, t].
+    ql = q[:, G:]  # [B, R-G, Hq, S, D]
+    kl = repeat_kv(key_local.float(), n_rep, 2)  # [B, R-G, Hq, W, D]
     vl = repeat_kv(value_local.float(), n_rep, 2)
     t = query_pos[:, None, None, :, None]  # [B, 1, 1, S, 1]
     p = local_pos[:, None, None, None, :]  # [B, 1, 1, 1, W]
     valid_l = (p >= 0) & (p <= t) & (p > t - window)  # [B, 1, 1, S, W]
-    y_local = masked_softmax_attention(scale * (q @ kl.transpose(-1, -2)), valid_l, vl)  # [B, R, Hq, S, D]
+    y_local = masked_softmax_attention(scale * (ql @ kl.transpose(-1, -2)), valid_l, vl)  # [B, R-G, Hq, S, D]
 
     # Per-head, per-token sigmoid gate computed from the query.
-    gate_logit = torch.einsum("brhsd,hd->brhs", q, gate_weight.float()) + gate_bias.float()[:, None]
-    g = torch.sigmoid(gate_logit)[..., None]  # [B, R, Hq, S, 1]
-    return (g * y_local + (1.0 - g) * y_global).to(query.dtype)
+    gate_logit = torch.einsum("brhsd,hd->brhs", ql, gate_weight.float()) + gate_bias.float()[:, None]
+    g = torch.sigmoid(gate_logit)[..., None]  # [B, R-G, Hq, S, 1]
+    mixed = g * y_local + (1.0 - g) * y_global[:, G:]  # [B, R-G, Hq, S, D]
+    return torch.cat([y_global[:, :G], mixed], dim=1).to(query.dtype)  # [B, R, Hq, S, D]
 
 
 # torch.library registration: one op that export maps to one ONNX node ----------------------
@@ -96,20 +104,20 @@ def gated_sliding_window_attention(query: torch.Tensor, key_global: torch.Tensor
                                    key_local: torch.Tensor, value_local: torch.Tensor,
                                    query_pos: torch.Tensor, local_pos: torch.Tensor,
                                    gate_weight: torch.Tensor, gate_bias: torch.Tensor,
-                                   window: int, scale: float) -> torch.Tensor:
+                                   window: int, scale: float, global_rows: int) -> torch.Tensor:
     return gswa_reference(query, key_global, value_global, key_local, value_local, query_pos, local_pos,
-                          gate_weight, gate_bias, window, scale)
+                          gate_weight, gate_bias, window, scale, global_rows)
 
 
 @gated_sliding_window_attention.register_fake
 def _(query, key_global, value_global, key_local, value_local, query_pos, local_pos, gate_weight, gate_bias,
-      window, scale):
+      window, scale, global_rows):
     return torch.empty_like(query)
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:9])
-    ctx.window, ctx.scale = inputs[9], inputs[10]
+    ctx.window, ctx.scale, ctx.global_rows = inputs[9], inputs[10], inputs[11]
 
 
 def _backward(ctx, grad_output):
@@ -117,10 +125,10 @@ def _backward(ctx, grad_output):
     saved = ctx.saved_tensors
     with torch.enable_grad():
         inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in saved]
-        out = gswa_reference(*inputs, ctx.window, ctx.scale)
+        out = gswa_reference(*inputs, ctx.window, ctx.scale, ctx.global_rows)
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_output, allow_unused=True))
-    return (*[next(grads) if t.requires_grad else None for t in inputs], None, None)
+    return (*[next(grads) if t.requires_grad else None for t in inputs], None, None, None)
 
 
 gated_sliding_window_attention.register_autograd(_backward, setup_context=_setup_context)
