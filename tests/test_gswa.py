@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from plt_deploy.cache import ring_positions
 from plt_deploy.ops import vectors
-from plt_deploy.ops.gswa import causal_cache_attention, gswa_reference
+from plt_deploy.ops.gswa import causal_cache_attention, causal_mask, gswa_fast, gswa_reference
 
 
 def random_inputs(B, R, Hq, Hkv, S, T, D, seed=0, past=None, G=0):
@@ -32,7 +32,8 @@ def random_inputs(B, R, Hq, Hkv, S, T, D, seed=0, past=None, G=0):
 
 def causal_over(q, k, v, query_pos):
     """Causal attention of every row of q [B, R, Hq, S, D] over k/v [B, Hkv, T, D]."""
-    rows = [causal_cache_attention(q[:, r], k, v, query_pos, 1 / math.sqrt(q.shape[-1])) for r in range(q.shape[1])]
+    mask = causal_mask(query_pos, k.shape[2])
+    rows = [causal_cache_attention(q[:, r], k, v, mask, 1 / math.sqrt(q.shape[-1])) for r in range(q.shape[1])]
     return torch.stack(rows, dim=1) if rows else torch.empty_like(q)
 
 
@@ -65,8 +66,9 @@ def test_gate_open_with_large_window_is_causal_attention_over_local_keys(shape, 
     x = random_inputs(B, R, Hq, Hkv, S, S + extra, D, seed)
     x["gate_bias"] = torch.full((Hq,), 200.0)  # sigmoid -> 1
     out = gswa_reference(**x, window=S, scale=1 / math.sqrt(D), global_rows=0)
+    mask = causal_mask(x["query_pos"], S)
     expected = torch.stack([causal_cache_attention(x["query"][:, r], x["key_local"][:, r], x["value_local"][:, r],
-                                                   x["query_pos"], 1 / math.sqrt(D)) for r in range(R)], dim=1)
+                                                   mask, 1 / math.sqrt(D)) for r in range(R)], dim=1)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -101,6 +103,22 @@ def test_global_rows_are_causal_attention_and_the_rest_are_independent_rows(shap
                                                        x["query_pos"]), rtol=1e-5, atol=1e-6)
     rest = gswa_reference(**(x | {"query": x["query"][:, G:]}), window=w, scale=1 / math.sqrt(D), global_rows=0)
     torch.testing.assert_close(out[:, G:], rest, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.integers(0, 2**16))
+def test_fast_path_equals_reference(shape, seed):
+    """gswa_fast (what the torch op runs) is the oracle's function, incl. empty slots and t < 0."""
+    B, R, (Hq, Hkv), S, extra, D, w = shape
+    G = seed % (R + 1)
+    x = random_inputs(B, R, Hq, Hkv, S, S + extra, D, seed, G=G)
+    g = torch.Generator().manual_seed(seed + 2)
+    x["gate_weight"], x["gate_bias"] = torch.randn(Hq, D, generator=g), torch.randn(Hq, generator=g)
+    if seed % 3 == 0:  # empty ring slots and a query before the cache
+        x["local_pos"][:, : S // 2] = -1
+        x["query_pos"][0, 0] = -1
+    torch.testing.assert_close(gswa_fast(**x, window=w, scale=0.4, global_rows=G),
+                               gswa_reference(**x, window=w, scale=0.4, global_rows=G), rtol=1e-5, atol=1e-6)
 
 
 def test_window_masks_exactly_w_keys():

@@ -45,6 +45,7 @@ OP_DOMAIN = "plt"
 OP_VERSION = 2
 PLUGIN_NAMESPACE = "plt"  # TensorRT plugin namespace = ONNX domain
 TORCH_OP = "plt::gated_sliding_window_attention"
+TORCH_ATTENTION_OP = "plt::causal_attention"  # loop-1 / vanilla / looped attention: ONNX's standard Attention
 
 
 @dataclass(frozen=True)
