@@ -213,6 +213,10 @@ class Engine:
                 self._thread.join(10.0)
         self.ready = False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stats(self) -> dict:
         with self._cond:
             running = list(self._running.values())
