@@ -22,6 +22,8 @@ COMMANDS = {
     "check": "Compare backends (Polygraphy) on prefill, decode steps and greedy generations.",
     "build": "Build TensorRT engines from an export (needs TensorRT and a GPU).",
     "bench": "Benchmark decode latency and KV memory: plt vs looped vs vanilla vs a HF peer.",
+    "serve": "Serve a model over an OpenAI-compatible HTTP API (continuous batching, metrics, Ray).",
+    "loadtest": "Load-test a running server: concurrent streaming clients, throughput and latency.",
     "triton-repo": "Write a Triton Inference Server model repository (Python backend, streaming).",
 }
 
