@@ -9,7 +9,6 @@ and these plain Python values, so all of this runs and is tested outside a serve
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -136,13 +135,15 @@ class Served:
         engine = load_engine(str(version_dir / params.artifact), backend=params.backend, slots=params.slots,
                              threads=params.threads, plugin=str(checked.plugin) if checked.plugin else None, **options)
         engine.start()
-        deadline = time.monotonic() + ready_timeout
-        while not engine.ready:
-            if time.monotonic() > deadline:
-                engine.stop(cancel_running=True, timeout=5)
-                raise ArtifactError(f"{version_dir / params.artifact}: the engine was not ready after "
-                                    f"{ready_timeout:.0f} s")
-            time.sleep(0.02)
+        try:
+            ready = engine.wait_ready(ready_timeout)  # PLTError with the load error, if any
+        except BaseException:
+            engine.stop(cancel_running=True, timeout=5)
+            raise
+        if not ready:
+            engine.stop(cancel_running=True, timeout=5)
+            raise ArtifactError(f"{version_dir / params.artifact}: the engine was not ready after "
+                                f"{ready_timeout:.0f} s")
         return cls(engine, params)
 
     def _watch_cancellations(self) -> None:
@@ -173,8 +174,12 @@ class Served:
             self._active[key] = (handle, is_cancelled)
         texts: list[str] = []
         ids: list[int] = []
+        cancel_sent = False
         try:
             for ev in handle:
+                if ev.finish_reason is None and not cancel_sent and is_cancelled():
+                    handle.cancel()  # the watcher also covers requests still waiting for a slot
+                    cancel_sent = True
                 if ev.finish_reason == "error":
                     emit(failure(ev.error or "generation failed"))
                     return

@@ -49,6 +49,11 @@ class TritonPythonModel:
                                   kind=pb_utils.MetricFamily.GAUGE),
         ]
         slots, waiting = (f.Metric(labels=labels) for f in self._families)
+        finished = pb_utils.MetricFamily(name="plt_requests_finished_total", description="Requests ended, by reason",
+                                         kind=pb_utils.MetricFamily.COUNTER)
+        self._families.append(finished)
+        self._finished = {r: finished.Metric(labels={**labels, "reason": r})
+                          for r in ("stop", "length", "cancelled", "error")}
 
         def update(stats):
             slots.set(float(stats.get("slots_in_use", 0)))
@@ -70,6 +75,11 @@ class TritonPythonModel:
         sender = request.get_response_sender()
 
         def emit(chunk):
+            if chunk.final:
+                self._finished[chunk.finish_reason or "error"].increment(1)
+            if chunk.finish_reason == "cancelled":  # nobody is listening: just close the request
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
             flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if chunk.final else 0
             sender.send(_response(chunk), flags=flags)
 
