@@ -121,3 +121,39 @@ def test_tampered_repository_fails_to_load_with_the_triton_repo_message(tiny_exp
     victim.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="decode.onnx: sha256 does not match"):
         Served.load(model_config_json(repo), repo / "plt" / "1")
+
+
+# -- GPU: the TensorRT repository (engines + the plugin loaded with ctypes from config.pbtxt's path) --
+def _gpu_reason():
+    from plt_deploy.build import availability
+
+    return availability.unavailable_reason()
+
+
+@pytest.mark.gpu
+def test_gpu_tensorrt_repository_serves_like_generate(tiny_exports, tmp_path):
+    reason = _gpu_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import shutil
+
+    from plt_deploy.build.engine import build_engines
+    from plt_deploy.cli.generate_cmd import run_generate
+    from plt_deploy.triton.config import parse_config
+    from plt_deploy.triton.repository import write_repository
+    from plt_deploy.triton.runtime import Served
+
+    ex = shutil.copytree(tiny_exports["plt"][1], tmp_path / "export")
+    build_engines(ex, log=lambda *_: None)
+    repo = write_repository(ex, tmp_path / "repo", backend="tensorrt", slots=2)
+    cfg = parse_config((repo / "plt" / "config.pbtxt").read_text())
+    assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    plugin = repo / "plt" / "1" / cfg.parameters["plugin"].string_value
+    assert plugin.is_file()
+    served = Served.load(model_config_json(repo), repo / "plt" / "1")
+    try:
+        one = []
+        served.handle(inputs(text_input=PROMPT, max_tokens=N), one.append)
+        assert one[0].text == run_generate(str(ex), [PROMPT], backend="tensorrt", max_new_tokens=N)[0]
+    finally:
+        served.close()
