@@ -130,11 +130,12 @@ def _gpu_reason():
     return availability.unavailable_reason()
 
 
+GPU_REASON = _gpu_reason()
+
+
 @pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
 def test_gpu_tensorrt_repository_serves_like_generate(tiny_exports, tmp_path):
-    reason = _gpu_reason()
-    if reason is not None:
-        pytest.skip(reason)
     import shutil
 
     from plt_deploy.build.engine import build_engines
