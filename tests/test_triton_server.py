@@ -92,6 +92,16 @@ def test_generate_equals_plt_deploy_generate(server, tiny_exports):
     assert 1 <= len(out["token_ids"]) <= N
 
 
+def test_stop_strings_as_a_list_or_one_string(server, tiny_exports):
+    ref = reference(tiny_exports)
+    stop = ref[3:5]  # the text ends where the stop string would begin
+    for value in (["never-generated", stop], stop):
+        status, text = server.post("/v2/models/plt/generate", {"text_input": PROMPT, "max_tokens": N, "stop": value})
+        assert status == 200, text
+        out = json.loads(text)
+        assert (out["text_output"], out["finish_reason"]) == (ref[:ref.index(stop)], "stop"), (value, out)
+
+
 def test_generate_stream_equals_plt_deploy_generate(server, tiny_exports):
     conn, resp = open_stream(server, {"text_input": PROMPT, "max_tokens": N, "stream": True})
     try:
