@@ -104,6 +104,8 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def readme_text(repo: Path, name: str, params: ModelParams) -> str:
     gpu = params.backend == "tensorrt"
+    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_GLOBAL) before the "
+                   "engines" if params.plugin else "")
     return f"""# Triton model repository for a PLT model
 
 Written by `plt-deploy triton-repo` (backend `{params.backend}`, {params.slots} slots). Model `{name}` is a
@@ -112,14 +114,14 @@ Python-backend model (`{name}/1/model.py`) that drives plt-deploy's slot engine 
 
 ## Start the server
 
-The Python that Triton's Python backend runs must have plt-deploy installed (`pip install
-"plt-deploy[triton]"`; the same version that wrote this folder){" and TensorRT with a GPU" if gpu else ""}.
+The Python that Triton's Python backend runs must have plt-deploy installed (the version that
+wrote this folder){", TensorRT and a GPU" if gpu else ""}. With Triton 2.51 (NGC 24.10, nvidia-pytriton 0.7)
+that Python also needs numpy < 2: the backend's stub is built against numpy 1.
 
     tritonserver --model-repository {repo} --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
-Model load checks every file's sha256 (and, for TensorRT, loads `{params.plugin or "the plugin"}` with
-ctypes); a failed check leaves the model not ready with a one-line reason in the server log and in
-`curl -s -X POST localhost:8000/v2/repository/index`.
+Loading the model checks every file's sha256{plugin_note}; a failed check leaves the model not ready,
+with a one-line reason in the server log and in `curl -s -X POST localhost:8000/v2/repository/index`.
 
 ## Requests (Triton's generate extension)
 
