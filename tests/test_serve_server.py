@@ -309,3 +309,16 @@ def test_cli_serve_sigterm_finishes_stream_and_exits_0(checkpoint):
             proc.kill()
             proc.wait(10)
     assert "stopped" in proc.stderr.read()
+
+
+def test_bounded_load_test_against_the_server(server):
+    from plt_deploy.serve.loadtest import LoadSpec, format_report, run_load
+
+    spec = LoadSpec(url=server.url, requests=12, concurrency=4, prompt_lens=(4, 30), output_lens=(5, 17), seed=1,
+                    max_seconds=60)
+    r = run_load(spec)
+    assert r["errors"] == 0 and r["requests_ok"] == 12 and r["not_sent"] == 0, r["error_examples"]
+    assert r["generated_tokens"] == 6 * 5 + 6 * 17  # every output generated in full
+    assert r["tokens_per_s"] > 0 and r["ttft_ms_p50"] <= r["ttft_ms_p99"] and r["tbt_ms_p50"] is not None
+    assert r["rss_mib_before"] > 0 and r["rss_mib_after"] > 0
+    assert "0 errors" in format_report(r)
