@@ -30,13 +30,14 @@ from ..backends import LOADERS
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 @click.option("--plugin", help="TensorRT plugin library (tensorrt backend).")
 @click.option("--replicas", type=click.IntRange(min=1), help="Run as a Ray Serve deployment with N replicas.")
+@click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale between --replicas and this many.")
 @click.option("--ray-address", help="Existing Ray cluster (default: a local one on 127.0.0.1).")
 @click.option("--ray-cpus", type=click.IntRange(min=1), help="CPUs of the local Ray instance (default: replicas).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True)
 def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, host, port, api_key,
             served_model_name, max_body_bytes, max_tokens_limit, shutdown_timeout, threads, provider, plugin,
-            replicas, ray_address, ray_cpus, log_level):
+            replicas, max_replicas, ray_address, ray_cpus, log_level):
     """Serve --model over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
                    max_prefill_tokens=max_prefill_tokens, host=host, port=port, api_key=api_key, threads=threads,
@@ -47,7 +48,7 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
 
         click.echo(f"serving {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
                    f"on http://{host}:{port}", err=True)
-        run_ray(replicas=replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
+        run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
         return
     from ..serve.server import serve_forever
 

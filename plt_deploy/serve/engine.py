@@ -61,6 +61,7 @@ class EngineRequest:
         self.slot: int | None = None
         self.finish_reason: str | None = None
         self.cancelled = False
+        self.cancel_step: int | None = None  # engine step count when cancel() was called
         self.t_arrival = time.monotonic()
         self.t_admitted: float | None = None
         self.t_last_token: float | None = None
@@ -71,9 +72,10 @@ class EngineRequest:
     # -- caller side -----------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop this request; its slot is freed at the next step boundary."""
+        if not self.cancelled and self._on_cancel is not None:
+            self.cancelled = True
+            self._on_cancel(self)
         self.cancelled = True
-        if self._on_cancel is not None:
-            self._on_cancel()
 
     _on_cancel = None
 
@@ -154,6 +156,7 @@ class Engine:
         self._stopping = False
         self._cancel_all = False
         self._thread: threading.Thread | None = None
+        self.cancel_lags: deque[int] = deque(maxlen=256)  # steps from cancel() to the slot being free
 
     # -- public API ------------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -184,7 +187,7 @@ class Engine:
         """Queue a request; raises InputError (too long, bad params), QueueFullError, EngineStoppedError."""
         self.check_request(len(prompt_ids), params)
         req = EngineRequest(prompt_ids, params, request_id, self.tokenizer.decode)
-        req._on_cancel = self._wake
+        req._on_cancel = self._on_cancel
         if params.max_new_tokens == 0:
             req.finish_reason = "length"
             req._emit(TokenEvent(None, "", "length"))
@@ -227,6 +230,10 @@ class Engine:
                 "max_context": self.max_context, "ready": self.ready, "stopping": self._stopping}
 
     # -- the loop --------------------------------------------------------------------------------
+    def _on_cancel(self, req: EngineRequest) -> None:
+        req.cancel_step = self.steps
+        self._wake()
+
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -284,6 +291,8 @@ class Engine:
                 self._waiting.remove(r)
             gone += [r for r in self._running.values() if r.cancelled]
         for r in gone:
+            if r.slot is not None and r.cancel_step is not None:
+                self.cancel_lags.append(self.steps - r.cancel_step)
             self._finish(r, TokenEvent(None, "", "cancelled"))
 
     def _prefill(self, joining: list[EngineRequest]) -> None:

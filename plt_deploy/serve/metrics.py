@@ -14,9 +14,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25
 
 class Metrics:
     def __init__(self, model_name: str, replica: str = "0"):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes etc. (the load test reads RSS)
         labels = ["model_name", "replica"]
         self.labels = {"model_name": model_name, "replica": replica}
         r = self.registry
