@@ -5,7 +5,7 @@ For tests and local trials; production uses an NGC Triton image. What it takes (
   the interpreter's own lib folder on LD_LIBRARY_PATH: the Python-backend stub otherwise links the
   system libpython of the same version instead of this interpreter's;
 - a backend folder holding libtriton_python.so and the stub built for this Python version;
-- numpy < 2 in the stub's Python: the stub is built against numpy 1's C layout, and with numpy 2
+- numpy < 2 in the stub's Python: the stub expects numpy 1's C layout, and with numpy 2
   it crashes deserializing TYPE_STRING inputs and rejects numeric outputs ("output tensor shape
   does not match size"). The stub's Python is the first `python3` on PATH (PYTHONPATH is not
   used), so when this interpreter has numpy >= 2 a small venv is made once (cached): numpy 1.26.4

@@ -116,7 +116,7 @@ Python-backend model (`{name}/1/model.py`) that drives plt-deploy's slot engine 
 
 The Python that Triton's Python backend runs must have plt-deploy installed (the version that
 wrote this folder){", TensorRT and a GPU" if gpu else ""}. The Python backend bundled in nvidia-pytriton 0.7
-(Triton 2.51) also needs numpy < 2 in that Python: its stub is built against numpy 1.
+(Triton 2.51) also needs numpy < 2 in that Python: its stub expects numpy 1 (see docs/triton.md).
 
     tritonserver --model-repository {repo} --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
