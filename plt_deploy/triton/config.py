@@ -90,7 +90,7 @@ def _quote(s: str) -> str:
 def render_config(name: str, params: ModelParams) -> str:
     """The config.pbtxt text of model `name`."""
     kind = "KIND_GPU" if params.backend == "tensorrt" else "KIND_CPU"
-    lines = [f"# Written by `plt-deploy triton-repo`; model.py reads the parameters below.",
+    lines = ["# Written by `plt-deploy triton-repo`; model.py reads the parameters below.",
              f"name: {_quote(name)}", 'backend: "python"', "max_batch_size: 0",
              "model_transaction_policy { decoupled: true }", "input ["]
     lines += [",\n".join(f"  {{ name: {_quote(n)} data_type: {t} dims: {_dims(d)}{' optional: true' if o else ''} }}"
