@@ -95,7 +95,7 @@ def test_bench_torch_tiny(tmp_path):
 
 def test_bench_from_checkpoint_without_peer(tmp_path):
     from plt_deploy.bench import run_bench
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
 
     ckpt = init_checkpoint("tiny", tmp_path / "ckpt", mode="vanilla")
     data = run_bench(model=ckpt, prompt_len=8, new_tokens=3, repeats=1, warmup_tokens=1, contexts=None,

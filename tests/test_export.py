@@ -35,7 +35,7 @@ def test_ort_matches_torch_prefill_and_decode(exports, mode):
     assert report["summary"]["prefill_logits"]["max_abs"] <= 1e-5, report["summary"]
     assert report["summary"]["decode_logits"]["max_abs"] <= 1e-5, report["summary"]
     assert report["summary"]["decode_logits"]["iterations"] == 32
-    assert report["passed"] and report["polygraphy_passed"]
+    assert report["passed"] and report["rule"].startswith("max|d|")
 
 
 @pytest.mark.parametrize("mode", MODES)

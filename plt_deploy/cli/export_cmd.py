@@ -22,5 +22,5 @@ def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
 
     dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
     path = export_model(model, out, dtype=dtype, opset=opset, max_batch=max_batch, max_seq=max_seq, force=force,
-                        validate=not no_validate)
+                        validate=not no_validate, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {path} (manifest.json, prefill.onnx, decode.onnx)")

@@ -17,6 +17,7 @@ from ..checkpoint import atomic_write_bytes
 from ..config import PLTConfig
 from ..errors import ArtifactError, ConfigError
 from ..ops import contract
+from .consistency import check_manifest_matches_graphs
 from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
@@ -112,6 +113,7 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
             raise ArtifactError(f"{fpath}: sha256 does not match {path}; the file is damaged or from another export")
     for graph in GRAPHS:
         check_op_version(manifest.graph_path(graph))
+    check_manifest_matches_graphs(manifest, path)
     if expect_model is not None:
         want = model_identity(Path(expect_model))
         have = data["model"].get("sha256", {})
