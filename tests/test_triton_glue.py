@@ -55,9 +55,9 @@ def served(tiny_exports, tmp_path_factory):
 
 
 def reference(tiny_exports, prompt=PROMPT, n=N):
-    from plt_deploy.cli.generate_cmd import run_generate
+    from plt_deploy.generate import generate_text
 
-    return run_generate(str(tiny_exports["plt"][1]), [prompt], backend="onnxruntime", max_new_tokens=n)[0]
+    return generate_text(str(tiny_exports["plt"][1]), [prompt], backend="onnxruntime", max_new_tokens=n)[0]
 
 
 def test_generate_and_stream_equal_plt_deploy_generate(served, tiny_exports):
@@ -139,7 +139,7 @@ def test_gpu_tensorrt_repository_serves_like_generate(tiny_exports, tmp_path):
     import shutil
 
     from plt_deploy.build.engine import build_engines
-    from plt_deploy.cli.generate_cmd import run_generate
+    from plt_deploy.generate import generate_text
     from plt_deploy.triton.config import parse_config
     from plt_deploy.triton.repository import write_repository
     from plt_deploy.triton.runtime import Served
@@ -155,6 +155,6 @@ def test_gpu_tensorrt_repository_serves_like_generate(tiny_exports, tmp_path):
     try:
         one = []
         served.handle(inputs(text_input=PROMPT, max_tokens=N), one.append)
-        assert one[0].text == run_generate(str(ex), [PROMPT], backend="tensorrt", max_new_tokens=N)[0]
+        assert one[0].text == generate_text(str(ex), [PROMPT], backend="tensorrt", max_new_tokens=N)[0]
     finally:
         served.close()

@@ -30,7 +30,7 @@ def assert_one_line_error(code, err, *needles):
 
 @pytest.fixture()
 def ckpt(tmp_path):
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
 
     return init_checkpoint("tiny", tmp_path / "ck", seed=2)
 
@@ -112,10 +112,10 @@ def test_refusals_are_one_line_and_write_nothing(tiny_exports, ckpt, tmp_path, c
     repo = tmp_path / "repo"
     cases = [
         (("--model", ex, "--backend", "onnx"), ["unknown backend 'onnx'", "onnxruntime, tensorrt, torch"]),
-        (("--model", ckpt, "--backend", "onnxruntime"), ["is a checkpoint", "plt-deploy export"]),
+        (("--model", ckpt, "--backend", "onnxruntime"), ["is a checkpoint folder", "plt-deploy export"]),
         (("--model", ex, "--backend", "tensorrt", "--plugin", tmp_path / "missing.so"),
          [f"--plugin {tmp_path / 'missing.so'}: file not found"]),
-        (("--model", ex, "--backend", "torch"), ["is an export folder"]),
+        (("--model", ex, "--backend", "torch"), ["is an export folder", "--backend onnxruntime"]),
     ]
     for args, needles in cases:
         code, _, err = run_cli(capsys, "triton-repo", "--out", repo, *args)

@@ -52,9 +52,9 @@ def server(tiny_exports, tmp_path_factory):
 
 
 def reference(tiny_exports, n=N):
-    from plt_deploy.cli.generate_cmd import run_generate
+    from plt_deploy.generate import generate_text
 
-    return run_generate(str(tiny_exports["plt"][1]), [PROMPT], backend="onnxruntime", max_new_tokens=n)[0]
+    return generate_text(str(tiny_exports["plt"][1]), [PROMPT], backend="onnxruntime", max_new_tokens=n)[0]
 
 
 def open_stream(srv, body):

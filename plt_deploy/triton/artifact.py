@@ -35,15 +35,15 @@ def check_backend(backend: str) -> None:
 def check_artifact(path: str | Path, backend: str, plugin: str | Path | None = None,
                    plugin_sha256: str | None = None, checkpoint_sha256: dict[str, str] | None = None) -> Checked:
     """Verify `path` for `backend`; expected hashes (from config.pbtxt) are compared when given."""
+    from ..backends.folders import check_folder_fits
+
     check_backend(backend)
     path = Path(path)
+    check_folder_fits(backend, path)  # a checkpoint for an export backend, or the reverse
     if backend == "torch":
         return _check_checkpoint(path, checkpoint_sha256)
     from ..export.manifest import read_manifest
 
-    if (path / "config.json").is_file() and not (path / "manifest.json").is_file():
-        raise ArtifactError(f"{path}: is a checkpoint; backend {backend} serves an export folder "
-                            f"(make one with `plt-deploy export --model {path} --out EXPORT`) or use --backend torch")
     manifest = read_manifest(path, verify_hashes=True)
     if backend == "onnxruntime":
         return Checked("export")
@@ -54,9 +54,6 @@ def _check_checkpoint(path: Path, expected: dict[str, str] | None) -> Checked:
     from ..checkpoint import load_config
     from ..export.manifest import model_identity
 
-    if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
-        raise ArtifactError(f"{path}: is an export folder; backend torch serves a checkpoint folder "
-                            "(or use --backend onnxruntime)")
     load_config(path)  # CheckpointError naming the file when config.json is missing or invalid
     if not (path / "model.safetensors").is_file():
         raise ArtifactError(f"{path / 'model.safetensors'}: file not found; {path} is not a complete checkpoint")
