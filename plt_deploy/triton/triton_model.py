@@ -73,9 +73,11 @@ class TritonPythonModel:
 
     def _serve(self, request):
         sender = request.get_response_sender()
+        ended = []
 
         def emit(chunk):
             if chunk.final:
+                ended.append(True)
                 self._finished[chunk.finish_reason or "error"].increment(1)
             if chunk.finish_reason == "cancelled":  # nobody is listening: just close the request
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -86,6 +88,8 @@ class TritonPythonModel:
         try:
             self.served.handle(lambda name: _input(request, name), emit, request.is_cancelled)
         except Exception as exc:  # a bug, not bad input: still end the request with an error
+            if ended:
+                return
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
