@@ -121,6 +121,7 @@ class LocalTriton:
         self.proc: subprocess.Popen | None = None
         self.http_port = self.metrics_port = 0
         self.log_path = self.workdir / "tritonserver.log"
+        self.shm_prefix = f"plt{os.getpid()}{secrets.token_hex(3)}_"  # this server's /dev/shm regions
 
     @property
     def url(self) -> str:
@@ -147,7 +148,7 @@ class LocalTriton:
                "--allow-metrics", "true", "--allow-gpu-metrics", "false", "--allow-cpu-metrics", "false",
                "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                "--exit-on-error", "false", "--exit-timeout-secs", "5",
-               f"--backend-config=python,shm-region-prefix-name=plt{os.getpid()}{secrets.token_hex(3)}_",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                *self.extra_args]
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
@@ -222,7 +223,10 @@ class LocalTriton:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        return proc.wait(timeout=10)
+        code = proc.wait(timeout=10)
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # left behind only after a kill
+            region.unlink(missing_ok=True)
+        return code
 
     def __enter__(self) -> "LocalTriton":
         return self.start()
