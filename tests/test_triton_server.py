@@ -46,9 +46,11 @@ def server(tiny_exports, tmp_path_factory):
     try:
         yield srv
     finally:
-        t0 = time.monotonic()
+        group, t0 = srv.proc.pid, time.monotonic()
         srv.stop()
         assert time.monotonic() - t0 < STOP_WITHIN_S
+        with pytest.raises(ProcessLookupError):  # neither the server nor a Python stub is left
+            os.killpg(group, 0)
 
 
 def reference(tiny_exports, n=N):
