@@ -19,7 +19,7 @@ from ..errors import ArtifactError, InputError, PLTError
 from .artifact import check_artifact
 from .config import DEFAULT_MAX_TOKENS, ModelParams
 
-READY_TIMEOUT_S = 600.0  # engine load + warm-up; Triton's own model-load timeout applies on top
+READY_TIMEOUT_S = 600.0  # engine load + warm-up inside initialize()
 CANCEL_POLL_S = 0.05  # how often is_cancelled() is asked for every running request
 
 
@@ -52,12 +52,12 @@ def load_trt_plugin(path: Path):
     return load_plugin(availability.require(), path)
 
 
-def _values(array, name: str) -> list:
+def _values(array) -> list:
     return [] if array is None else np.asarray(array).reshape(-1).tolist()
 
 
 def _one(array, name: str, cast, default):
-    values = _values(array, name)
+    values = _values(array)
     if not values:
         return default
     if len(values) != 1:
@@ -91,7 +91,7 @@ def parse_request(get_input: Callable[[str], object], eos_id: int | None) -> Req
     if get_input("text_input") is None:
         raise InputError("text_input is required (the prompt)")
     prompt = _one(get_input("text_input"), "text_input", lambda v: _text(v, "text_input"), "")
-    stop = tuple(_text(v, "stop") for v in _values(get_input("stop"), "stop"))
+    stop = tuple(_text(v, "stop") for v in _values(get_input("stop")))
     if any(not s for s in stop):
         raise InputError("stop strings must not be empty")
     seed = _one(get_input("seed"), "seed", int, None)
