@@ -75,6 +75,10 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
     async def on_api_error(request, exc: APIError):
         return _error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
 
+    @app.exception_handler(Exception)
+    async def on_bug(request, exc: Exception):  # a bug: still one error body, and the server goes on
+        return _error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
     @app.exception_handler(404)
     async def on_not_found(request, exc):
         return _error_response(404, f"no route {request.method} {request.url.path}", "not_found_error")
@@ -132,17 +136,17 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
                            param=bad, code="unsupported_field")
         return req
 
-    def prepare(req, engine: Engine):
-        """Validate the model name and max_tokens; SamplingParams for the request."""
-        if req.model is not None and req.model != engine.model_name:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {engine.model_name!r}",
-                           param="model", code="model_not_found")
+    def prepare(req, engine: Engine, n_prompt: int):
+        """Validate the model name and max_tokens; SamplingParams for the request. Without
+        max_tokens: 16 for completions (OpenAI's default), the rest of the context for chat."""
         limit = settings.max_tokens_limit or engine.max_context
         requested = getattr(req, "max_completion_tokens", None) if req.max_tokens is None else req.max_tokens
         if requested is not None and requested > limit:
             raise APIError(400, f"max_tokens {requested} exceeds the server's limit of {limit}", param="max_tokens",
                            code="max_tokens_too_large")
-        return req.sampling_params(min(settings.default_max_tokens, limit), engine.tokenizer.eos_id)
+        default = settings.default_max_tokens if isinstance(req, protocol.CompletionRequest) else \
+            max(1, engine.max_context - n_prompt)
+        return req.sampling_params(min(default, limit), engine.tokenizer.eos_id)
 
     def submit(engine: Engine, ids: list[int], params, rid: str):
         if not engine.ready:
@@ -188,8 +192,11 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
         engine = get_engine()
         chat = kind == "chat"
         req = parse(protocol.ChatCompletionRequest if chat else protocol.CompletionRequest, await read_json(request))
-        params = prepare(req, engine)
+        if req.model is not None and req.model != engine.model_name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {engine.model_name!r}",
+                           param="model", code="model_not_found")
         ids = chat_ids(req, engine) if chat else completion_ids(req, engine)
+        params = prepare(req, engine, len(ids))
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         handle = submit(engine, ids, params, rid)
         model, fp = engine.model_name, settings.replica_id
@@ -230,8 +237,8 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
                     msg = ev.error or "the request was cancelled (server shutting down)"
                     yield _sse(protocol.error_body(msg, "server_error" if ev.error else "unavailable"))
                     break
-                if not ev.text and ev.finish_reason is None:
-                    continue
+                # one chunk per token, even when its text is held back (an incomplete UTF-8
+                # character, a possible stop string): clients count tokens and time them
                 if chat:
                     delta = {"content": ev.text} if ev.text else {}
                     yield _sse(protocol.chat_chunk(rid, model, delta, ev.finish_reason, fp))

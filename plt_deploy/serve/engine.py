@@ -255,7 +255,22 @@ class Engine:
                         r.cancelled = True
                 if self._stopping and not self._waiting and not self._running:
                     return
-            self._step()
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001  (a bug must not hang every stream: end them, go on)
+                self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            reqs = [*self._running.values(), *self._waiting]
+            self._waiting.clear()
+        for r in reqs:
+            if not r.done:
+                self._finish(r, TokenEvent(None, "", "error", error=message))
+        try:
+            self.session = self.backend.start(self.slots, self.max_context)
+        except Exception as exc:  # noqa: BLE001
+            self.load_error = f"engine could not restart its session: {exc}"
 
     def _warm_up(self) -> None:
         """One prefill and one decode, so the first request does not pay for lazy initialisation."""

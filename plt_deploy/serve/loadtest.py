@@ -2,8 +2,11 @@
 requests with mixed prompt and output lengths, stops by itself.
 
 Reports requests/s, generated tokens/s (completion tokens from each stream's usage chunk over the
-wall time), time to first token and time between tokens (p50/p99, client side), errors, and the
-server's RSS before and after (`process_resident_memory_bytes` from /metrics).
+wall time), the tokens/s while every client is busy (the server streams one chunk per token: chunks
+received between the moment all C streams have their first token and the moment the first client
+finds no request left, over that window), time to first token and time between tokens (p50/p99,
+client side), errors, and the server's RSS before and after (`process_resident_memory_bytes` from
+/metrics).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Result:
     ok: bool
     ttft: float | None = None
     gaps: list[float] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # arrival time of every token chunk
     tokens: int = 0
     error: str | None = None
 
@@ -76,6 +80,7 @@ async def _one(client, url: str, body: dict, headers: dict) -> Result:
                     res.tokens = chunk["usage"]["completion_tokens"]
                 if chunk.get("choices"):
                     now = time.perf_counter()
+                    res.stamps.append(now)
                     if res.ttft is None:
                         res.ttft = now - t0
                     else:
@@ -116,9 +121,12 @@ async def run_load_async(spec: LoadSpec) -> dict:
         t_start = time.perf_counter()
         deadline = t_start + spec.max_seconds
 
+        idle: list[float] = []  # when each client found the queue empty
+
         async def worker():
             while not queue.empty() and time.perf_counter() < deadline:
                 results.append(await _one(client, spec.url + spec.endpoint, queue.get_nowait(), headers))
+            idle.append(time.perf_counter())
 
         await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
         wall = time.perf_counter() - t_start
@@ -127,6 +135,12 @@ async def run_load_async(spec: LoadSpec) -> dict:
     ttft = [r.ttft for r in ok if r.ttft is not None]
     gaps = [g for r in ok for g in r.gaps]
     tokens = sum(r.tokens for r in ok)
+    firsts = sorted(r.stamps[0] for r in results if r.stamps)
+    busy = None
+    if len(firsts) >= spec.concurrency and idle:
+        t0, t1 = firsts[spec.concurrency - 1], min(idle)
+        if t1 > t0:
+            busy = sum(1 for r in results for t in r.stamps if t0 <= t < t1) / (t1 - t0)
     ms = lambda v: None if v is None else 1e3 * v  # noqa: E731
     return {
         "spec": asdict(spec) | {"api_key": None},
@@ -134,6 +148,7 @@ async def run_load_async(spec: LoadSpec) -> dict:
         "not_sent": len(bodies) - len(results), "error_examples": [r.error for r in results if not r.ok][:5],
         "wall_s": wall, "requests_per_s": len(ok) / wall if wall else None,
         "generated_tokens": tokens, "tokens_per_s": tokens / wall if wall else None,
+        "busy_tokens_per_s": busy,
         "ttft_ms_p50": ms(_pct(ttft, 50)), "ttft_ms_p99": ms(_pct(ttft, 99)),
         "tbt_ms_p50": ms(_pct(gaps, 50)), "tbt_ms_p99": ms(_pct(gaps, 99)),
         "rss_mib_before": rss_before, "rss_mib_after": rss_after,
@@ -151,7 +166,8 @@ def format_report(r: dict) -> str:
         f"load test: {r['requests_ok']}/{r['requests_sent']} ok, {r['errors']} errors, {r['not_sent']} not sent "
         f"({s['concurrency']} clients, prompts {s['prompt_lens']} chars, outputs {s['output_lens']} tokens)",
         f"  wall {f(r['wall_s'], 2)} s   requests/s {f(r['requests_per_s'], 2)}   "
-        f"generated tokens/s {f(r['tokens_per_s'])}   ({r['generated_tokens']} tokens)",
+        f"generated tokens/s {f(r['tokens_per_s'])}   ({r['generated_tokens']} tokens)   "
+        f"while all {s['concurrency']} clients busy {f(r['busy_tokens_per_s'])}",
         f"  time to first token p50 {f(r['ttft_ms_p50'])} ms  p99 {f(r['ttft_ms_p99'])} ms",
         f"  time between tokens p50 {f(r['tbt_ms_p50'])} ms  p99 {f(r['tbt_ms_p99'])} ms",
         f"  server RSS {f(r['rss_mib_before'])} MiB before, {f(r['rss_mib_after'])} MiB after",
