@@ -20,6 +20,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     seed: int | None = None
     stop_tokens: tuple[int, ...] = field(default_factory=tuple)
+    stop_strings: tuple[str, ...] = field(default_factory=tuple)  # text that ends a sequence (not returned)
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -30,6 +31,47 @@ class SamplingParams:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not isinstance(t, str) or not t for t in self.stop_strings):
+            raise InputError("stop strings must be non-empty text")
+
+
+class TextStream:
+    """Incremental detokenizer of one sequence that applies stop strings.
+
+    push(token) -> (text delta safe to show, stopped). Text is held back while it ends in an
+    incomplete UTF-8 character (shown as U+FFFD by the decoders) or in a prefix of a stop string;
+    when a stop string appears, the text before it is released and the sequence stops.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stop_strings: tuple[str, ...] = ()):
+        self.decode, self.stops = decode, tuple(stop_strings)
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already released
+        self.text = ""
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
+        if hits:
+            end = min(hits)
+            delta, self.sent = text[self.sent:end], end
+            self.text = text[:end]
+            return delta, True
+        self.text = text
+        end = len(text.rstrip("\ufffd"))
+        safe = end
+        for s in self.stops:  # hold back a tail that could still become a stop string
+            n = next((n for n in range(min(len(s) - 1, end - self.sent), 0, -1) if text[end - n:end] == s[:n]), 0)
+            safe = min(safe, end - n)
+        delta = text[self.sent:safe] if safe > self.sent else ""
+        self.sent = max(self.sent, safe)
+        return delta, False
+
+    def flush(self) -> str:
+        """The held-back text at the end of the sequence."""
+        delta, self.sent = self.text[self.sent:], len(self.text)
+        return delta
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -68,13 +110,18 @@ def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 
 def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0,
-             on_tokens: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> list[list[int]]:
+             on_tokens: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+             decode: Callable[[list[int]], str] | None = None) -> list[list[int]]:
     """Prefill the prompts, then decode up to max_new_tokens per sequence.
 
-    Returns the generated tokens of each prompt (stop token included when hit). on_tokens(tokens
-    [B], active [B] bool) is called after every step for streaming.
+    Returns the generated tokens of each prompt (stop token included when hit; with stop strings,
+    up to the token that completed one). on_tokens(tokens [B], active [B] bool) is called after
+    every step for streaming. Stop strings need `decode` (the tokenizer's ids -> text).
     """
     params.validate()
+    if params.stop_strings and decode is None:
+        raise InputError("stop strings need the tokenizer's decode function")
+    texts = [TextStream(decode, params.stop_strings) for _ in prompts] if params.stop_strings else None
     tokens, lengths = pad_prompts(prompts, pad_id)
     limit = backend.config.max_seq_len
     longest = int(lengths.max())
@@ -96,6 +143,10 @@ def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams,
         if on_tokens is not None:
             on_tokens(nxt, active.clone())
         active &= ~torch.isin(nxt, stop)
+        if texts is not None:
+            for b in torch.nonzero(active)[:, 0].tolist():
+                if texts[b].push(int(nxt[b]))[1]:
+                    active[b] = False
         if not active.any() or step == params.max_new_tokens - 1:
             break
         logits = session.decode(nxt)

@@ -52,6 +52,30 @@ class DecoderSession(ABC):
         if int(self.lengths.max()) >= self.max_seq:
             raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
 
+    # Slots (continuous batching, plt_deploy.serve): each row of one running session serves its
+    # own request. A free row keeps decoding harmlessly at position 0 (static shapes: it is masked
+    # by its length, not removed) until prefill_slots writes a new request into it.
+    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Prefill right-padded prompts tokens [k, S], lengths [k] into rows `slots` of this session,
+        leaving every other row as it is -> last-token logits [k, V] fp32."""
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"the {type(self).__name__} runtime cannot prefill into slots of a running session")
+
+    def reset_slots(self, slots: list[int]) -> None:
+        """Free rows `slots`: length 0, so they decode an empty sequence until a prefill reuses them."""
+        if slots:
+            self.lengths[torch.tensor(slots, dtype=torch.int64)] = 0
+
+    def check_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> None:
+        k, S = tokens.shape
+        if len(slots) != k or lengths.shape != (k,):
+            raise InputError(f"prefill_slots got {len(slots)} slots for {k} prompts and {tuple(lengths.shape)} lengths")
+        if len(set(slots)) != k or any(not 0 <= s < self.batch for s in slots):
+            raise InputError(f"slots {slots} must be distinct rows in [0, {self.batch})")
+        if S > self.max_seq:
+            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
+
 
 class Backend(ABC):
     name: str

@@ -126,6 +126,35 @@ class OrtSession(DecoderSession):
         self._lengths = self._lengths + 1
         return torch.from_numpy(self._logits.numpy().astype(np.float32))
 
+    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers."""
+        self.check_slots(slots, tokens, lengths)
+        k, S = tokens.shape
+        spec = self.be.manifest.graphs["prefill"]
+        feeds = {"input_ids": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
+        outs = dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, _by_role(spec, feeds))))
+        rows = np.asarray(slots, dtype=np.int64)
+        for t in spec.outputs:
+            if t.role == "logits":
+                continue
+            past = t.name.replace("present_", "past_", 1)
+            host = self._host[past]  # for the carry: the buffer the next decode reads
+            if self.device != "cpu":  # the device copy is the current one
+                host[...] = self._bufs[past].numpy()
+            if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
+                host[rows] = 0
+                host[rows, :, :S] = outs[t.name]
+            else:
+                host[rows] = outs[t.name]
+            if self.device != "cpu":
+                self._bufs[past].update_inplace(host)
+        self._lengths[torch.from_numpy(rows)] = lengths.to(torch.int64)
+        self._prefilled = True
+        logits = torch.from_numpy(outs["logits"].astype(np.float32))
+        if logits.dim() == 3:  # [k, S, V] graphs: the last real token of each prompt
+            logits = torch.gather(logits, 1, (lengths.to(torch.int64) - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        return logits  # [k, V]
+
     def cache_arrays(self) -> dict[str, np.ndarray]:
         """Host views of the cache buffers (CPU provider): for tests and debugging."""
         return dict(self._host)

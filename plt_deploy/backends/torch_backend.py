@@ -23,6 +23,23 @@ class TorchSession(DecoderSession):
         self.cache.advance(lengths)
         return logits.float()
 
+    @torch.no_grad()
+    def prefill_slots(self, slots, tokens, lengths):
+        """The model's own prefill into a scratch cache of k rows, copied into rows `slots`."""
+        self.check_slots(slots, tokens, lengths)
+        k, S = tokens.shape
+        c = self.cache
+        scratch = PLTCache.allocate(self.model.cfg, k, S, c.carry.dtype, c.carry.device)
+        logits = self.model.prefill(tokens, lengths, scratch).float()  # [k, V]
+        rows = torch.tensor(slots, dtype=torch.int64, device=c.lengths.device)
+        for dst, src in zip((*c.k, *c.v), (*scratch.k, *scratch.v)):  # [B, Hkv, T, D] <- [k, Hkv, S, D]
+            dst[rows] = 0
+            dst[rows, :, :S] = src
+        for dst, src in zip((*c.local_k, *c.local_v, c.carry), (*scratch.local_k, *scratch.local_v, scratch.carry)):
+            dst[rows] = src
+        c.lengths[rows] = lengths.to(c.lengths)
+        return logits
+
     def decode(self, tokens):
         self.check_decode()
         logits = self.model.decode_step(tokens, self.cache)

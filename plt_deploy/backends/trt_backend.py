@@ -147,6 +147,58 @@ class TrtSession(DecoderSession):
         self._prefilled = True
         return logits
 
+    # -- slots (serving): prefill k prompts into rows of the running session ----------------------
+    def _run_prefill_engine(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prefill engine on tokens [k, S]: name -> output tensor on the device (on self.stream)."""
+        be, spec = self.be, self.be.manifest.graphs["prefill"]
+        if self._prefill_ctx is None:
+            self._prefill_ctx = be.engines["prefill"].create_execution_context()
+            self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
+        ctx = self._prefill_ctx
+        feeds = {"input_ids": tokens.to(self.device, torch.int64).contiguous(),
+                 "lengths": lengths.to(self.device, torch.int64).contiguous()}
+        for t in spec.inputs:
+            x = feeds[t.name]
+            if not ctx.set_input_shape(t.name, tuple(x.shape)):
+                raise InputError(f"prefill engine rejects {t.name} of shape {tuple(x.shape)} (outside its profile)")
+            ctx.set_tensor_address(t.name, x.data_ptr())
+        outs = {}
+        for t in spec.outputs:
+            outs[t.name] = torch.empty(tuple(ctx.get_tensor_shape(t.name)), dtype=_TORCH[t.dtype], device=self.device)
+            ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
+        outs["__feeds__"] = feeds["lengths"]  # keep the inputs alive until the stream has run
+        return outs
+
+    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Prefill k prompts; their caches are written into rows `slots` of the live buffers (the
+        set the next decode reads), the other rows untouched -> last-token logits [k, V]."""
+        self.check_slots(slots, tokens, lengths)
+        k, S = tokens.shape
+        spec = self.be.manifest.graphs["prefill"]
+        with torch.cuda.stream(self.stream):
+            outs = self._run_prefill_engine(tokens, lengths)
+            rows = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            live = self._sets[self._cur]
+            for t in spec.outputs:
+                if t.role == "logits":
+                    continue
+                buf = live[t.name.replace("present_", "past_", 1)]
+                if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
+                    buf[rows] = 0
+                    buf[rows, :, :S] = outs[t.name]
+                else:
+                    buf[rows] = outs[t.name]
+            logits = outs["logits"]
+            if logits.dim() == 3:  # [k, S, V] engines: the last real token of each prompt
+                idx = (lengths.to(self.device, torch.int64) - 1).clamp(min=0)
+                logits = logits[torch.arange(k, device=self.device), idx]
+            logits = logits.float().cpu()  # [k, V]; synchronises the stream
+        self._lengths[torch.tensor(slots, dtype=torch.int64)] = lengths.to(torch.int64)
+        self._prefilled = True
+        return logits
+
     # -- decode --------------------------------------------------------------------------------
     def _bind(self, parity: int) -> None:
         ctx, src, dst = self._ctx, self._sets[parity], self._sets[1 - parity]

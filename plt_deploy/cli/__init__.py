@@ -22,6 +22,9 @@ COMMANDS = {
     "check": "Compare backends (Polygraphy) on prefill, decode steps and greedy generations.",
     "build": "Build TensorRT engines from an export (needs TensorRT and a GPU).",
     "bench": "Benchmark decode latency and KV memory: plt vs looped vs vanilla vs a HF peer.",
+    "serve": "Serve a model over an OpenAI-compatible HTTP API (continuous batching, metrics, Ray).",
+    "loadtest": "Load-test a running server: concurrent streaming clients, throughput and latency.",
+    "triton-repo": "Write a Triton Inference Server model repository (Python backend, streaming).",
 }
 
 
@@ -32,10 +35,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
+        module_name = f"plt_deploy.cli.{name.replace('-', '_')}_cmd"  # triton-repo -> triton_repo_cmd
         try:
-            module = import_module(f"plt_deploy.cli.{name}_cmd")
+            module = import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == f"plt_deploy.cli.{name}_cmd":
+            if exc.name == module_name:
                 return None
             raise
         return module.command

@@ -1,0 +1,57 @@
+"""plt-deploy serve: an OpenAI-compatible HTTP server (continuous batching over slots)."""
+
+from __future__ import annotations
+
+import click
+
+from ..backends import LOADERS
+
+
+@click.command("serve")
+@click.option("--model", required=True, help="Checkpoint folder (torch) or export folder (onnxruntime, tensorrt).")
+@click.option("--backend", type=click.Choice(list(LOADERS)), default="torch", show_default=True)
+@click.option("--slots", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests decoded together (rows of the one decoder session).")
+@click.option("--max-context", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Prompt + generated tokens per request.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests waiting for a slot; beyond it: 429.")
+@click.option("--max-prefill-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Prompt tokens prefilled per step, so long prompts cannot stall running streams.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you say so).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", help="Require `Authorization: Bearer KEY` on /v1 (default: $PLT_API_KEY).")
+@click.option("--served-model-name", help="Model id in the API (default: the folder's name).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds streams get to finish after SIGTERM before they are cancelled.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
+@click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
+@click.option("--plugin", help="TensorRT plugin library (tensorrt backend).")
+@click.option("--replicas", type=click.IntRange(min=1), help="Run as a Ray Serve deployment with N replicas.")
+@click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale between --replicas and this many.")
+@click.option("--ray-address", help="Existing Ray cluster (default: a local one on 127.0.0.1).")
+@click.option("--ray-cpus", type=click.IntRange(min=1), help="CPUs of the local Ray instance (default: replicas).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
+              show_default=True)
+def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, host, port, api_key,
+            served_model_name, max_body_bytes, max_tokens_limit, shutdown_timeout, threads, provider, plugin,
+            replicas, max_replicas, ray_address, ray_cpus, log_level):
+    """Serve --model over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
+    options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
+                   max_prefill_tokens=max_prefill_tokens, host=host, port=port, api_key=api_key, threads=threads,
+                   plugin=plugin, provider=provider, model_name=served_model_name, max_body_bytes=max_body_bytes,
+                   max_tokens_limit=max_tokens_limit)
+    if replicas:
+        from ..serve.ray_app import run_ray
+
+        click.echo(f"serving {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
+                   f"on http://{host}:{port}", err=True)
+        run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
+        return
+    from ..serve.server import serve_forever
+
+    click.echo(f"serving {model} ({backend}, {slots} slots) on http://{host}:{port}", err=True)
+    serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
+    click.echo("stopped", err=True)

@@ -1,0 +1,33 @@
+"""Serving: a continuous-batching engine (engine.py), an OpenAI-compatible HTTP server (app.py),
+Prometheus metrics (metrics.py), Ray Serve replicas (ray_app.py) and a load test (loadtest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = 256,
+                max_queue: int = 64, max_prefill_tokens: int = 512, threads: int | None = None,
+                plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
+                metrics=None):
+    """An Engine over `model_dir` (checkpoint folder for torch, export folder for onnxruntime/tensorrt).
+
+    Not started: call `engine.start()` (loads the session and warms up in a background thread).
+    """
+    from ..backends import load_backend
+    from .chat import load_serve_tokenizer
+    from .engine import Engine
+
+    options = {"threads": threads}
+    if plugin:
+        options["plugin"] = plugin
+    if provider:
+        options["provider"] = provider
+    be = load_backend(backend, str(model_dir), **options)
+    tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size)
+    return Engine(be, tok, slots=slots, max_context=max_context, max_queue=max_queue,
+                  max_prefill_tokens=max_prefill_tokens, model_name=model_name or Path(model_dir).name,
+                  metrics=metrics)
+
+
+__all__ = ["load_engine"]

@@ -1,0 +1,62 @@
+"""The tokenizer the server uses: the model's tokenizer plus a chat template.
+
+The template is the checkpoint's own (`chat_template` in tokenizer_config.json beside
+tokenizer.json, a Jinja2 template as in Hugging Face) when it has one; otherwise PLAIN_TEMPLATE:
+one line "role: content" per message, then "assistant:" for the model to continue.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CheckpointError, InputError
+from ..tokenizer import load_tokenizer
+
+PLAIN_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+class ServeTokenizer:
+    """encode / decode / special ids of the model's tokenizer, and apply_chat_template."""
+
+    def __init__(self, tok, chat_template: str | None = None):
+        self.tok = tok
+        self.chat_template = chat_template
+        self.has_own_template = chat_template is not None
+        self.bos_id, self.eos_id, self.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
+        self.vocab_size = tok.vocab_size
+        self._compiled = None
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.tok.encode(text, add_bos=add_bos)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(ids)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        """messages [{"role", "content"}] -> the prompt text ending where the assistant's reply starts."""
+        if self._compiled is None:
+            import jinja2.sandbox
+
+            env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._compiled = env.from_string(self.chat_template or PLAIN_TEMPLATE)
+        try:
+            return self._compiled.render(messages=messages, add_generation_prompt=True,
+                                         bos_token="", eos_token="")
+        except Exception as exc:  # noqa: BLE001  (jinja2 raises many types on template errors)
+            raise InputError(f"the chat template failed on these messages: {exc}") from None
+
+
+def load_serve_tokenizer(model_dir: str | Path | None, vocab_size: int) -> ServeTokenizer:
+    tok = load_tokenizer(model_dir, vocab_size)
+    template = None
+    cfg = Path(model_dir) / "tokenizer_config.json" if model_dir is not None else None
+    if cfg is not None and cfg.is_file():
+        try:
+            template = json.loads(cfg.read_text()).get("chat_template")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise CheckpointError(f"{cfg}: not a valid tokenizer config ({exc})") from None
+        if template is not None and not isinstance(template, str):
+            raise CheckpointError(f"{cfg}: chat_template must be one Jinja2 template string")
+    return ServeTokenizer(tok, template)

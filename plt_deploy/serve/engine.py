@@ -1,0 +1,372 @@
+"""The serving engine: continuous batching of requests over the slots of one decoder session.
+
+No HTTP here. `Engine.submit` queues a request and returns its handle (`EngineRequest`); a
+background thread runs steps. One step:
+  1. requests cancelled since the last step give their slots back;
+  2. waiting requests join free slots, oldest first, under the prefill token budget; their
+     prompts are prefilled together into their own rows (`DecoderSession.prefill_slots`), the
+     running rows are not touched, and each samples its first token;
+  3. one decode of ALL slots at once (static shapes: a free row decodes an empty sequence at
+     position 0 and is reset after the step), every row at its own position;
+  4. each running request samples its next token (its own SamplingParams, the same `sample` as
+     `generate`), streams it, and frees its slot when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from ..backends.base import Backend
+from ..errors import InputError, PLTError
+from ..generate import SamplingParams, TextStream, pad_prompts, sample
+from .scheduler import SlotPool, admit
+
+
+class QueueFullError(PLTError):
+    """The waiting queue holds max_queue requests: retry later (HTTP 429)."""
+
+
+class EngineStoppedError(PLTError):
+    """The engine is shutting down and admits no new requests (HTTP 503)."""
+
+
+@dataclass
+class TokenEvent:
+    token_id: int | None  # None on events that carry no token (cancelled, error, stop-string flush)
+    text: str  # text this event adds (incrementally decoded, stop strings removed)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error" on the last event
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EngineRequest:
+    """One request: its prompt and params, and the handle its caller reads events from."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None, decode):
+        self.id = request_id or uuid.uuid4().hex
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.text = TextStream(decode, params.stop_strings)
+        self.stop_tokens = set(params.stop_tokens)
+        self.generated: list[int] = []
+        self.slot: int | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.cancel_step: int | None = None  # engine step count when cancel() was called
+        self.t_arrival = time.monotonic()
+        self.t_admitted: float | None = None
+        self.t_last_token: float | None = None
+        self._events: deque[TokenEvent] = deque()
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # -- caller side -----------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop this request; its slot is freed at the next step boundary."""
+        if not self.cancelled and self._on_cancel is not None:
+            self.cancelled = True
+            self._on_cancel(self)
+        self.cancelled = True
+
+    _on_cancel = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def __iter__(self):
+        """Blocking iterator of TokenEvents, ending after the one with a finish_reason."""
+        while True:
+            with self._cond:
+                while not self._events:
+                    self._cond.wait()
+                ev = self._events.popleft()
+            yield ev
+            if ev.finish_reason is not None:
+                return
+
+    async def aiter(self):
+        """asyncio iterator of TokenEvents (the same events as iterating the handle)."""
+        loop, flag = asyncio.get_running_loop(), asyncio.Event()
+        with self._cond:
+            self._waiters.append((loop, flag))
+        try:
+            while True:
+                with self._cond:
+                    ev = self._events.popleft() if self._events else None
+                    if ev is None:
+                        flag.clear()
+                if ev is None:
+                    await flag.wait()
+                    continue
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            with self._cond:
+                self._waiters.remove((loop, flag))
+
+    # -- engine side -----------------------------------------------------------------------------
+    def _emit(self, ev: TokenEvent) -> None:
+        ev.prompt_tokens, ev.completion_tokens = len(self.prompt_ids), len(self.generated)
+        with self._cond:
+            self._events.append(ev)
+            self._cond.notify_all()
+            waiters = list(self._waiters)
+        for loop, flag in waiters:
+            try:
+                loop.call_soon_threadsafe(flag.set)
+            except RuntimeError:  # that loop is closed: its reader is gone
+                pass
+
+
+class Engine:
+    """S slots of one decoder session on any backend; see the module docstring for a step."""
+
+    def __init__(self, backend: Backend, tokenizer, slots: int = 4, max_context: int = 256, max_queue: int = 64,
+                 max_prefill_tokens: int = 512, model_name: str = "plt", metrics=None):
+        if slots < 1 or max_queue < 0 or max_prefill_tokens < 1:
+            raise InputError(f"need slots >= 1, max_queue >= 0, max_prefill_tokens >= 1 "
+                             f"(got {slots}, {max_queue}, {max_prefill_tokens})")
+        limit = backend.config.max_seq_len
+        if not 2 <= max_context <= limit:
+            raise InputError(f"max_context {max_context} must be in [2, {limit}] (the model's max_seq_len)")
+        self.backend, self.tokenizer, self.model_name = backend, tokenizer, model_name
+        self.slots, self.max_context, self.max_queue = slots, max_context, max_queue
+        self.max_prefill_tokens = max_prefill_tokens
+        self.metrics = metrics
+        self.pad_id = getattr(tokenizer, "pad_id", 0) or 0
+        self.session = None
+        self.ready = False
+        self.steps = 0
+        self.load_error: str | None = None
+        self._pool = SlotPool(slots)
+        self._waiting: deque[EngineRequest] = deque()
+        self._running: dict[int, EngineRequest] = {}  # slot -> request
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._cancel_all = False
+        self._thread: threading.Thread | None = None
+        self.cancel_lags: deque[int] = deque(maxlen=256)  # steps from cancel() to the slot being free
+
+    # -- public API ------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        """Start the step loop in a background thread (it allocates the session and warms up)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="plt-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.ready and self.load_error is None and (end is None or time.monotonic() < end):
+            time.sleep(0.01)
+        if self.load_error is not None:
+            raise PLTError(self.load_error)
+        return self.ready
+
+    def check_request(self, n_prompt: int, params: SamplingParams) -> None:
+        """InputError if the request cannot be served (the message names the numbers)."""
+        params.validate()
+        if n_prompt < 1:
+            raise InputError("the prompt is empty: it needs at least one token")
+        if n_prompt + params.max_new_tokens > self.max_context:
+            raise InputError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
+                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens")
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> EngineRequest:
+        """Queue a request; raises InputError (too long, bad params), QueueFullError, EngineStoppedError."""
+        self.check_request(len(prompt_ids), params)
+        req = EngineRequest(prompt_ids, params, request_id, self.tokenizer.decode)
+        req._on_cancel = self._on_cancel
+        if params.max_new_tokens == 0:
+            req.finish_reason = "length"
+            req._emit(TokenEvent(None, "", "length"))
+            return req
+        with self._cond:
+            if self._stopping:
+                raise EngineStoppedError("the server is shutting down; no new requests")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"the waiting queue is full ({self.max_queue} requests); retry later")
+            self._waiting.append(req)
+            self._cond.notify_all()
+        return req
+
+    def stop(self, cancel_running: bool = False, timeout: float | None = None) -> None:
+        """Stop admission; finish (or cancel) the running and waiting requests; end the loop."""
+        with self._cond:
+            self._stopping = True
+            self._cancel_all = self._cancel_all or cancel_running
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # out of time: cancel what is left
+                with self._cond:
+                    self._cancel_all = True
+                    self._cond.notify_all()
+                self._thread.join(10.0)
+        self.ready = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stats(self) -> dict:
+        with self._cond:
+            running = list(self._running.values())
+            waiting = len(self._waiting)
+        cached = sum(len(r.prompt_ids) + len(r.generated) for r in running)
+        return {"slots": self.slots, "slots_in_use": self._pool.in_use, "running": len(running), "waiting": waiting,
+                "kv_cache_usage": cached / (self.slots * self.max_context), "steps": self.steps,
+                "max_context": self.max_context, "ready": self.ready, "stopping": self._stopping}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _on_cancel(self, req: EngineRequest) -> None:
+        req.cancel_step = self.steps
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self.session = self.backend.start(self.slots, self.max_context)
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001  (reported through /health and wait_ready)
+            self.load_error = f"engine failed to start: {exc}"
+            return
+        self.ready = True
+        while True:
+            with self._cond:
+                while not (self._waiting or self._running or self._stopping):
+                    self._cond.wait()
+                if self._cancel_all:
+                    for r in [*self._running.values(), *self._waiting]:
+                        r.cancelled = True
+                if self._stopping and not self._waiting and not self._running:
+                    return
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001  (a bug must not hang every stream: end them, go on)
+                self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            reqs = [*self._running.values(), *self._waiting]
+            self._waiting.clear()
+        for r in reqs:
+            if not r.done:
+                self._finish(r, TokenEvent(None, "", "error", error=message))
+        try:
+            self.session = self.backend.start(self.slots, self.max_context)
+        except Exception as exc:  # noqa: BLE001
+            self.load_error = f"engine could not restart its session: {exc}"
+
+    def _warm_up(self) -> None:
+        """One prefill and one decode, so the first request does not pay for lazy initialisation."""
+        s = self.session
+        s.prefill_slots([0], torch.tensor([[self.pad_id]]), torch.tensor([1]))
+        s.decode(torch.full((self.slots,), self.pad_id, dtype=torch.int64))
+        s.reset_slots(list(range(self.slots)))
+
+    def _step(self) -> None:
+        t0 = time.monotonic()
+        self._drop_cancelled()
+        with self._cond:
+            joining = admit(self._waiting, self._pool.free, self.max_prefill_tokens, lambda r: len(r.prompt_ids))
+            for r in joining:
+                r.slot = self._pool.take()
+                r.t_admitted = time.monotonic()
+                self._running[r.slot] = r
+        if joining:
+            if self.metrics:
+                for r in joining:
+                    self.metrics.on_admit(r)
+            self._prefill(joining)
+        if self._running:
+            self._decode()
+        self.steps += 1
+        if self.metrics:
+            self.metrics.on_step(time.monotonic() - t0, self.stats())
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            gone = [r for r in self._waiting if r.cancelled]
+            for r in gone:
+                self._waiting.remove(r)
+            gone += [r for r in self._running.values() if r.cancelled]
+        for r in gone:
+            if r.slot is not None and r.cancel_step is not None:
+                self.cancel_lags.append(self.steps - r.cancel_step)
+            self._finish(r, TokenEvent(None, "", "cancelled"))
+
+    def _prefill(self, joining: list[EngineRequest]) -> None:
+        tokens, lengths = pad_prompts([r.prompt_ids for r in joining], self.pad_id)
+        try:
+            logits = self.session.prefill_slots([r.slot for r in joining], tokens, lengths)  # [k, V]
+        except Exception as exc:  # noqa: BLE001  (only these requests fail; the running rows are intact)
+            for r in joining:
+                self._finish(r, TokenEvent(None, "", "error", error=f"prefill failed: {exc}"))
+            return
+        self._sample_and_emit(joining, logits)
+
+    def _decode(self) -> None:
+        tokens = torch.full((self.slots,), self.pad_id, dtype=torch.int64)  # [S]; free rows decode padding
+        for slot, r in self._running.items():
+            tokens[slot] = r.generated[-1]
+        try:
+            logits = self.session.decode(tokens)  # [S, V]
+        except Exception as exc:  # noqa: BLE001  (the whole batch failed: end its requests, start clean)
+            for r in list(self._running.values()):
+                self._finish(r, TokenEvent(None, "", "error", error=f"decode failed: {exc}"))
+            self.session = self.backend.start(self.slots, self.max_context)
+            return
+        self.session.reset_slots(self._pool.free_ids())
+        running = list(self._running.values())
+        self._sample_and_emit(running, logits[torch.tensor([r.slot for r in running])])
+
+    def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
+        """logits [k, V], row i for reqs[i]: sample, stream, finish."""
+        greedy = logits.argmax(dim=-1)  # [k]; one call for every greedy request
+        now = time.monotonic()
+        for i, r in enumerate(reqs):
+            p = r.params
+            tok = int(greedy[i]) if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
+            r.generated.append(tok)
+            if self.metrics:
+                self.metrics.on_token(r, now)
+            r.t_last_token = now
+            if tok in r.stop_tokens:
+                ev = TokenEvent(tok, r.text.flush(), "stop")
+            else:
+                text, hit = r.text.push(tok)
+                ev = TokenEvent(tok, text, "stop" if hit else None)
+                if ev.finish_reason is None and len(r.generated) >= p.max_new_tokens:
+                    ev.text += r.text.flush()
+                    ev.finish_reason = "length"
+            if ev.finish_reason is not None:
+                self._finish(r, ev)
+            else:
+                r._emit(ev)
+
+    def _finish(self, r: EngineRequest, ev: TokenEvent) -> None:
+        with self._cond:
+            if r.slot is not None and self._running.get(r.slot) is r:
+                del self._running[r.slot]
+                self._pool.release(r.slot)
+                if self.session is not None:
+                    self.session.reset_slots([r.slot])
+        r.finish_reason = ev.finish_reason
+        r._emit(ev)
+        if self.metrics:
+            self.metrics.on_finish(r, time.monotonic())

@@ -1,0 +1,170 @@
+"""The serving engine: batched equals alone (torch and ONNX Runtime), scheduling, limits, cancellation."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from plt_deploy.backends.ort_backend import OrtBackend
+from plt_deploy.backends.torch_backend import load as load_torch
+from plt_deploy.errors import InputError
+from plt_deploy.generate import SamplingParams, TextStream, generate
+from plt_deploy.serve.chat import load_serve_tokenizer
+from plt_deploy.serve.engine import Engine, QueueFullError
+from plt_deploy.serve.scheduler import admit
+from plt_deploy.tokenizer import ByteTokenizer
+
+# 10 prompts of different lengths (1..23 tokens) and output lengths, over 4 slots.
+PROMPTS = [[1 + (7 * i + 3 * j) % 250 for j in range(n)] for i, n in enumerate([5, 1, 23, 9, 14, 3, 17, 7, 11, 2])]
+NEW = [12, 20, 6, 16, 9, 24, 5, 13, 18, 8]
+
+
+def run_staggered(engine: Engine, prompts, params_list, arrive_at_steps):
+    """Submit request i once the engine has run arrive_at_steps[i] steps; collect the tokens of each."""
+    outs: list = [None] * len(prompts)
+    threads = []
+
+    def read(i, handle):
+        events = list(handle)
+        outs[i] = ([e.token_id for e in events if e.token_id is not None], events[-1])
+
+    for i, (p, params) in enumerate(zip(prompts, params_list)):
+        deadline = time.monotonic() + 60
+        while engine.steps < arrive_at_steps[i] and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        h = engine.submit(p, params)
+        t = threading.Thread(target=read, args=(i, h))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(120)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    """The tiny plt preset with its matrices scaled x6 (exported for ONNX Runtime, max batch 4).
+
+    Random weights at their initial scale mostly repeat the last prompt token, so a mixed-up
+    cache row would go unnoticed; scaled up, every greedy token depends on the whole context.
+    """
+    from plt_deploy.checkpoint import save_checkpoint
+    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("serve_engine")
+    model = load_torch(init_checkpoint("tiny", root / "init", mode="plt", seed=3)).model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.mul_(6.0)
+    ck = save_checkpoint(model, root / "sharp")
+    ex = export_model(ck, root / "export", max_batch=4, max_seq=64, progress=False, validate=False)
+    return {"torch": load_torch(ck), "onnxruntime": OrtBackend(ex)}
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_batched_equals_alone(backends, name):
+    be = backends[name]
+    alone = [generate(be, [p], SamplingParams(max_new_tokens=n))[0] for p, n in zip(PROMPTS, NEW)]
+    assert sum(len(set(a)) for a in alone) > 3 * len(alone)  # outputs that depend on their context
+    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64, max_prefill_tokens=32).start()
+    assert engine.wait_ready(60)
+    arrivals = [0, 0, 1, 3, 4, 4, 7, 10, 12, 15]  # staggered: some join running batches, some wait for a slot
+    outs = run_staggered(engine, PROMPTS, [SamplingParams(max_new_tokens=n) for n in NEW], arrivals)
+    engine.stop(timeout=30)
+    for i, (toks, last) in enumerate(outs):
+        assert last.finish_reason == "length", (i, last)
+        assert toks == alone[i], f"request {i}: batched {toks} != alone {alone[i]}"
+    assert engine.steps > max(NEW)  # requests really overlapped and queued (more steps than the longest)
+    assert engine.stats()["slots_in_use"] == 0
+
+
+def test_sampling_with_seed_equals_generate(backends):
+    be = backends["torch"]
+    params = lambda s: SamplingParams(max_new_tokens=10, temperature=0.8, top_k=20, top_p=0.9, seed=s)  # noqa: E731
+    alone = [generate(be, [p], params(i))[0] for i, p in enumerate(PROMPTS[:5])]
+    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64).start()
+    engine.wait_ready(60)
+    outs = run_staggered(engine, PROMPTS[:5], [params(i) for i in range(5)], [0, 0, 2, 2, 5])
+    engine.stop(timeout=30)
+    assert [o[0] for o in outs] == alone
+
+
+def test_stop_tokens_and_strings(backends):
+    be = backends["torch"]
+    free = generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=20))[0]
+    tok = ByteTokenizer()
+    engine = Engine(be, tok, slots=2, max_context=64).start()
+    engine.wait_ready(60)
+    ev = list(engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=20, stop_tokens=(free[4],))))
+    assert [e.token_id for e in ev] == free[: free.index(free[4]) + 1] and ev[-1].finish_reason == "stop"
+    text = tok.decode(free)
+    stop = text[3:5] if len(text) >= 5 else None
+    if stop:  # the same text-level rule in generate and in the engine
+        ev = list(engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=20, stop_strings=(stop,))))
+        streamed = "".join(e.text for e in ev)
+        assert streamed == text[: text.find(stop)] and ev[-1].finish_reason == "stop"
+        gen = generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=20, stop_strings=(stop,)), decode=tok.decode)[0]
+        assert [e.token_id for e in ev if e.token_id is not None] == gen
+    engine.stop(timeout=30)
+
+
+def test_text_stream_holds_partial_utf8_and_stop_prefixes():
+    tok = ByteTokenizer()
+    ts = TextStream(tok.decode, ("END",))
+    deltas = [ts.push(b) for b in "hé EN! xEND tail".encode()]
+    shown = "".join(d for d, _ in deltas)
+    assert shown == "hé EN! x"  # "EN" held back until "!" showed it was not "END"; nothing after the stop
+    assert [s for _, s in deltas].index(True) == len("hé EN! xEND".encode()) - 1
+    assert "\ufffd" not in shown
+
+
+def test_limits_and_queue(backends):
+    be = backends["torch"]
+    engine = Engine(be, ByteTokenizer(), slots=1, max_context=32, max_queue=2)
+    with pytest.raises(InputError, match="prompt of 30 tokens \\+ max_tokens 5 = 35 exceeds the context of 32"):
+        engine.submit([1] * 30, SamplingParams(max_new_tokens=5))
+    # not started: the queue fills and the next request is refused at once
+    engine.submit([1, 2], SamplingParams(max_new_tokens=2))
+    engine.submit([1, 2], SamplingParams(max_new_tokens=2))
+    with pytest.raises(QueueFullError, match="queue is full"):
+        engine.submit([1, 2], SamplingParams(max_new_tokens=2))
+    engine.start()
+    engine.stop(timeout=30)
+    assert engine.stats()["waiting"] == 0
+
+
+def test_cancel_frees_slot_at_next_step(backends):
+    be = backends["torch"]
+    engine = Engine(be, ByteTokenizer(), slots=2, max_context=200).start()
+    engine.wait_ready(60)
+    h = engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=150))
+    it = iter(h)
+    next(it), next(it)
+    h.cancel()
+    at = engine.steps
+    rest = list(it)
+    assert rest[-1].finish_reason == "cancelled"
+    assert engine.stats()["slots_in_use"] == 0
+    assert len(rest) <= 3 and engine.steps - at <= 2  # freed at the next step boundary
+    engine.stop(timeout=30)
+
+
+def test_admission_is_fcfs_under_the_prefill_budget():
+    from collections import deque
+
+    q = deque([30, 5, 5, 40, 1])
+    assert admit(q, 4, 32, lambda n: n) == [30]  # 30 + 5 > 32: stop, no overtaking
+    assert admit(q, 4, 32, lambda n: n) == [5, 5]  # 5 + 5 + 40 > 32
+    assert admit(q, 4, 32, lambda n: n) == [40]  # longer than the budget: admitted alone
+    assert admit(q, 0, 32, lambda n: n) == []  # no free slot
+
+
+def test_chat_template_plain_and_checkpoint(tmp_path):
+    tok = load_serve_tokenizer(tmp_path, 259)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(msgs) == "system: Be brief.\nuser: Hi\nassistant:"
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<bot>"}')
+    assert load_serve_tokenizer(tmp_path, 259).apply_chat_template(msgs) == "<system>Be brief.<user>Hi<bot>"

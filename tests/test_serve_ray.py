@@ -1,0 +1,63 @@
+"""Ray Serve for real: `plt-deploy serve --replicas 2` on a local Ray bound to 127.0.0.1 (no
+dashboard, 2 CPUs), requests spread over both replicas, streaming, SIGTERM shuts down cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from test_serve_server import checkpoint, free_port, sse_events  # noqa: E402,F401  (shared fixture)
+
+
+def test_two_replicas_spread_stream_and_shut_down(checkpoint):  # noqa: F811
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-c", "from plt_deploy.cli import main; main()", "serve", "--model", str(checkpoint),
+           "--port", str(port), "--max-context", "128", "--slots", "2", "--replicas", "2", "--ray-cpus", "2",
+           "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Ray Serve did not come up in 180 s (exit {proc.poll()})")
+        replicas, texts = set(), set()
+        for _ in range(40):  # Ray's router picks between the two; bounded
+            r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "temperature": 0,
+                                                          "ignore_eos": True}, timeout=30)
+            assert r.status_code == 200, r.text
+            replicas.add(r.headers["x-replica-id"])
+            assert r.json()["system_fingerprint"] == r.headers["x-replica-id"]
+            texts.add(r.json()["choices"][0]["text"])
+            if len(replicas) == 2:
+                break
+        assert len(replicas) == 2 and len(texts) == 1  # two replicas, the same greedy answer
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"prompt": "Hi", "max_tokens": 8, "stream": True, "ignore_eos": True,
+                                "stream_options": {"include_usage": True}}) as r:
+            events = sse_events(r.iter_lines())
+        assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 8
+        assert sum(1 for e in events[:-2] if e["choices"][0]["text"] or e["choices"][0]["finish_reason"]) >= 2
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        assert 'replica="' in metrics and "plt:generation_tokens_total" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
