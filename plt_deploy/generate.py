@@ -8,7 +8,6 @@ from typing import Callable
 import torch
 
 from .backends.base import Backend
-from .tokenizer import StreamDecoder
 from .errors import InputError, ModelError
 
 
@@ -175,11 +174,11 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
                 raise InputError(f"--stop {s!r} is {len(ids)} tokens; a stop string must be exactly one token")
             stop_ids.append(ids[0])
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids))
-        decoder = StreamDecoder(tok) if stream is not None and len(prompts) == 1 else None
+        decoder = TextStream(tok.decode) if stream is not None and len(prompts) == 1 else None
 
         def on_tokens(tokens, active):  # the first prompt's new text, complete characters only
             if active[0]:
-                piece = decoder.push(int(tokens[0]))
+                piece, _ = decoder.push(int(tokens[0]))
                 if piece:
                     stream(piece)
         outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,

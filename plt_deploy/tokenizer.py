@@ -73,30 +73,6 @@ def load_tokenizer(model_dir: str | Path | None, vocab_size: int):
     return tok
 
 
-class StreamDecoder:
-    """Turns a stream of token ids into text pieces that never split a UTF-8 character.
-
-    push(id) returns the text that became final with this token; a trailing incomplete
-    character (decoded as U+FFFD for now) is held back until the next token completes it, or
-    until flush(). The concatenation of all pieces equals tokenizer.decode(all ids).
-    """
-
-    def __init__(self, tokenizer):
-        self.tok, self.ids, self.sent = tokenizer, [], 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tok.decode(self.ids)
-        final = len(text.rstrip("\ufffd"))
-        piece, self.sent = text[self.sent:final], max(self.sent, final)
-        return piece
-
-    def flush(self) -> str:
-        text = self.tok.decode(self.ids)
-        piece, self.sent = text[self.sent:], len(text)
-        return piece
-
-
 def printable(text: str) -> str:
     """Text safe to print: bytes that were not UTF-8 (lone surrogates) shown as U+FFFD."""
     return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")

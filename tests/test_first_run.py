@@ -107,12 +107,13 @@ def test_stream_prints_the_same_text_as_without(ckpt, capsys):
 
 
 def test_stream_decoder_never_splits_a_character():
-    from plt_deploy.tokenizer import ByteTokenizer, StreamDecoder
+    from plt_deploy.generate import TextStream
+    from plt_deploy.tokenizer import ByteTokenizer
 
     tok = ByteTokenizer()
     ids = list("aé€😀b".encode()) + [0xFF] + list("c".encode())
-    dec = StreamDecoder(tok)
-    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    dec = TextStream(tok.decode)
+    pieces = [dec.push(i)[0] for i in ids] + [dec.flush()]
     assert "".join(pieces) == tok.decode(ids)
     assert all("\ufffd" not in p for p in pieces[:-3])  # complete characters only, until the bad byte
 
