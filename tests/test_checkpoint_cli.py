@@ -7,28 +7,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from plt_deploy.checkpoint import load_checkpoint
-from plt_deploy.cli import main
+from cli_helpers import assert_one_line_error, run_cli
 from plt_deploy.checkpoint import init_checkpoint
 from plt_deploy.config import PLTConfig
 from plt_deploy.errors import CheckpointError, ConfigError
 from plt_deploy.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code not in (0, None), err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 or (code == 2 and lines[-1].startswith("Error:")), err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture()

@@ -17,28 +17,11 @@ import pytest
 import torch
 
 from plt_deploy.checkpoint import init_checkpoint
-from plt_deploy.cli import main
+from cli_helpers import assert_one_line_error, run_cli
 from plt_deploy.errors import ArtifactError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code not in (0, None), err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 or (code == 2 and lines[-1].startswith("Error:")), err
-    for needle in needles:
-        assert needle in err, err
 
 
 def cli_process(*argv, **kw):

@@ -8,7 +8,6 @@ compares greedy generations token by token.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..backends.base import Backend
 from ..generate import SamplingParams, generate
