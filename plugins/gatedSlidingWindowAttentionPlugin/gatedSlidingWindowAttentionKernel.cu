@@ -23,6 +23,15 @@
 
 #include <type_traits>
 
+// The two spellings a host compiler cannot parse go through these macros, so that the CPU execution
+// model (plugins/tests/cuda_cpu_model.h, which defines them first) runs these kernels unchanged.
+#ifndef PLT_DYNAMIC_SHARED
+#define PLT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+#ifndef PLT_LAUNCH
+#define PLT_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
 namespace plt
 {
 namespace gswa
@@ -195,7 +204,7 @@ __device__ void loadKvTile(BlockSmem& sm, T const* key, T const* value, int tile
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) gswaDecodeSplitKernel(GswaParams<T> p)
 {
-    extern __shared__ __align__(16) unsigned char smemRaw[];
+    PLT_DYNAMIC_SHARED(unsigned char, smemRaw);
     GswaDims const& g = p.dims;
     int const D = g.headDim;
     BlockSmem sm(smemRaw, D);
@@ -390,7 +399,7 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) gswaPrefillKernel(GswaParams<T> p)
 {
-    extern __shared__ __align__(16) unsigned char smemRaw[];
+    PLT_DYNAMIC_SHARED(unsigned char, smemRaw);
     GswaDims const& g = p.dims;
     int const D = g.headDim;
     BlockSmem sm(smemRaw, D);
@@ -618,19 +627,21 @@ cudaError_t launchGswaDecode(T const* query, T const* keyGlobal, T const* valueG
     size_t const smem = blockSmemBytes(dims.headDim);
     return dispatchDpl(dims.headDim, [&](auto dpl) -> cudaError_t {
         constexpr int DPL = decltype(dpl)::value;
-        cudaError_t err = allowSmem(gswaDecodeSplitKernel<T, DPL>, smem);
+        auto const splitKernel = gswaDecodeSplitKernel<T, DPL>;
+        auto const combineKernel = gswaDecodeCombineKernel<T, DPL>;
+        cudaError_t err = allowSmem(splitKernel, smem);
         if (err != cudaSuccess)
         {
             return err;
         }
         dim3 const splitGrid(p.numSplits, dims.batch * dims.kvHeads, groups);
-        gswaDecodeSplitKernel<T, DPL><<<splitGrid, kThreads, smem, stream>>>(p);
+        PLT_LAUNCH(splitKernel, splitGrid, kThreads, smem, stream, p);
         if ((err = cudaGetLastError()) != cudaSuccess)
         {
             return err;
         }
         auto const combineBlocks = static_cast<unsigned>((numQueryVectors(dims) + kWarpsPerBlock - 1) / kWarpsPerBlock);
-        gswaDecodeCombineKernel<T, DPL><<<combineBlocks, kThreads, 0, stream>>>(p);
+        PLT_LAUNCH(combineKernel, combineBlocks, kThreads, 0, stream, p);
         return cudaGetLastError();
     });
 }
@@ -654,13 +665,14 @@ cudaError_t launchGswaPrefill(T const* query, T const* keyGlobal, T const* value
     size_t const smem = blockSmemBytes(dims.headDim);
     return dispatchDpl(dims.headDim, [&](auto dpl) -> cudaError_t {
         constexpr int DPL = decltype(dpl)::value;
-        cudaError_t err = allowSmem(gswaPrefillKernel<T, DPL>, smem);
+        auto const kernel = gswaPrefillKernel<T, DPL>;
+        cudaError_t err = allowSmem(kernel, smem);
         if (err != cudaSuccess)
         {
             return err;
         }
         dim3 const grid(tiles, dims.batch * dims.rows * dims.kvHeads);
-        gswaPrefillKernel<T, DPL><<<grid, kThreads, smem, stream>>>(p);
+        PLT_LAUNCH(kernel, grid, kThreads, smem, stream, p);
         return cudaGetLastError();
     });
 }
