@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -27,10 +26,12 @@ from plt_deploy.ops import contract
 from plt_deploy.ops.vectors import VECTORS_PATH, load_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = ROOT / "plugins" / "gatedSlidingWindowAttentionPlugin"
-KERNEL_SRC = PLUGIN_DIR / "gatedSlidingWindowAttentionKernel.cu"
-TESTS_DIR = ROOT / "plugins" / "tests"
-CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+sys.path.insert(0, str(ROOT / "plugins" / "tests"))
+import gswa_cpu_build  # noqa: E402  (plugins/tests/gswa_cpu_build.py: the harness build, shared with plant_bugs.py)
+import plant_bugs  # noqa: E402
+from gswa_cpu_build import CUDA_HOME, PLUGIN_DIR  # noqa: E402
+
+KERNEL_SRC = PLUGIN_DIR / gswa_cpu_build.KERNEL_NAME
 
 # Architectures of plugins/CMakeLists.txt's default CMAKE_CUDA_ARCHITECTURES "75-real;80-real;86-real;89-real;90".
 GENCODE = [
@@ -66,15 +67,6 @@ def _nvcc() -> str:
     return nvcc
 
 
-def _cxx() -> str:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++) found")
-    if not (CUDA_HOME / "include" / "cuda_fp16.h").exists():
-        pytest.skip(f"CUDA headers not found under {CUDA_HOME}/include (set CUDA_HOME)")
-    return cxx
-
-
 def test_kernels_compile_for_all_archs(tmp_path):
     nvcc = _nvcc()
     obj = tmp_path / "gswa_kernels.o"
@@ -86,22 +78,15 @@ def test_kernels_compile_for_all_archs(tmp_path):
 
 # ---- the harness: real kernels on the CPU execution model -------------------------------------------------
 
-def harness_command(cxx: str, kernel_src: Path, exe: Path, sanitize: bool = False) -> list[str]:
-    """g++ command building the harness around `kernel_src` (plant_bugs.py builds mutants with it)."""
-    flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-             "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
-    return [cxx, "-std=c++17", *flags, "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-Wno-sign-compare",
-            f"-I{CUDA_HOME / 'include'}", f"-I{PLUGIN_DIR}", f"-I{TESTS_DIR}",
-            "-include", str(TESTS_DIR / "cuda_cpu_model.h"), "-x", "c++", str(kernel_src), "-x", "none",
-            str(TESTS_DIR / "cuda_cpu_model.cpp"), str(TESTS_DIR / "gswa_host_harness.cpp"), "-o", str(exe)]
-
-
 def _build(work: Path, sanitize: bool = False) -> Path:
+    reason = gswa_cpu_build.missing_toolchain()
+    if reason:
+        pytest.skip(reason)
     exe = work / ("gswa_host_harness_asan" if sanitize else "gswa_host_harness")
-    cmd = harness_command(_cxx(), KERNEL_SRC, exe, sanitize)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"harness build failed:\n{' '.join(cmd)}\n{proc.stderr[-4000:]}"
-    return exe
+    try:
+        return gswa_cpu_build.build_harness(exe, sanitize=sanitize)
+    except gswa_cpu_build.BuildError as e:
+        pytest.fail(str(e))
 
 
 def write_case(out: Path, name: str, attrs: dict, tensors: dict[str, torch.Tensor]) -> str:
@@ -113,8 +98,9 @@ def write_case(out: Path, name: str, attrs: dict, tensors: dict[str, torch.Tenso
     Hkv, T = tensors["key_global"].shape[1:3]
     W = tensors["local_pos"].shape[1]
     G = R - tensors["key_local"].shape[1]
+    atol, rtol = TOLERANCES[attrs["dtype"]]
     return (f"{name} {attrs['dtype']} {B} {R} {G} {Hq} {Hkv} {S} {D} {T} {W} "
-            f"{attrs['window']} {attrs['scale']!r}\n")
+            f"{attrs['window']} {attrs['scale']!r} {atol!r} {rtol!r}\n")
 
 
 def _ring_positions(t_last: int, W: int) -> list[int]:
@@ -161,6 +147,8 @@ GENERATED = (
     # ("gen_d256_fp32", ...): v1 kernels need 82432 B of shared memory at D = 256, above sm_75's 64 KiB opt-in
 )
 ASAN_CASES = ("decode_rows3_gqa4", "prefill_fp16", "gen_gqa4_d40", "gen_prefill_d8_fp16")
+# plant_bugs.py mutants run in CI (the script has more; run it alone for all of them).
+CI_MUTANTS = ("removed-barrier", "wrong-shuffle-lane", "smem-8-bytes-short", "split-range-off-by-one")
 
 
 def _perturbed_name(base: str, tensor: str, index: tuple[int, ...]) -> str:
@@ -182,10 +170,6 @@ def all_cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
     return cases
 
 
-def _run(exe: Path, work: Path, manifest: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(exe), str(work), manifest], capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="session")
 def harness_cases(tmp_path_factory):
     """Writes every case's inputs and the manifests; returns (dir, cases)."""
@@ -194,6 +178,7 @@ def harness_cases(tmp_path_factory):
     lines = {name: write_case(work, name, attrs, tensors) for name, (attrs, tensors) in cases.items()}
     (work / "manifest.txt").write_text("".join(lines.values()))
     (work / "manifest_asan.txt").write_text("".join(lines[n] for n in ASAN_CASES))
+    (work / "manifest_mutants.txt").write_text("".join(lines[n] for n in plant_bugs.MUTANT_CASES))
     return work, cases
 
 
@@ -202,7 +187,7 @@ def harness_run(harness_cases):
     """Builds the harness and runs every case once. Returns (dir, cases)."""
     work, cases = harness_cases
     exe = _build(work)
-    proc = _run(exe, work, "manifest.txt")
+    proc = gswa_cpu_build.run_harness(exe, work)
     assert proc.returncode == 0, f"harness failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return work, cases
 
@@ -299,6 +284,19 @@ def test_kernels_under_asan_ubsan(harness_cases):
     """The same kernels built with AddressSanitizer + UBSan: no report on a small case set."""
     work, _ = harness_cases
     exe = _build(work, sanitize=True)
-    proc = _run(exe, work, "manifest_asan.txt")
+    proc = gswa_cpu_build.run_harness(exe, work, "manifest_asan.txt")
     assert proc.returncode == 0, f"sanitized harness failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
     assert proc.stdout.count(": ok") == len(ASAN_CASES), proc.stdout
+
+
+def test_planted_bugs_are_caught(harness_cases):
+    """A removed barrier, a wrong shuffle lane, shared memory 8 bytes short, an off-by-one split range:
+    each planted into a copy of the kernels must make the harness fail."""
+    if (reason := gswa_cpu_build.missing_toolchain()):
+        pytest.skip(reason)
+    work, _ = harness_cases
+    cmd = [sys.executable, str(ROOT / "plugins" / "tests" / "plant_bugs.py"), "--cases", str(work),
+           "--manifest", "manifest_mutants.txt", "--only", *CI_MUTANTS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert proc.stdout.count("CAUGHT") == len(CI_MUTANTS), proc.stdout

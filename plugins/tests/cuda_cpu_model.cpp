@@ -518,7 +518,7 @@ void checkSlack()
         }
         if (*p != expect)
         {
-            fail("write %td byte(s) past the end of dynamic shared memory (%zu bytes)", p - gBlock.smem - gBlock.smemBytes,
+            fail("write at byte %td of dynamic shared memory, which has only %zu bytes", p - gBlock.smem,
                 gBlock.smemBytes);
         }
     }

@@ -30,6 +30,10 @@
 #error "cuda_cpu_model.h replaces nvcc's device side; compile with a host C++ compiler"
 #endif
 
+#if defined(__HOST_DEFINES_H__)
+#error "cuda_cpu_model.h must come before every CUDA header (compile with g++ -include cuda_cpu_model.h)"
+#endif
+
 #define PLT_CUDA_CPU_MODEL 1
 
 // Defined before CUDA's crt/host_defines.h, which keeps them when they exist.
