@@ -140,13 +140,16 @@ def generated_case(name: str, dtype: str, B: int, R: int, G: int, Hq: int, Hkv: 
 
 # Generated cases: (name, dtype, B, R, G, Hq, Hkv, S, D, T, W, window, t_last per batch, seed).
 GENERATED = (
-    ("gen_gqa4_d40", "float32", 2, 2, 0, 8, 2, 1, 40, 300, 8, 5, [299, 3], 1),  # DPL 2, empty ring slots
-    ("gen_long_d96_bf16", "bfloat16", 1, 2, 0, 4, 1, 2, 96, 2100, 6, 6, [2099], 2),  # 17 splits, S = 2
+    ("gen_gqa4_d40", "float32", 2, 3, 1, 8, 2, 1, 40, 300, 8, 5, [299, 3], 1),  # DPL 2, empty ring slots
+    ("gen_long_d96_bf16", "bfloat16", 1, 2, 1, 4, 1, 2, 96, 2100, 6, 6, [2099], 2),  # 17 splits, S = 2
     ("gen_prefill_d8_fp16", "float16", 1, 1, 0, 2, 2, 37, 8, 64, 40, 20, [63], 3),  # prefill, 2 local tiles
-    ("gen_d200_fp32", "float32", 1, 2, 0, 2, 1, 1, 200, 150, 4, 4, [149], 4),  # DPL 8, opt-in shared memory
-    # ("gen_d256_fp32", ...): v1 kernels need 82432 B of shared memory at D = 256, above sm_75's 64 KiB opt-in
+    ("gen_prefill_rows_g1", "float32", 1, 2, 1, 4, 2, 20, 16, 40, 20, 6, [39], 6),  # prefill kernel with G = 1
+    ("gen_d200_fp32", "float32", 1, 2, 1, 2, 1, 1, 200, 150, 4, 4, [149], 4),  # DPL 8
+    ("gen_d256_gqa8", "float32", 1, 3, 1, 8, 1, 1, 256, 100, 4, 2, [99], 5),  # D = 256: 24 query vectors, 2 groups
+    ("gen_d32_u64", "float32", 1, 4, 1, 16, 1, 1, 32, 80, 4, 3, [79], 7),  # 64 query vectors: one 512-thread block
+    ("gen_d256_prefill_fp16", "float16", 1, 1, 0, 2, 1, 6, 256, 6, 6, 3, [5], 8),  # prefill at D = 256: opt-in
 )
-ASAN_CASES = ("decode_rows3_gqa4", "prefill_fp16", "gen_gqa4_d40", "gen_prefill_d8_fp16")
+ASAN_CASES = ("decode_rows3_gqa4", "prefill_fp16", "gen_gqa4_d40", "gen_prefill_rows_g1", "gen_d256_prefill_fp16")
 # plant_bugs.py mutants run in CI (the script has more; run it alone for all of them).
 CI_MUTANTS = ("removed-barrier", "wrong-shuffle-lane", "smem-8-bytes-short", "split-range-off-by-one")
 
@@ -262,6 +265,19 @@ def test_long_cache_uses_several_splits(harness_run):
         assert grids == [splits], (name, _launches(work, name))
 
 
+@pytest.mark.parametrize("case,groups,threads", [
+    ("decode_rows3_gqa4", 1, 96),  # R * nRep * S = 3 * 4 = 12 query vectors: 3 warps, one block per split
+    ("gen_d32_u64", 1, 512),  # 64 query vectors
+    ("gen_d256_gqa8", 2, 128),  # 24 query vectors, 15 fit 48 KiB at D = 256
+])
+def test_decode_loads_each_tile_once_per_kv_group(harness_run, case, groups, threads):
+    """One decode split block serves every row x query head of its KV group (grid.z = query groups)."""
+    work, _ = harness_run
+    recs = [rec for rec in _launches(work, case) if rec[0] == "auto" and "split" in rec[1].lower()]
+    assert [(int(r[4]), int(r[5])) for r in recs] == [(groups, threads)], recs
+    assert all(int(r[6]) <= 48 * 1024 for r in recs), recs  # decode never needs the opt-in
+
+
 @pytest.mark.parametrize("base,tensor,index,changes", PERTURBATIONS)
 def test_perturbed_inputs(harness_run, base, tensor, index, changes):
     """Visible keys change every path's output; masked keys (future slots, empty slots) do not."""
@@ -278,6 +294,21 @@ def test_perturbed_inputs(harness_run, base, tensor, index, changes):
             assert not same and err > 10 * atol, f"{path}: perturbing {tensor}{index} changed nothing ({err:.3g})"
         else:
             assert same, f"{path}: perturbing masked {tensor}{index} changed the output by {err:.3g}"
+
+
+def test_global_rows_ignore_local_keys(harness_run):
+    """Rows r < G have g = 0 and no local part: a changed local value leaves them bit-identical."""
+    work, cases = harness_run
+    base, tensor, index = "decode_basic", "value_local", (1, 0, 1, 1)
+    attrs, tensors = cases[base]
+    G = tensors["query"].shape[1] - tensors["key_local"].shape[1]
+    assert G == 1
+    like = _out_like(attrs, tensors)
+    before = _outputs(work, base, like)
+    after = _outputs(work, _perturbed_name(base, tensor, index), like)
+    for path in before:
+        assert torch.equal(before[path][:, :G], after[path][:, :G]), path
+        assert not torch.equal(before[path][:, G:], after[path][:, G:]), path
 
 
 def test_kernels_under_asan_ubsan(harness_cases):

@@ -252,10 +252,7 @@ GswaDims dimsOf(Case const& c)
     d.localSlots = c.W;
     d.window = c.window;
     d.scale = c.scale;
-    if (c.G != 0)
-    {
-        throw std::runtime_error(c.name + ": these kernels have no global-only rows (G must be 0)");
-    }
+    d.globalRows = c.G;
     return d;
 }
 
@@ -333,6 +330,10 @@ void runCase(std::string const& dir, Case const& c)
     if (char const* msg = gswaCheckDims(dims))
     {
         throw std::runtime_error(c.name + ": " + msg);
+    }
+    if (cudaError_t const err = gswaPrepareKernels(c.D); err != cudaSuccess) // the plugin's configure-time call
+    {
+        throw std::runtime_error(c.name + ": gswaPrepareKernels failed: " + cudaGetErrorString(err));
     }
     size_t const outCount = size_t(c.B) * c.R * c.Hq * c.S * c.D;
     std::string launches;

@@ -28,7 +28,7 @@ from gswa_cpu_build import KERNEL_NAME, PLUGIN_DIR  # noqa: E402
 
 # Cases the mutants run on: multi-split decode, GQA rows, prefill with local tiles, opt-in shared memory.
 MUTANT_CASES = ("decode_long_cache", "decode_rows3_gqa4", "prefill_chunk", "prefill_fp16", "gen_d200_fp32",
-                "gen_prefill_d8_fp16")
+                "gen_prefill_d8_fp16", "gen_d256_prefill_fp16")
 
 
 @dataclass(frozen=True)
@@ -42,35 +42,43 @@ class Mutant:
 
 MUTANTS = (
     Mutant("removed-barrier", KERNEL_NAME,
-           "        __syncthreads();\n        att.template attendTile<false>",
-           "        att.template attendTile<false>",
-           "decode split kernel: no barrier between loading a K/V tile and reading it"),
+           "    __syncthreads();\n    att.template scoreTile<kLocal>",
+           "    att.template scoreTile<kLocal>",
+           "attendTile: no barrier between loading a K tile and scoring it"),
     Mutant("wrong-shuffle-lane", KERNEL_NAME,
-           "__shfl_sync(kFullMask, w, kk)",
-           "__shfl_sync(kFullMask, w, kk + 1)",
-           "attendTile: key kk's weight taken from lane kk + 1"),
+           "__shfl_sync(kFullMask, w[qi], kk)",
+           "__shfl_sync(kFullMask, w[qi], kk + 1)",
+           "accumulateTile: key kk's weight taken from lane kk + 1"),
     Mutant("smem-8-bytes-short", KERNEL_NAME,
-           "+ kKeyTile * D);\n}",
-           "+ kKeyTile * D) - 8;\n}",
-           "blockSmemBytes: dynamic shared memory 8 bytes smaller than the tiles"),
+           "size_t const smem = attentionSmemBytes(p.queriesPerBlock, dims.headDim);",
+           "size_t const smem = attentionSmemBytes(p.queriesPerBlock, dims.headDim) - 8;",
+           "decode launcher: dynamic shared memory 8 bytes smaller than the block's buffers"),
     Mutant("split-range-off-by-one", KERNEL_NAME,
            "    end = min(end, maxCount);",
            "    end = min(end - 1, maxCount);",
            "decode split kernel: each split stops one slot early"),
     Mutant("divergent-barrier", KERNEL_NAME,
-           "            sm.keyPos[threadIdx.x] = tile + threadIdx.x;\n        }\n        __syncthreads();\n"
-           "        att.template",
-           "            sm.keyPos[threadIdx.x] = tile + threadIdx.x;\n            __syncthreads();\n        }\n"
-           "        att.template",
-           "decode split kernel: the tile barrier inside `if (threadIdx.x < kKeyTile)`"),
+           "        sm.keyPos[threadIdx.x] = threadIdx.x < tileLen ? keyPosOf(threadIdx.x) : -1;\n    }\n"
+           "    __syncthreads();\n",
+           "        sm.keyPos[threadIdx.x] = threadIdx.x < tileLen ? keyPosOf(threadIdx.x) : -1;\n"
+           "        __syncthreads();\n    }\n",
+           "attendTile: the tile barrier inside `if (threadIdx.x < kKeyTile)`"),
     Mutant("missing-smem-opt-in", KERNEL_NAME,
-           "    if (bytes <= kDefaultLimit)",
-           "    if (bytes <= kDefaultLimit || bytes > 0)",
-           "allowSmem never calls cudaFuncSetAttribute: > 48 KiB launches must be refused"),
+           "    if (smem <= kDefaultSmemBytes)\n",
+           "    if (smem <= kDefaultSmemBytes || smem > 0)\n",
+           "gswaPrepareKernels never raises the limit: the D = 256 prefill launch (> 48 KiB) must be refused"),
     Mutant("lane-exits-before-shuffle", KERNEL_NAME,
            "    if (qv >= numQv)\n    {\n        return; // whole warp",
            "    if (qv >= numQv || (lane == 31 && qv == numQv - 1))\n    {\n        return; // whole warp",
            "combine kernel: the last lane of the last query vector exits before the warp's shuffles"),
+    Mutant("global-row-mixes-local", KERNEL_NAME,
+           "    if (r < g.globalRows)\n",
+           "    if (r < 0)\n",
+           "combine kernel: rows < G get the local part and the gate"),
+    Mutant("local-row-not-offset", KERNEL_NAME,
+           "localRow(b, r - g.globalRows, kvh, slot,",
+           "localRow(b, r, kvh, slot,",
+           "combine kernel: key_local indexed with r instead of r - G"),
 )
 
 
