@@ -25,11 +25,11 @@ REGS = re.compile(r"Used (\d+) registers")
 DTYPE = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 
-def report(arch: str) -> list[tuple]:
+def report(arch: str, kernel: Path = KERNEL) -> list[tuple]:
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [nvcc, "-std=c++17", "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-c",
-               str(KERNEL), "-o", str(Path(tmp) / "k.o")]
+               f"-I{KERNEL.parent}", str(kernel), "-o", str(Path(tmp) / "k.o")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"nvcc failed:\n{proc.stderr[-3000:]}")
@@ -50,10 +50,11 @@ def report(arch: str) -> list[tuple]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", nargs="*", default=["80"])
+    ap.add_argument("--kernel", type=Path, default=KERNEL, help="another version of the .cu (e.g. from git show)")
     args = ap.parse_args()
     for arch in args.arch:
         print(f"sm_{arch}: kernel dtype DPL registers spill_stores spill_loads stack")
-        for kernel, dtype, dpl, st, ld, stack, regs in report(arch):
+        for kernel, dtype, dpl, st, ld, stack, regs in report(arch, args.kernel):
             print(f"  {kernel:24s} {dtype} {dpl} {regs:4d} {st:5d} {ld:5d} {stack:5d}")
     return 0
 
