@@ -5,6 +5,7 @@ Shared by tests/test_kernels.py and plugins/tests/plant_bugs.py (which builds mu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -29,24 +30,51 @@ def missing_toolchain() -> str | None:
     return None
 
 
-def harness_command(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = False) -> list[str]:
-    """g++ command compiling plugin_dir's .cu as C++ against cuda_cpu_model.h, plus the model and harness."""
-    flags = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-             if sanitize else ["-O2"])
-    return ["g++", "-std=c++17", *flags, "-Wall", "-Wextra", "-Werror",
+def _flags(plugin_dir: Path, sanitize: bool) -> list[str]:
+    opt = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+           if sanitize else ["-O2"])
+    return ["-std=c++17", *opt, "-Wall", "-Wextra", "-Werror",
             # nvcc's defaults for the kernel file: no unknown-pragma or signed/unsigned warnings (threadIdx is unsigned)
             "-Wno-unknown-pragmas", "-Wno-sign-compare",
             f"-I{CUDA_HOME / 'include'}", f"-I{plugin_dir}", f"-I{TESTS_DIR}",
-            "-include", str(TESTS_DIR / "cuda_cpu_model.h"),
-            "-x", "c++", str(plugin_dir / KERNEL_NAME), "-x", "none",
+            "-include", str(TESTS_DIR / "cuda_cpu_model.h")]
+
+
+def harness_command(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = False) -> list[str]:
+    """One g++ command: plugin_dir's .cu compiled as C++ against cuda_cpu_model.h, plus the model and harness."""
+    return ["g++", *_flags(plugin_dir, sanitize), "-x", "c++", str(plugin_dir / KERNEL_NAME), "-x", "none",
             str(TESTS_DIR / "cuda_cpu_model.cpp"), str(TESTS_DIR / "gswa_host_harness.cpp"), "-o", str(exe)]
 
 
-def build_harness(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = False) -> Path:
-    cmd = harness_command(exe, plugin_dir, sanitize)
+def _compile(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"harness build failed:\n{' '.join(cmd)}\n{proc.stderr[-4000:]}")
+
+
+def build_harness(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = False,
+                  object_cache: Path | None = None) -> Path:
+    """Builds the harness. With object_cache, the model and harness objects are compiled once per
+    (headers, flags) and reused, so only the .cu is compiled again (plant_bugs.py's mutants)."""
+    if object_cache is None:
+        _compile(harness_command(exe, plugin_dir, sanitize))
+        return exe
+    key = hashlib.sha1(repr(sanitize).encode())
+    for header in sorted(plugin_dir.glob("*.h")) + sorted(TESTS_DIR.glob("*.[hc]pp")) + [TESTS_DIR / "cuda_cpu_model.h"]:
+        key.update(header.name.encode() + header.read_bytes())
+    objects = []
+    for src in (TESTS_DIR / "cuda_cpu_model.cpp", TESTS_DIR / "gswa_host_harness.cpp"):
+        obj = object_cache / f"{src.stem}-{key.hexdigest()[:12]}.o"
+        if not obj.exists():
+            tmp = obj.with_suffix(f".{os.getpid()}.tmp.o")
+            _compile(["g++", *_flags(plugin_dir, sanitize), "-c", str(src), "-o", str(tmp)])
+            tmp.replace(obj)
+        objects.append(str(obj))
+    kernel_obj = exe.with_suffix(".kernels.o")
+    _compile(["g++", *_flags(plugin_dir, sanitize), "-x", "c++", "-c", str(plugin_dir / KERNEL_NAME),
+              "-o", str(kernel_obj)])
+    link = ["-fsanitize=address,undefined"] if sanitize else []
+    _compile(["g++", *link, str(kernel_obj), *objects, "-o", str(exe)])
     return exe
 
 

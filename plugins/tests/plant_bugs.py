@@ -109,7 +109,7 @@ def run_one(mutant: Mutant | None, cases: Path, manifest: str, scratch: Path) ->
     name = mutant.name if mutant else "unmodified"
     plugin_dir = plant(mutant, scratch / name) if mutant else PLUGIN_DIR
     try:
-        exe = gswa_cpu_build.build_harness(scratch / f"harness_{name}", plugin_dir)
+        exe = gswa_cpu_build.build_harness(scratch / f"harness_{name}", plugin_dir, object_cache=scratch)
     except gswa_cpu_build.BuildError as e:
         return True, f"the mutant does not compile, so it proves nothing: {str(e)[-300:]}"
     proc = gswa_cpu_build.run_harness(exe, cases, manifest, timeout=300)
