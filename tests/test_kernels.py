@@ -311,6 +311,37 @@ def test_global_rows_ignore_local_keys(harness_run):
         assert not torch.equal(before[path][:, G:], after[path][:, G:]), path
 
 
+@pytest.fixture(scope="session")
+def selftest_exe(tmp_path_factory):
+    if (reason := gswa_cpu_build.missing_toolchain()):
+        pytest.skip(reason)
+    try:
+        return gswa_cpu_build.build_selftest(tmp_path_factory.mktemp("cpu_model") / "cuda_cpu_model_selftest")
+    except gswa_cpu_build.BuildError as e:
+        pytest.fail(str(e))
+
+
+@pytest.mark.parametrize("name,stderr_says", [
+    ("ok_shuffle_arithmetic", None),  # up/down/xor/idx with widths, ballot, half-warp mask
+    ("ok_shared_nan_every_block", None),  # static and dynamic shared memory NaN at every block start
+    ("ok_launch_limits", None),  # 1024 threads, grid.y, 48 KiB default, 64 KiB opt-in cap
+    ("fail_barrier_after_exit", "exited while the others wait at __syncthreads"),
+    ("fail_barrier_vs_shuffle", "waits elsewhere"),
+    ("fail_mask_without_caller", "does not name the calling lane"),
+    ("fail_read_outside_mask", "which is not in mask"),
+    ("fail_two_call_sites", "waits elsewhere"),
+    ("fail_write_past_dynamic_shared", "of dynamic shared memory, which has only 100 bytes"),
+])
+def test_cpu_model_semantics(selftest_exe, name, stderr_says):
+    """The execution model itself: CUDA's lane arithmetic and limits hold, divergent syncs fail loudly."""
+    proc = subprocess.run([str(selftest_exe), name], capture_output=True, text=True, timeout=60)
+    if stderr_says is None:
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+    else:
+        assert proc.returncode != 0 and "cuda_cpu_model:" in proc.stderr and stderr_says in proc.stderr, (
+            proc.returncode, proc.stdout, proc.stderr)
+
+
 def test_kernels_under_asan_ubsan(harness_cases):
     """The same kernels built with AddressSanitizer + UBSan: no report on a small case set."""
     work, _ = harness_cases

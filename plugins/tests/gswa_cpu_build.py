@@ -46,6 +46,13 @@ def harness_command(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = F
             str(TESTS_DIR / "cuda_cpu_model.cpp"), str(TESTS_DIR / "gswa_host_harness.cpp"), "-o", str(exe)]
 
 
+def build_selftest(exe: Path) -> Path:
+    """cuda_cpu_model_selftest.cpp: the model's own semantics (shuffle arithmetic, NaN fill, limits, faults)."""
+    _compile(["g++", *_flags(PLUGIN_DIR, False), str(TESTS_DIR / "cuda_cpu_model_selftest.cpp"),
+              str(TESTS_DIR / "cuda_cpu_model.cpp"), "-o", str(exe)])
+    return exe
+
+
 def _compile(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
