@@ -345,6 +345,8 @@ def test_cpu_model_semantics(selftest_exe, name, stderr_says):
 def test_kernels_under_asan_ubsan(harness_cases):
     """The same kernels built with AddressSanitizer + UBSan: no report on a small case set."""
     work, _ = harness_cases
+    if (reason := gswa_cpu_build.missing_sanitizers(work)):
+        pytest.skip(reason)
     exe = _build(work, sanitize=True)
     proc = gswa_cpu_build.run_harness(exe, work, "manifest_asan.txt")
     assert proc.returncode == 0, f"sanitized harness failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"

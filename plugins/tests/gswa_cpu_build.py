@@ -30,6 +30,15 @@ def missing_toolchain() -> str | None:
     return None
 
 
+def missing_sanitizers(work: Path) -> str | None:
+    """Why an AddressSanitizer + UBSan build cannot link here (no libasan/libubsan), or None."""
+    src = work / "asan_probe.cpp"
+    src.write_text("int main() { return 0; }\n")
+    proc = subprocess.run(["g++", "-fsanitize=address,undefined", str(src), "-o", str(work / "asan_probe")],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else "g++ cannot link -fsanitize=address,undefined (libasan/libubsan missing)"
+
+
 def _flags(plugin_dir: Path, sanitize: bool) -> list[str]:
     opt = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
            if sanitize else ["-O2"])
