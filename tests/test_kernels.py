@@ -76,6 +76,20 @@ def test_kernels_compile_for_all_archs(tmp_path):
     assert obj.stat().st_size > 0
 
 
+def test_launcher_header_compiles_as_plain_cpp(tmp_path):
+    """The plugin's .cpp includes the kernel header with a host compiler and no CUDA device support."""
+    if (reason := gswa_cpu_build.missing_toolchain()):
+        pytest.skip(reason)
+    src = tmp_path / "uses_header.cpp"
+    src.write_text('#include "gatedSlidingWindowAttentionKernel.h"\n'
+                   "int main() { plt::gswa::GswaDims d{}; d.globalRows = 1; "
+                   "return plt::gswa::gswaCheckDims(d) == nullptr; }\n")
+    cmd = ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", f"-I{CUDA_HOME / 'include'}",
+           f"-I{PLUGIN_DIR}", str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
+
+
 # ---- the harness: real kernels on the CPU execution model -------------------------------------------------
 
 def _build(work: Path, sanitize: bool = False) -> Path:
