@@ -345,6 +345,7 @@ def selftest_exe(tmp_path_factory):
     ("fail_read_outside_mask", "which is not in mask"),
     ("fail_two_call_sites", "waits elsewhere"),
     ("fail_write_past_dynamic_shared", "of dynamic shared memory, which has only 100 bytes"),
+    ("fail_touch_guard_page", "past the end of dynamic shared memory"),
 ])
 def test_cpu_model_semantics(selftest_exe, name, stderr_says):
     """The execution model itself: CUDA's lane arithmetic and limits hold, divergent syncs fail loudly."""

@@ -136,13 +136,14 @@ std::string where(Fiber const& f)
     case State::kExited: what = "exited"; break;
     case State::kAtBarrier: what = "at __syncthreads"; break;
     case State::kAtWarpOp:
-        what = f.op == WarpOp::kSync ? "at __syncwarp" : (f.op == WarpOp::kBallot ? "at __ballot_sync" : "at __shfl*_sync");
+        what = f.op == WarpOp::kSync ? "at __syncwarp"
+                                     : (f.op == WarpOp::kBallot ? "at __ballot_sync" : "at __shfl*_sync");
         break;
     }
     if (f.state == State::kAtBarrier || f.state == State::kAtWarpOp)
     {
-        std::snprintf(buf, sizeof buf, "thread (%u,%u,%u) %s %s:%d mask 0x%08x", f.idx.x, f.idx.y, f.idx.z, what, f.file,
-            f.line, f.mask);
+        std::snprintf(buf, sizeof buf, "thread (%u,%u,%u) %s %s:%d mask 0x%08x", f.idx.x, f.idx.y, f.idx.z, what,
+            f.file, f.line, f.mask);
     }
     else
     {
@@ -588,7 +589,8 @@ void onSegv(int sig, siginfo_t* info, void*)
         }
     }
     char buf[256];
-    int const len = std::snprintf(buf, sizeof buf, "cuda_cpu_model: kernel %s block (%u,%u,%u) thread (%u,%u,%u): %s at %p%s\n",
+    int const len = std::snprintf(buf, sizeof buf,
+        "cuda_cpu_model: kernel %s block (%u,%u,%u) thread (%u,%u,%u): %s at %p%s\n",
         gBlock.kernel, gBlockIdx.x, gBlockIdx.y, gBlockIdx.z, gThreadIdx.x, gThreadIdx.y, gThreadIdx.z,
         sig == SIGSEGV ? "segmentation fault" : "bus error", info->si_addr, what);
     if (len > 0)

@@ -101,12 +101,12 @@ __global__ void twoSites(int* out)
     out[threadIdx.x] = v;
 }
 
-__global__ void writePastDynamicShared(int*)
+__global__ void writePastDynamicShared(int* offset)
 {
     PLT_DYNAMIC_SHARED(unsigned char, buf);
     if (threadIdx.x == 0)
     {
-        buf[100] = 1; // launch has 100 bytes
+        buf[*offset] = 1; // launch has 100 bytes
     }
 }
 
@@ -209,7 +209,15 @@ int run(std::string const& name)
     else if (name == "fail_two_call_sites")
         PLT_LAUNCH(twoSites, 1, 64, 0, nullptr, buf.data());
     else if (name == "fail_write_past_dynamic_shared")
+    {
+        buf[0] = 100; // into the canary bytes before the guard page
         PLT_LAUNCH(writePastDynamicShared, 1, 32, 100, nullptr, buf.data());
+    }
+    else if (name == "fail_touch_guard_page")
+    {
+        buf[0] = 200; // past the 16-byte rounded end: the PROT_NONE page
+        PLT_LAUNCH(writePastDynamicShared, 1, 32, 100, nullptr, buf.data());
+    }
     else
     {
         std::fprintf(stderr, "unknown test %s\n", name.c_str());

@@ -76,7 +76,8 @@ def build_harness(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = Fal
         _compile(harness_command(exe, plugin_dir, sanitize))
         return exe
     key = hashlib.sha1(repr(sanitize).encode())
-    for header in sorted(plugin_dir.glob("*.h")) + sorted(TESTS_DIR.glob("*.[hc]pp")) + [TESTS_DIR / "cuda_cpu_model.h"]:
+    sources = sorted(plugin_dir.glob("*.h")) + sorted(TESTS_DIR.glob("*.[hc]pp")) + [TESTS_DIR / "cuda_cpu_model.h"]
+    for header in sources:
         key.update(header.name.encode() + header.read_bytes())
     objects = []
     for src in (TESTS_DIR / "cuda_cpu_model.cpp", TESTS_DIR / "gswa_host_harness.cpp"):
@@ -94,6 +95,7 @@ def build_harness(exe: Path, plugin_dir: Path = PLUGIN_DIR, sanitize: bool = Fal
     return exe
 
 
-def run_harness(exe: Path, work: Path, manifest: str = "manifest.txt", timeout: int = 600) -> subprocess.CompletedProcess:
+def run_harness(exe: Path, work: Path, manifest: str = "manifest.txt",
+                timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs every case of work/manifest; exit 0 = all paths agree across resume orders and with the reference."""
     return subprocess.run([str(exe), str(work), manifest], capture_output=True, text=True, timeout=timeout)

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-KERNEL = Path(__file__).resolve().parents[1] / "gatedSlidingWindowAttentionPlugin" / "gatedSlidingWindowAttentionKernel.cu"
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "gatedSlidingWindowAttentionPlugin"
+KERNEL = PLUGIN_DIR / "gatedSlidingWindowAttentionKernel.cu"
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 NAME = re.compile(r"\d+(gswa[A-Za-z]+Kernel)I(f|6__half|13__nv_bfloat16)Li(\d)E")
 STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
