@@ -1,5 +1,7 @@
 #include "pluginLogging.h"
 
+#include "pluginRegistry.h"
+
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -49,8 +51,7 @@ void reportError(char const* where, char const* msg, nvinfer1::ErrorCode code) n
     {
         std::string const text = std::string("[plt_trt_plugins] ") + where + ": " + msg;
         logMessage(nvinfer1::ILogger::Severity::kERROR, text.c_str());
-        // getPluginRegistry() is resolved from libnvinfer at load time (this library does not link it).
-        if (nvinfer1::IPluginRegistry* registry = getPluginRegistry())
+        if (nvinfer1::IPluginRegistry* registry = findPluginRegistry())
         {
             if (nvinfer1::IErrorRecorder* recorder = registry->getErrorRecorder())
             {

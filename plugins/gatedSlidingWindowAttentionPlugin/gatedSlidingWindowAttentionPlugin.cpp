@@ -88,9 +88,8 @@ int32_t toInt32(int64_t v, char const* name)
 
 template <typename T>
 cudaError_t launchTyped(void const* const* in, void* out, gswa::GswaDims const& dims, void* workspace,
-    cudaStream_t stream)
+    size_t wsBytes, cudaStream_t stream)
 {
-    size_t const wsBytes = workspace != nullptr ? gswa::gswaDecodeWorkspaceBytes(dims) : 0;
     return gswa::launchGswa<T>(static_cast<T const*>(in[kQUERY]), static_cast<T const*>(in[kKEY_GLOBAL]),
         static_cast<T const*>(in[kVALUE_GLOBAL]), static_cast<T const*>(in[kKEY_LOCAL]),
         static_cast<T const*>(in[kVALUE_LOCAL]), static_cast<int64_t const*>(in[kQUERY_POS]),
@@ -111,15 +110,16 @@ void GswaAttributes::validate() const
 
 // ---- plugin ----------------------------------------------------------------------------------------
 
-GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs)
+GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs, int64_t workspaceBytes)
     : mAttrs(attrs)
+    , mWorkspaceBytes(workspaceBytes)
 {
     mAttrs.validate();
 }
 
 GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GatedSlidingWindowAttentionPlugin const& other)
     : mAttrs(other.mAttrs)
-    , mDims(other.mDims)
+    , mWorkspaceBytes(other.mWorkspaceBytes)
 {
     // mFields / mFieldCollection point into the object that owns them: rebuilt on demand.
 }
@@ -289,21 +289,47 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     return g;
 }
 
+size_t GatedSlidingWindowAttentionPlugin::workspaceFor(DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const
+{
+    check(inputs != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
+    Dims maxDims[kNB_INPUTS];
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        maxDims[i] = inputs[i].max;
+    }
+    // Decode partials for the largest shapes of the profile (S clamped to the decode limit): a bound
+    // for every runtime shape of the profile, since the requirement grows with each size.
+    gswa::GswaDims const dims = dimsFrom(maxDims, nbInputs);
+    check(dims.batch >= 0 && dims.rows >= 0 && dims.heads >= 0 && dims.kvHeads >= 0 && dims.queries >= 0
+            && dims.headDim >= 0 && dims.cacheLen >= 0 && dims.localSlots >= 0,
+        "the profile's max shapes must all be known to size the workspace");
+    if (char const* msg = gswa::gswaCheckDims(dims))
+    {
+        throw PluginError(std::string("profile max shapes: ") + msg);
+    }
+    size_t const bytes = gswa::gswaDecodeWorkspaceBytes(dims);
+    check(bytes > 0 || static_cast<int64_t>(dims.batch) * dims.rows * dims.heads * dims.queries == 0,
+        "workspace computation returned 0 bytes for non-empty max shapes");
+    check(bytes <= static_cast<size_t>(std::numeric_limits<int64_t>::max()), "workspace size overflows int64");
+    return bytes;
+}
+
 int32_t GatedSlidingWindowAttentionPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     try
     {
         check(nbOutputs == 1, "expects 1 output");
+        check(in != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
         Dims desc[kNB_INPUTS];
-        Dims maxDims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
             desc[i] = in[i].desc.dims;
-            maxDims[i] = in[i].max;
         }
         dimsFrom(desc, nbInputs);
-        dimsFrom(maxDims, nbInputs); // also bounds the largest D of the profile
+        // The size getWorkspaceSize reports for these descs, i.e. what TensorRT gives enqueue; a failure
+        // here fails the build instead of running without a workspace.
+        mWorkspaceBytes = static_cast<int64_t>(workspaceFor(in, nbInputs));
         return 0;
     }
     catch (std::exception const& e)
@@ -318,17 +344,7 @@ size_t GatedSlidingWindowAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDe
 {
     try
     {
-        Dims maxDims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
-        {
-            maxDims[i] = inputs[i].max;
-        }
-        // Decode partials for the largest shapes of the profile (S clamped to the decode limit).
-        gswa::GswaDims const dims = dimsFrom(maxDims, nbInputs);
-        check(dims.batch >= 0 && dims.rows >= 0 && dims.heads >= 0 && dims.queries >= 0 && dims.headDim >= 0
-                && dims.cacheLen >= 0,
-            "max shapes of the profile must be known");
-        return gswa::gswaDecodeWorkspaceBytes(dims);
+        return workspaceFor(inputs, nbInputs);
     }
     catch (std::exception const& e)
     {
@@ -342,14 +358,15 @@ int32_t GatedSlidingWindowAttentionPlugin::onShapeChange(
 {
     try
     {
+        // Validation only (a bad shape fails before enqueue); enqueue derives the sizes itself.
         check(nbOutputs == 1, "expects 1 output");
+        check(in != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
         Dims dims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
             dims[i] = in[i].dims;
         }
-        mDims = dimsFrom(dims, nbInputs);
-        if (char const* msg = gswa::gswaCheckDims(mDims))
+        if (char const* msg = gswa::gswaCheckDims(dimsFrom(dims, nbInputs)))
         {
             throw PluginError(msg);
         }
@@ -368,12 +385,33 @@ int32_t GatedSlidingWindowAttentionPlugin::enqueue(PluginTensorDesc const* input
 {
     try
     {
+        check(inputDesc != nullptr && inputs != nullptr && outputs != nullptr, "null tensor descriptors or pointers");
+        // Sizes from this call's descriptors (a few integer ops): no dependence on onShapeChange having
+        // run on this object, or on which shapes it last saw.
+        Dims dims[kNB_INPUTS];
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
+        {
+            dims[i] = inputDesc[i].dims;
+        }
+        gswa::GswaDims const g = dimsFrom(dims, kNB_INPUTS);
+        if (char const* msg = gswa::gswaCheckDims(g))
+        {
+            throw PluginError(msg);
+        }
+        // The decode path needs gswaDecodeWorkspaceBytes(g); TensorRT gave mWorkspaceBytes (the
+        // profile's bound, from the plan). Less than needed means the plan and the plugin disagree.
+        size_t const needed = gswa::gswaDecodeWorkspaceBytes(g);
+        check(mWorkspaceBytes >= 0, std::string("no ") + kWORKSPACE_FIELD + " in the plugin's fields: rebuild the engine");
+        auto const given = static_cast<size_t>(mWorkspaceBytes);
+        check(needed <= given && (needed == 0 || workspace != nullptr),
+            "workspace of " + std::to_string(given) + " bytes" + (workspace == nullptr ? " (null)" : "")
+                + " is smaller than the " + std::to_string(needed) + " bytes these shapes need");
         cudaError_t err = cudaErrorInvalidValue;
         switch (inputDesc[kQUERY].type)
         {
-        case DataType::kFLOAT: err = launchTyped<float>(inputs, outputs[0], mDims, workspace, stream); break;
-        case DataType::kHALF: err = launchTyped<__half>(inputs, outputs[0], mDims, workspace, stream); break;
-        case DataType::kBF16: err = launchTyped<__nv_bfloat16>(inputs, outputs[0], mDims, workspace, stream); break;
+        case DataType::kFLOAT: err = launchTyped<float>(inputs, outputs[0], g, workspace, given, stream); break;
+        case DataType::kHALF: err = launchTyped<__half>(inputs, outputs[0], g, workspace, given, stream); break;
+        case DataType::kBF16: err = launchTyped<__nv_bfloat16>(inputs, outputs[0], g, workspace, given, stream); break;
         default: throw PluginError("query type must be float32, float16 or bfloat16");
         }
         if (err != cudaSuccess)
@@ -406,6 +444,7 @@ PluginFieldCollection const* GatedSlidingWindowAttentionPlugin::getFieldsToSeria
         mFields.emplace_back("scale", &mAttrs.scale, PluginFieldType::kFLOAT32, 1);
         mFields.emplace_back("num_heads", &mAttrs.numHeads, PluginFieldType::kINT32, 1);
         mFields.emplace_back("num_kv_heads", &mAttrs.numKvHeads, PluginFieldType::kINT32, 1);
+        mFields.emplace_back(kWORKSPACE_FIELD, &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
         mFieldCollection.fields = mFields.data();
         return &mFieldCollection;
@@ -450,12 +489,12 @@ PluginFieldCollection const* GatedSlidingWindowAttentionPluginCreator::getFieldN
 }
 
 nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
-    char const* /*name*/, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
+    char const* /*name*/, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept
 {
     try
     {
         check(fc != nullptr && (fc->nbFields == 0 || fc->fields != nullptr), "null PluginFieldCollection");
-        std::optional<int64_t> window, numHeads, numKvHeads;
+        std::optional<int64_t> window, numHeads, numKvHeads, workspaceBytes;
         std::optional<double> scale;
         for (int32_t i = 0; i < fc->nbFields; ++i)
         {
@@ -478,6 +517,10 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
             {
                 numKvHeads = readIntField(f);
             }
+            else if (name == kWORKSPACE_FIELD)
+            {
+                workspaceBytes = readIntField(f);
+            }
             else
             {
                 std::string const msg = "GatedSlidingWindowAttention: ignoring unknown attribute " + std::string(name);
@@ -491,7 +534,11 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
         attrs.scale = static_cast<float>(*scale);
         attrs.numHeads = toInt32(*numHeads, "num_heads");
         attrs.numKvHeads = toInt32(*numKvHeads, "num_kv_heads");
-        return std::make_unique<GatedSlidingWindowAttentionPlugin>(attrs).release(); // validates
+        // Deserializing (kRUNTIME): the plan's workspace size is required. Building: set by configurePlugin.
+        check(phase != nvinfer1::TensorRTPhase::kRUNTIME || (workspaceBytes && *workspaceBytes >= 0),
+            std::string("the plan holds no valid ") + kWORKSPACE_FIELD + " for this layer: rebuild the engine");
+        int64_t const ws = phase == nvinfer1::TensorRTPhase::kRUNTIME ? *workspaceBytes : -1;
+        return std::make_unique<GatedSlidingWindowAttentionPlugin>(attrs, ws).release(); // validates
     }
     catch (std::exception const& e)
     {

@@ -3,8 +3,10 @@
  * Contract: plt_deploy/ops/contract.py (rendered to gatedSlidingWindowAttention.yaml next to this file).
  *
  * State, in three parts:
- *   serialized attributes  window, scale, num_heads, num_kv_heads (getFieldsToSerialize, no byte blobs)
- *   shape-derived values   mDims, set in onShapeChange
+ *   serialized attributes  window, scale, num_heads, num_kv_heads (getFieldsToSerialize, no byte blobs),
+ *                          plus workspace_bytes: the workspace TensorRT allocates for this layer, fixed
+ *                          at build time (getWorkspaceSize) and known at run time only from the plan
+ *   shape-derived values   none kept: enqueue derives the sizes from its inputDesc on every call
  *   device properties      none needed (shared-memory opt-in is done by the launcher)
  */
 #ifndef PLT_GATED_SLIDING_WINDOW_ATTENTION_PLUGIN_H
@@ -52,13 +54,17 @@ struct GswaAttributes
     void validate() const;
 };
 
+//! Name of the serialized workspace size (not an ONNX attribute: the parser never passes it).
+constexpr char const* kWORKSPACE_FIELD{"workspace_bytes"};
+
 class GatedSlidingWindowAttentionPlugin : public nvinfer1::IPluginV3,
                                           public nvinfer1::IPluginV3OneCore,
                                           public nvinfer1::IPluginV3OneBuild,
                                           public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    explicit GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs);
+    //! workspaceBytes: the size TensorRT gives enqueue (-1 at build time, until configurePlugin).
+    GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs, int64_t workspaceBytes);
     GatedSlidingWindowAttentionPlugin(GatedSlidingWindowAttentionPlugin const& other);
     GatedSlidingWindowAttentionPlugin& operator=(GatedSlidingWindowAttentionPlugin const&) = delete;
     ~GatedSlidingWindowAttentionPlugin() override = default;
@@ -99,8 +105,11 @@ private:
     //! and the dims shared between inputs, throws PluginError on a mismatch.
     gswa::GswaDims dimsFrom(nvinfer1::Dims const* inputDims, int32_t nbInputs) const;
 
-    GswaAttributes mAttrs;                     // serialized
-    gswa::GswaDims mDims{};                    // shape-derived (onShapeChange)
+    //! Workspace bytes for the profile's max shapes in `inputs` (throws if any is unknown).
+    size_t workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const;
+
+    GswaAttributes mAttrs;                      // serialized
+    int64_t mWorkspaceBytes{-1};                // serialized (kWORKSPACE_FIELD), set by configurePlugin
     std::vector<nvinfer1::PluginField> mFields; // getFieldsToSerialize storage (points into mAttrs)
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
