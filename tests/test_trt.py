@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -208,6 +209,24 @@ def test_cuda_toolkit_must_match_tensorrt_cuda_major():
     assert "unknown" in availability.cuda_toolkit_line(NVCC_13, [])
 
 
+GPU_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+
+
+def test_gpu_check_script_stages_and_dtypes(tmp_path):
+    """gpu-check.sh: valid bash, one PASS/FAIL line per stage, no float32 assumption, CUDA-major stage."""
+    bash = shutil.which("bash") or pytest.skip("bash not found")
+    subprocess.run([bash, "-n", str(GPU_CHECK)], check=True)
+    text = GPU_CHECK.read_text()
+    for name in ("install", "tensorrt", "cuda-toolkit", "plugin", '"$name:export"', '"$name:engines"',
+                 '"$name:check"', "pytest-gpu", "generate", "bench"):
+        assert re.search(rf"\bstage {re.escape(name)} ", text), name
+    assert "cuda_toolkit_line" in text and not re.search(r"-float32\b", text.replace(":-float32", ""))
+    proc = subprocess.run([bash, str(GPU_CHECK)], capture_output=True, text=True,
+                          env={**os.environ, "DTYPES": "float16 int8", "OUT": str(tmp_path)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["gpu-check: DTYPES: unknown dtype 'int8' (float32, float16, bfloat16)"]
+
+
 def _pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib", reason="Python < 3.11 has no tomllib")
 
@@ -216,8 +235,6 @@ def _pyproject() -> dict:
 
 def test_polygraphy_floor_has_simple_compare_func():
     """check/ imports SimpleCompareFunc, first in Polygraphy 0.53 (TensorRT's repo and NGC carry 0.49)."""
-    import re
-
     from polygraphy.comparator import SimpleCompareFunc  # noqa: F401  (the installed one has it)
 
     dep = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("polygraphy"))
@@ -227,7 +244,6 @@ def test_polygraphy_floor_has_simple_compare_func():
 
 def test_extras_install_what_the_code_imports():
     import ast
-    import re
 
     project = _pyproject()["project"]
     gpu = [re.split(r"[<>=!\[ ]", d)[0].lower() for d in project["optional-dependencies"]["gpu"]]
