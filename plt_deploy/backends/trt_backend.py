@@ -111,7 +111,7 @@ class TrtSession(DecoderSession):
     # -- prefill -------------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         self.check_prefill(tokens)
-        B, S = tokens.shape
+        _, S = tokens.shape
         be, spec = self.be, self.be.manifest.graphs["prefill"]
         if self._prefill_ctx is None:
             self._prefill_ctx = be.engines["prefill"].create_execution_context()
@@ -141,9 +141,7 @@ class TrtSession(DecoderSession):
                     buf[:, :, :S].copy_(outs[t.name])
                 else:
                     buf.copy_(outs[t.name])
-            idx = (feeds[spec.one("lengths").name] - 1).clamp(min=0)
-            logits = outs[spec.one("logits", "outputs").name][torch.arange(B, device=self.device), idx]
-            logits = logits.float().cpu()  # [B, V]
+            logits = outs[spec.one("logits", "outputs").name].float().cpu()  # [B, V]: each prompt's last real token
         self._lengths = lengths.clone().to(torch.int64)
         self._prefilled = True
         return logits

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..cache import kv_bytes_formula, ring_slots
+from ..cache import kv_bytes_formula, ring_len
 from ..config import PLTConfig
 from ..errors import BackendUnavailable, InputError
 from . import memory, targets, variants as V
@@ -46,7 +46,7 @@ def _expected_kv_ratio(cfg: PLTConfig, max_seq: int) -> float:
     if cfg.mode == "looped":
         return float(cfg.loops)
     if cfg.uses_gswa:
-        return 1.0 + (cfg.loops - 1) * ring_slots(cfg, max_seq) / max_seq
+        return 1.0 + (cfg.loops - 1) * ring_len(cfg) / max_seq
     return 1.0
 
 

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from ..cache import ring_slots
+from ..cache import PLTCache, ring_len
 from ..config import PLTConfig
 from ..errors import ArtifactError, InputError
 from ..model import PLT
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 23  # ONNX Attention (one node per causal attention and two inside the G-SWA function)
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
-MAX_IR_VERSION = 10  # what onnxruntime >= 1.20 loads
+IR_VERSION = 11  # opset 23 needs IR >= 11; onnxruntime 1.31 refuses IR 14 (onnx 1.23's default), loads <= 13
 
 
 class PrefillGraph(torch.nn.Module):
@@ -39,13 +39,13 @@ class PrefillGraph(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, lengths):
-        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)
+        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
         out = (logits, *k, *v, *lk, *lv)
         return out + ((carry,) if self.model.cfg.uses_gswa else ())
 
 
 class DecodeGraph(torch.nn.Module):
-    """decode_core with functional cache writes (ScatterElements) and flat I/O in io_spec order."""
+    """decode_core over an out-of-place PLTCache (writes become ScatterElements), flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
@@ -59,9 +59,11 @@ class DecodeGraph(torch.nn.Module):
             lk, lv, carry = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N], caches[-1]
         else:
             lk, lv, carry = [], [], None
-        logits, k, v, lk, lv, carry = self.model.decode_core(input_ids, position, k, v, lk, lv, carry)
-        out = (logits, *k, *v, *lk, *lv)
-        return out + ((carry,) if cfg.uses_gswa else ())
+        carry = carry if carry is not None else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
+        cache = PLTCache(list(k), list(v), list(lk), list(lv), carry, position, in_place=False)
+        logits = self.model.decode_core(input_ids, position, cache)
+        out = (logits, *cache.k, *cache.v, *cache.local_k, *cache.local_v)
+        return out + ((cache.carry,) if cfg.uses_gswa else ())
 
 
 def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -111,10 +113,11 @@ def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
         raise ArtifactError(f"{spec.name} graph I/O names {got_in} -> {got_out} differ from the io_spec "
                             f"{spec.input_names} -> {spec.output_names}")
     n_nodes = sum(n.op_type == onnx_op.contract.OP_NAME for n in model_proto.graph.node)
+    onnx_op.trim_attention_outputs(model_proto)
     if n_nodes:
         onnx_op.attach_function(model_proto)
         onnx_op.add_plugin_attributes(model_proto)
-    model_proto.ir_version = min(model_proto.ir_version, MAX_IR_VERSION)
+    model_proto.ir_version = IR_VERSION
     del model_proto.metadata_props[:]
     for k, v in meta.items():
         model_proto.metadata_props.add(key=k, value=str(v))
@@ -150,8 +153,8 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     if out.exists() and not force:
         raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if opset < onnx_op.MIN_OPSET:
-        raise InputError(f"--opset must be >= {onnx_op.MIN_OPSET} (the G-SWA function body uses opset-18 ops), "
-                         f"got {opset}")
+        raise InputError(f"--opset must be >= {onnx_op.MIN_OPSET} (ONNX's standard Attention, used by every "
+                         f"attention and by the G-SWA function body), got {opset}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
 
@@ -164,7 +167,6 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
         max_seq = max_seq or cfg.max_seq_len
         if not 2 <= max_seq <= cfg.max_seq_len:
             raise InputError(f"--max-seq must be in [2, {cfg.max_seq_len}] (the model's max_seq_len), got {max_seq}")
-        model.inplace_cache = False
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
         bar.advance()
@@ -251,7 +253,7 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
     }
     if cfg.uses_gswa:
-        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_slots(cfg, cfg.max_seq_len),
+        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_len(cfg),
                                           "head_dim"],
                                 "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window"}
         layout["carry"] = {"shape": ["batch", cfg.loops - 1, "d_model"],
@@ -268,12 +270,8 @@ def validate_export(folder: Path, model: PLT, dtype: str, steps: int = 4) -> dic
     from ..backends.ort_backend import OrtBackend
     from ..backends.torch_backend import TorchBackend
 
-    model.inplace_cache = True
-    try:
-        with OrtBackend(folder) as ort_be:
-            report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=2)
-    finally:
-        model.inplace_cache = False
+    with OrtBackend(folder) as ort_be:
+        report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=2)
     if not report["passed"]:
         worst = max(report["results"], key=lambda r: r["max_abs"] / max(r["atol"], 1e-30))
         raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
