@@ -41,7 +41,7 @@ void logMessage(nvinfer1::ILogger::Severity severity, char const* msg) noexcept
     }
     else if (severity <= nvinfer1::ILogger::Severity::kWARNING)
     {
-        std::fprintf(stderr, "[plt_trt_plugins] %s\n", msg);
+        std::fprintf(stderr, "%s\n", msg); // messages carry the "[plt_trt_plugins]" prefix already
     }
 }
 

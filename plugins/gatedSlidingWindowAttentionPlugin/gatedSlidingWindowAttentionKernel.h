@@ -27,7 +27,8 @@ namespace gswa
 struct GswaDims
 {
     int32_t batch;      // B
-    int32_t rows;       // R (loop rows)
+    int32_t rows;       // R (loop rows, all of them)
+    int32_t globalRows; // G, 0 <= G <= R: rows 0..G-1 attend to the shared keys only (g = 0)
     int32_t heads;      // Hq
     int32_t kvHeads;    // Hkv, Hq % Hkv == 0
     int32_t queries;    // S

@@ -106,6 +106,7 @@ void GswaAttributes::validate() const
     check(numHeads >= 1 && numKvHeads >= 1 && numHeads % numKvHeads == 0,
         "num_heads (" + std::to_string(numHeads) + ") must be a positive multiple of num_kv_heads ("
             + std::to_string(numKvHeads) + ")");
+    check(globalRows >= 0, "global_rows must be >= 0, got " + std::to_string(globalRows));
 }
 
 // ---- plugin ----------------------------------------------------------------------------------------
@@ -252,7 +253,12 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     {
         check(d[i].nbDims == kRANKS[i], std::string(kINPUT_NAMES[i]) + " must have rank " + std::to_string(kRANKS[i]));
     }
-    gswa::GswaDims g{-1, -1, -1, -1, -1, -1, -1, -1, mAttrs.window, mAttrs.scale};
+    gswa::GswaDims g{}; // by member name: the field order of GswaDims is the kernels' business
+    g.batch = g.rows = g.heads = g.kvHeads = g.queries = g.headDim = g.cacheLen = g.localSlots = -1;
+    g.globalRows = mAttrs.globalRows;
+    g.window = mAttrs.window;
+    g.scale = mAttrs.scale;
+    int32_t localRows = -1; // R - G
     unify(g.batch, d[kQUERY].d[0], "B");
     unify(g.rows, d[kQUERY].d[1], "R");
     unify(g.heads, d[kQUERY].d[2], "Hq");
@@ -265,10 +271,10 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
         unify(g.cacheLen, d[i].d[2], "Tc (key/value_global dim 2)");
         unify(g.headDim, d[i].d[3], "D");
     }
-    for (int32_t i : {kKEY_LOCAL, kVALUE_LOCAL}) // [B, R, Hkv, W, D]
+    for (int32_t i : {kKEY_LOCAL, kVALUE_LOCAL}) // [B, R-G, Hkv, W, D]
     {
         unify(g.batch, d[i].d[0], "B");
-        unify(g.rows, d[i].d[1], "R");
+        unify(localRows, d[i].d[1], "R-G (key_local/value_local dim 1)");
         unify(g.kvHeads, d[i].d[2], "Hkv");
         unify(g.localSlots, d[i].d[3], "W (key/value_local dim 3)");
         unify(g.headDim, d[i].d[4], "D");
@@ -280,6 +286,11 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     unify(g.heads, d[kGATE_WEIGHT].d[0], "Hq");
     unify(g.headDim, d[kGATE_WEIGHT].d[1], "D");
     unify(g.heads, d[kGATE_BIAS].d[0], "Hq");
+    check(g.rows < 0 || g.globalRows <= g.rows,
+        "global_rows (" + std::to_string(g.globalRows) + ") exceeds the query's " + std::to_string(g.rows) + " rows");
+    check(g.rows < 0 || localRows < 0 || localRows == g.rows - g.globalRows,
+        "key_local/value_local hold " + std::to_string(localRows) + " rows, expected R - global_rows = "
+            + std::to_string(g.rows) + " - " + std::to_string(g.globalRows));
     check(g.heads < 0 || g.heads == mAttrs.numHeads,
         "query has " + std::to_string(g.heads) + " heads but num_heads = " + std::to_string(mAttrs.numHeads));
     check(g.kvHeads < 0 || g.kvHeads == mAttrs.numKvHeads,
@@ -444,6 +455,7 @@ PluginFieldCollection const* GatedSlidingWindowAttentionPlugin::getFieldsToSeria
         mFields.emplace_back("scale", &mAttrs.scale, PluginFieldType::kFLOAT32, 1);
         mFields.emplace_back("num_heads", &mAttrs.numHeads, PluginFieldType::kINT32, 1);
         mFields.emplace_back("num_kv_heads", &mAttrs.numKvHeads, PluginFieldType::kINT32, 1);
+        mFields.emplace_back("global_rows", &mAttrs.globalRows, PluginFieldType::kINT32, 1);
         mFields.emplace_back(kWORKSPACE_FIELD, &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
         mFieldCollection.fields = mFields.data();
@@ -464,6 +476,7 @@ GatedSlidingWindowAttentionPluginCreator::GatedSlidingWindowAttentionPluginCreat
     mFieldNames.emplace_back("scale", nullptr, PluginFieldType::kFLOAT32, 1);
     mFieldNames.emplace_back("num_heads", nullptr, PluginFieldType::kINT32, 1);
     mFieldNames.emplace_back("num_kv_heads", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.emplace_back("global_rows", nullptr, PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
 }
@@ -494,7 +507,7 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
     try
     {
         check(fc != nullptr && (fc->nbFields == 0 || fc->fields != nullptr), "null PluginFieldCollection");
-        std::optional<int64_t> window, numHeads, numKvHeads, workspaceBytes;
+        std::optional<int64_t> window, numHeads, numKvHeads, globalRows, workspaceBytes;
         std::optional<double> scale;
         for (int32_t i = 0; i < fc->nbFields; ++i)
         {
@@ -517,23 +530,29 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
             {
                 numKvHeads = readIntField(f);
             }
+            else if (name == "global_rows")
+            {
+                globalRows = readIntField(f);
+            }
             else if (name == kWORKSPACE_FIELD)
             {
                 workspaceBytes = readIntField(f);
             }
             else
             {
-                std::string const msg = "GatedSlidingWindowAttention: ignoring unknown attribute " + std::string(name);
+                std::string const msg
+                    = "[plt_trt_plugins] GatedSlidingWindowAttention: ignoring unknown attribute " + std::string(name);
                 logMessage(nvinfer1::ILogger::Severity::kWARNING, msg.c_str());
             }
         }
-        check(window && scale && numHeads && numKvHeads,
-            "required attributes: window (INT), scale (FLOAT), num_heads (INT), num_kv_heads (INT)");
+        check(window && scale && numHeads && numKvHeads && globalRows,
+            "required attributes: window (INT), scale (FLOAT), num_heads (INT), num_kv_heads (INT), global_rows (INT)");
         GswaAttributes attrs;
         attrs.window = toInt32(*window, "window");
         attrs.scale = static_cast<float>(*scale);
         attrs.numHeads = toInt32(*numHeads, "num_heads");
         attrs.numKvHeads = toInt32(*numKvHeads, "num_kv_heads");
+        attrs.globalRows = toInt32(*globalRows, "global_rows");
         // Deserializing (kRUNTIME): the plan's workspace size is required. Building: set by configurePlugin.
         check(phase != nvinfer1::TensorRTPhase::kRUNTIME || (workspaceBytes && *workspaceBytes >= 0),
             std::string("the plan holds no valid ") + kWORKSPACE_FIELD + " for this layer: rebuild the engine");

@@ -1,9 +1,12 @@
 /*
- * TensorRT IPluginV3 of the G-SWA op: plugin "GatedSlidingWindowAttention", version "1", namespace "plt".
+ * TensorRT IPluginV3 of the G-SWA op: plugin "GatedSlidingWindowAttention", version "2", namespace "plt".
+ * Version 2 (issue 10): attribute global_rows G; rows 0..G-1 are global-only and key_local /
+ * value_local hold the R-G other rows. Version 1 is not kept (exports of op version 1 are refused).
  * Contract: plt_deploy/ops/contract.py (rendered to gatedSlidingWindowAttention.yaml next to this file).
  *
  * State, in three parts:
- *   serialized attributes  window, scale, num_heads, num_kv_heads (getFieldsToSerialize, no byte blobs),
+ *   serialized attributes  window, scale, num_heads, num_kv_heads, global_rows (getFieldsToSerialize,
+ *                          no byte blobs),
  *                          plus workspace_bytes: the workspace TensorRT allocates for this layer, fixed
  *                          at build time (getWorkspaceSize) and known at run time only from the plan
  *   shape-derived values   none kept: enqueue derives the sizes from its inputDesc on every call
@@ -24,7 +27,7 @@ namespace plugin
 {
 
 constexpr char const* kGSWA_PLUGIN_NAME{"GatedSlidingWindowAttention"}; // = contract.OP_NAME
-constexpr char const* kGSWA_PLUGIN_VERSION{"1"};                        // = contract.OP_VERSION
+constexpr char const* kGSWA_PLUGIN_VERSION{"2"};                        // = contract.OP_VERSION
 constexpr char const* kGSWA_PLUGIN_NAMESPACE{"plt"};                    // = contract.PLUGIN_NAMESPACE
 
 //! Input indices, in contract order.
@@ -33,8 +36,8 @@ enum GswaInput : int32_t
     kQUERY = 0,        // [B, R, Hq, S, D]   T
     kKEY_GLOBAL = 1,   // [B, Hkv, Tc, D]    T
     kVALUE_GLOBAL = 2, // [B, Hkv, Tc, D]    T
-    kKEY_LOCAL = 3,    // [B, R, Hkv, W, D]  T
-    kVALUE_LOCAL = 4,  // [B, R, Hkv, W, D]  T
+    kKEY_LOCAL = 3,    // [B, R-G, Hkv, W, D] T  (row r >= G uses key_local[:, r - G])
+    kVALUE_LOCAL = 4,  // [B, R-G, Hkv, W, D] T
     kQUERY_POS = 5,    // [B, S]             int64
     kLOCAL_POS = 6,    // [B, W]             int64
     kGATE_WEIGHT = 7,  // [Hq, D]            T
@@ -42,13 +45,14 @@ enum GswaInput : int32_t
     kNB_INPUTS = 9,
 };
 
-//! The op's attributes (ONNX attribute names: window, scale, num_heads, num_kv_heads).
+//! The op's attributes (ONNX attribute names: window, scale, num_heads, num_kv_heads, global_rows).
 struct GswaAttributes
 {
     int32_t window{};
     float scale{};
     int32_t numHeads{};
     int32_t numKvHeads{};
+    int32_t globalRows{}; // G
 
     //! Throws PluginError on values the contract rejects (contract.check_attributes).
     void validate() const;

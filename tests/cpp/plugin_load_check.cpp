@@ -280,6 +280,16 @@ int main(int argc, char** argv)
         std::string const msgBad = logger.take();
         expect(rcBad != 0 && msgBad.find("key_local") != std::string::npos, "configure_rejects_local_rows_R",
             "rc=" + std::to_string(rcBad) + " log=" + msgBad);
+
+        // global_rows is required (no default in the contract).
+        std::vector<PluginField> noG;
+        fields(a, noG, false, false);
+        PluginFieldCollection fcNoG{static_cast<int32_t>(noG.size()), noG.data()};
+        IPluginV3* missing = creator->createPlugin("gswa", &fcNoG, TensorRTPhase::kBUILD);
+        std::string const msgMissing = logger.take();
+        expect(missing == nullptr && msgMissing.find("global_rows") != std::string::npos, "global_rows_required",
+            msgMissing);
+        delete missing;
     }
     delete built;
 
