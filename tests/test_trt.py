@@ -2,10 +2,10 @@
 
 CPU: the one-line errors of `build` and `--backend tensorrt`, plugin-library discovery errors,
 the exact creator lookup, the plugin-layer rule (one G-SWA PLUGIN_V3 layer per node, no other
-plugin layer), no ENABLE_PLUGIN_OVERRIDE anywhere, the plan checks (TensorRT version / compute
-capability / plugin sha256 / engine files) over manifest dicts, optimisation-profile shapes,
---workspace parsing, the timing-cache reuse rule, removal of the local function for TensorRT <
-10.7, the CUDA-major check of gpu-check.sh, the dependency floors and extras, the manifest's
+plugin layer), no ENABLE_PLUGIN_OVERRIDE anywhere, the refusal of TensorRT < 10.15 (opset-23 ops),
+the plan checks (TensorRT version / compute capability / plugin sha256 / engine files) over
+manifest dicts, optimisation-profile shapes, --workspace parsing, the timing-cache reuse rule, the
+G-SWA nodes' plugin attributes, the CUDA-major check and stages of gpu-check.sh, the dependency floors and extras, the manifest's
 "tensorrt" section round trip and the graph-level feeds on ONNX Runtime. GPU (skipped here with
 availability's one-line reason): build engines for a tiny export (exactly the G-SWA plugin
 layers), registration in the real registry, parity against ONNX Runtime and torch, CUDA-graph
@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 
 from plt_deploy.build import availability, plan_check
-from plt_deploy.build.engine import (GSWA_LAYER, PluginLayer, check_plugin_layers, needs_function_strip, parse_size,
-                                     profile_axes, profile_shapes, strip_op_function, timing_cache_bytes,
-                                     write_trt_section)
+from plt_deploy.build.engine import (GSWA_LAYER, PluginLayer, check_plugin_layers, parse_size, profile_axes,
+                                     profile_shapes, timing_cache_bytes, write_trt_section)
 from plt_deploy.build.plugin import ENV_VAR, creator_registered, find_plugin
 from plt_deploy.cli import main
 from plt_deploy.config import PLTConfig
@@ -320,11 +319,9 @@ def test_plan_check_engine_files(tmp_path):
         plan_check.check_engine_files(tmp_path, sec)
 
 
-def test_version_tuple_and_function_strip_rule():
+def test_version_tuple():
     assert availability.version_tuple("10.7.0.23") == (10, 7, 0, 23)
     assert availability.version_tuple("10.8.0.post1") == (10, 8, 0)
-    assert needs_function_strip("10.6.0.26") and needs_function_strip("8.6.1")
-    assert not needs_function_strip("10.7.0.23") and not needs_function_strip("11.1.0.5")
 
 
 # -- build options and profiles -------------------------------------------------------------------
@@ -362,17 +359,41 @@ def tiny_export(tiny_exports):
 
 
 @pytest.mark.slow
-def test_strip_op_function_leaves_bare_plugin_nodes(tiny_export):
+def test_gswa_nodes_carry_the_parser_lookup_attributes(tiny_export):
+    """The ONNX parser maps a node to the creator (op_type, plugin_version, plugin_namespace)."""
     import onnx
 
     from plt_deploy.ops import contract
 
-    model = onnx.load(str(tiny_export / "decode.onnx"), load_external_data=False)
-    nodes = [n for n in model.graph.node if n.op_type == contract.OP_NAME]
-    assert nodes and all({a.name for a in n.attribute} >= {"plugin_namespace", "plugin_version"} for n in nodes)
-    assert strip_op_function(model) == 1
-    assert not any(f.name == contract.OP_NAME for f in model.functions)
-    assert strip_op_function(model) == 0
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(tiny_export / f"{graph}.onnx"), load_external_data=False)
+        nodes = [n for n in model.graph.node if n.op_type == contract.OP_NAME]
+        assert nodes, graph
+        for n in nodes:
+            attrs = {a.name: a.s.decode() for a in n.attribute if a.name.startswith("plugin_")}
+            assert attrs == {"plugin_namespace": GSWA_LAYER.namespace, "plugin_version": GSWA_LAYER.version}, attrs
+
+
+@pytest.mark.slow
+def test_parser_support_refuses_opset23_ops_on_old_tensorrt(tiny_exports):
+    """Exports use ONNX Attention (TensorRT's parser: 10.14+) and RMSNormalization (10.15+): an older
+    TensorRT is refused before parsing, in one line naming the ops and the version to install."""
+    import onnx
+
+    from plt_deploy.build.engine import check_parser_support
+
+    cases = [("vanilla", "decode.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # attention + norms
+             ("plt", "prefill.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # loop 1 attention
+             ("plt", "decode.onnx", "10.14.1.48", "RMSNormalization", "10.15")]  # loop 1 is G-SWA row 0 (G = 1)
+    for mode, graph, version, ops, need in cases:
+        model = onnx.load(str(tiny_exports[mode][1] / graph), load_external_data=False)
+        with pytest.raises(ArtifactError) as exc:
+            check_parser_support(model, version, graph)
+        msg = str(exc.value)
+        assert f"uses ONNX {ops} (opset 23)" in msg and f"from TensorRT {need}; this is TensorRT {version}" in msg, msg
+        assert "\n" not in msg
+        check_parser_support(model, "10.15.1.29", graph)
+        check_parser_support(model, "11.1.0.5", graph)
 
 
 @pytest.mark.slow

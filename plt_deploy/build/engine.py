@@ -9,13 +9,14 @@ namespace "plt") per G-SWA node and no other plugin layer. Then the manifest get
 section (TensorRT version, compute capability, plugin sha256, engine files with sha256, profiles),
 and loading refuses plans built elsewhere (plan_check.py).
 
+TensorRT version: the exports use opset-23 ops (Attention, RMSNormalization) that TensorRT's ONNX
+parser imports from 10.15 (PARSER_OP_MIN); an older TensorRT is refused before parsing, in one line.
+
 Plugin vs function (FACTS.md): every G-SWA node carries `plugin_namespace`/`plugin_version`, so
-TensorRT >= 10.7 uses the registered plugin instead of the model-local function. No parser flag:
-`OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE` (10.15+) applies to every node, and once the standard
-plugin library is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would turn
-the decode graph's ScatterElements nodes into legacy plugin layers that the runner cannot load.
-TensorRT < 10.7 always inlines a local function, so there a copy of the model without the function
-is parsed (written next to the original, so external weights still resolve).
+the parser (10.7+) uses the registered plugin instead of the model-local function. No parser flag:
+`OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE` applies to every node, and once the standard plugin library
+is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would turn the decode
+graph's ScatterElements nodes into legacy plugin layers that the runner cannot load.
 
 Profiles: prefill batch 1..max_batch x prompt 1..max_seq; decode batch 1..max_batch with the cache
 length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly).
@@ -43,8 +44,11 @@ from . import availability, plan_check
 
 ENGINE_DIR = "tensorrt"
 TIMING_CACHE = "timing.cache"
-PLUGIN_OVER_FUNCTION_MIN = (10, 7)  # first TensorRT whose ONNX parser prefers a plugin (plugin_namespace) over a function
 STRONGLY_TYPED_DEFAULT = (11, 0)  # TensorRT 11 networks are always strongly typed
+# Standard ONNX ops of recent opsets the exports use, and the first TensorRT whose ONNX parser imports
+# them (TensorRT's CHANGELOG: Attention in 10.14; RMSNormalization, RotaryEmbedding, TensorScatter in 10.15).
+PARSER_OP_MIN = {"Attention": (10, 14), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15),
+                 "TensorScatter": (10, 15)}
 
 
 @dataclass
@@ -97,19 +101,16 @@ def profile_shapes(spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> di
     return out
 
 
-def needs_function_strip(trt_version: str) -> bool:
-    """TensorRT before 10.7 always inlines a model-local function: remove it to get the plugin."""
-    return availability.version_tuple(trt_version)[:2] < PLUGIN_OVER_FUNCTION_MIN
-
-
-def strip_op_function(model) -> int:
-    """Remove the plt::GatedSlidingWindowAttention FunctionProto from `model` (in place). Returns how many."""
-    keep = [f for f in model.functions if not (f.domain == contract.OP_DOMAIN and f.name == contract.OP_NAME)]
-    removed = len(model.functions) - len(keep)
-    if removed:
-        del model.functions[:]
-        model.functions.extend(keep)
-    return removed
+def check_parser_support(model, trt_version: str, where: str | Path) -> None:
+    """Refuse, before parsing, a graph this TensorRT's ONNX parser cannot import (PARSER_OP_MIN: the
+    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23)."""
+    have = availability.version_tuple(trt_version)[:2]
+    used = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    missing = sorted(op for op in used & set(PARSER_OP_MIN) if have < PARSER_OP_MIN[op])
+    if missing:
+        need = ".".join(map(str, max(PARSER_OP_MIN[op] for op in missing)))
+        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opset 23), which TensorRT's ONNX parser imports "
+                            f"from TensorRT {need}; this is TensorRT {trt_version}: pip install 'tensorrt>={need}'")
 
 
 def strongly_typed(trt) -> bool:
@@ -169,29 +170,16 @@ def _first_line(exc: Exception) -> str:
 
 def parse_network(trt, onnx_path: Path, expect_plugin_nodes: int):
     """(builder, network, parser) from Polygraphy's NetworkFromOnnxPath, plugin layers checked."""
-    import os
-    import tempfile
-
     import onnx
     from polygraphy.backend.trt import NetworkFromOnnxPath
     from polygraphy.exception import PolygraphyException
 
-    path, stripped, how = onnx_path, None, "plugin (node plugin_namespace)" if expect_plugin_nodes else "no custom op"
-    if expect_plugin_nodes and needs_function_strip(trt.__version__):
-        model = onnx.load(str(onnx_path), load_external_data=False)
-        strip_op_function(model)
-        fd, name = tempfile.mkstemp(prefix=f".{onnx_path.stem}-nofunction-", suffix=".onnx", dir=onnx_path.parent)
-        os.close(fd)
-        stripped = path = Path(name)  # beside the original: external data paths stay valid
-        onnx.save(model, str(path))
-        how = "local function stripped (TensorRT < 10.7)"
+    check_parser_support(onnx.load(str(onnx_path), load_external_data=False), trt.__version__, onnx_path)
+    how = "plugin (node plugin_namespace)" if expect_plugin_nodes else "no custom op"
     try:
-        builder, network, parser = NetworkFromOnnxPath(str(path), strongly_typed=strongly_typed(trt))()
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed(trt))()
     except PolygraphyException as exc:
         raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed: {_first_line(exc)}") from None
-    finally:
-        if stripped is not None:
-            stripped.unlink(missing_ok=True)
     layers = plugin_layers(trt, network)
     check_plugin_layers(layers, expect_plugin_nodes, onnx_path)
     return (builder, network, parser), how, len(layers)
