@@ -5,7 +5,8 @@
 #
 #   prerequisites  nvidia-smi sees a GPU, cmake and nvcc exist (fails fast with one line)
 #   install        pip install -e ".[gpu,test]" (SKIP_INSTALL=1 skips)
-#   tensorrt       TensorRT imports and torch sees a CUDA device
+#   tensorrt       TensorRT (>= 10.15, whose ONNX parser imports the exports' opset-23 ops) imports and
+#                  torch sees a CUDA device
 #   cuda-toolkit   nvcc's CUDA major version = the one the installed TensorRT was built for (the plugin
 #                  links the CUDA runtime statically, so it must match)
 #   plugin         cmake build of plugins/ -> plugins/build/libplt_trt_plugins.so
@@ -77,6 +78,12 @@ try:
     trt = require()
 except BackendUnavailable as exc:
     sys.exit(f"gpu-check: {exc}")
+from plt_deploy.build.availability import version_tuple
+from plt_deploy.build.engine import PARSER_OP_MIN
+need = max(PARSER_OP_MIN.values())
+if version_tuple(trt.__version__)[:2] < need:
+    sys.exit(f"gpu-check: TensorRT {trt.__version__} cannot parse the exports (opset-23 ops): "
+             f"pip install 'tensorrt>={'.'.join(map(str, need))}'")
 import torch
 print(f"TensorRT {trt.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()} "
       f"(sm {'.'.join(map(str, torch.cuda.get_device_capability()))})")
