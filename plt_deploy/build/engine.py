@@ -163,9 +163,10 @@ def check_plugin_layers(layers: list[PluginLayer], expected: int, where: str | P
                             f"{contract.OP_NAME} node(s): {why}")
 
 
-def _first_line(exc: Exception) -> str:
+def _one_line(exc: Exception) -> str:
+    """The first non-empty line of a Polygraphy error (details went to the log above it)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return lines[0] if lines else type(exc).__name__
 
 
 def parse_network(trt, onnx_path: Path, expect_plugin_nodes: int):
@@ -179,7 +180,7 @@ def parse_network(trt, onnx_path: Path, expect_plugin_nodes: int):
     try:
         builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed(trt))()
     except PolygraphyException as exc:
-        raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed: {_first_line(exc)}") from None
+        raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed: {_one_line(exc)}") from None
     layers = plugin_layers(trt, network)
     check_plugin_layers(layers, expect_plugin_nodes, onnx_path)
     return (builder, network, parser), how, len(layers)
@@ -211,7 +212,7 @@ def build_plan(trt, onnx_path: Path, spec: GraphSpec, axes: dict, dtype: str, op
     try:
         plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=saved)()
     except PolygraphyException as exc:
-        raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine ({_first_line(exc)}); try a larger "
+        raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine ({_one_line(exc)}); try a larger "
                             "--workspace or smaller --max-batch/--max-seq (--verbose shows the build log)") from None
     info = {"profile": shapes, "plugin_layers": n_plugin, "function_handling": how,
             "build_seconds": round(time.perf_counter() - t0, 2)}
