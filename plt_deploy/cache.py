@@ -49,13 +49,12 @@ def ring_positions(pos: torch.Tensor, n_slots: int) -> torch.Tensor:
 def write_at(buf: torch.Tensor, slot: torch.Tensor, value: torch.Tensor, in_place: bool) -> torch.Tensor:
     """Write value[b] into buf[b, ..., slot[b], :] along dim -2.
 
-    buf [B, *M, T, D], slot [B] int64, value [B, *M, D]. In place for runtimes (no copy of the
+    buf [B, *M, T, D], slot [B] int64, value [B, *M, 1, D]. In place for runtimes (no copy of the
     cache); out of place when tracing for export (the graph then returns the updated buffer,
     which the runtime binds to the same memory as the input).
     """
-    index = slot.view(-1, *([1] * (buf.dim() - 1))).expand(*value.shape[:-1], 1, value.shape[-1])
-    src = value.unsqueeze(-2)
-    return buf.scatter_(-2, index, src) if in_place else buf.scatter(-2, index, src)
+    index = slot.view(-1, *([1] * (buf.dim() - 1))).expand(value.shape)  # [B, *M, 1, D]
+    return buf.scatter_(-2, index, value) if in_place else buf.scatter(-2, index, value)
 
 
 @dataclass
@@ -96,14 +95,14 @@ class PLTCache:
 
     # Writes (the model calls these) ----------------------------------------------------------
     def update(self, i: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, Hkv, D] at slot pos[b] of cache i; returns the (updated) buffers [B, Hkv, T, D]."""
+        """Write k/v [B, Hkv, 1, D] at slot pos[b] of cache i; returns the (updated) buffers [B, Hkv, T, D]."""
         self.k[i] = write_at(self.k[i], pos, k, self.in_place)
         self.v[i] = write_at(self.v[i], pos, v, self.in_place)
         return self.k[i], self.v[i]
 
     def update_local(self, n: int, slot: torch.Tensor, k: torch.Tensor,
                      v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write loops 2..L's k/v [B, L-1, Hkv, D] at ring slot[b] (= pos % ring_len) of layer n."""
+        """Write loops 2..L's k/v [B, L-1, Hkv, 1, D] at ring slot[b] (= pos % ring_len) of layer n."""
         self.local_k[n] = write_at(self.local_k[n], slot, k, self.in_place)
         self.local_v[n] = write_at(self.local_v[n], slot, v, self.in_place)
         return self.local_k[n], self.local_v[n]

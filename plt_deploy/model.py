@@ -39,8 +39,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        """x * rsqrt(mean(x^2) + eps) * weight in fp32; F.rms_norm exports as ONE RMSNormalization."""
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +51,9 @@ def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, S, D]; cos/sin [B, S, D/2] (rotate-half convention)."""
+    """x [..., D]; cos/sin [..., D/2] broadcastable to x's leading dims (rotate-half convention)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:, None], sin[:, None]  # [B, 1, S, D/2]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -73,19 +72,25 @@ class Attention(nn.Module):
             self.gate_bias = nn.Parameter(torch.zeros(cfg.n_heads))
         self.scale = 1.0 / math.sqrt(D)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [B, S, d] -> q [B, Hq, S, D], k/v [B, Hkv, S, D] (q, k after norm and RoPE)."""
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool = False):
+        """x [B, S, d] -> q [B, Hq, S, D], k/v [B, Hkv, S, D] (q, k after norm and RoPE).
+
+        rows=True (PLT decode, the S axis holds the L loop rows of one position): q [B, S, Hq, 1, D],
+        k/v [B, S, Hkv, 1, D], the G-SWA op's own layout, reached by a view (no transpose).
+        cos/sin come from `PLT.rope_at` for the same layout.
+        """
         B, S, _ = x.shape
         D = self.cfg.head_dim
-        q = self.wq(x).view(B, S, -1, D).transpose(1, 2)
-        k = self.wk(x).view(B, S, -1, D).transpose(1, 2)
-        v = self.wv(x).view(B, S, -1, D).transpose(1, 2)
+        split = (lambda t: t.view(B, S, -1, 1, D)) if rows else (lambda t: t.view(B, S, -1, D).transpose(1, 2))
+        q, k, v = split(self.wq(x)), split(self.wk(x)), split(self.wv(x))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def out(self, y: torch.Tensor) -> torch.Tensor:
-        """y [B, Hq, S, D] -> [B, S, d]."""
+        """y [B, Hq, S, D] (or [B, S, Hq, 1, D] in the rows layout) -> [B, S, d]."""
+        if y.dim() == 5:
+            return self.wo(y.reshape(y.shape[0], y.shape[1], -1))
         B, _, S, _ = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
 
@@ -125,9 +130,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos, sin, attend: Attend) -> torch.Tensor:
-        """x [B, S, d]; `attend(q, k, v) -> y [B, Hq, S, D]` decides what the attention sees."""
-        q, k, v = self.attn.qkv(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos, sin, attend: Attend, rows: bool = False) -> torch.Tensor:
+        """x [B, S, d]; `attend(q, k, v) -> y` decides what the attention sees (layouts: Attention.qkv)."""
+        q, k, v = self.attn.qkv(self.attn_norm(x), cos, sin, rows)
         x = x + self.attn.out(attend(q, k, v))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -159,14 +164,19 @@ class PLT(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * std)
         return self
 
-    def rope_at(self, pos: torch.Tensor):
-        """pos [B, S] int64 -> cos, sin [B, S, D/2]."""
-        return self.rope_cos[pos], self.rope_sin[pos]
+    def rope_at(self, pos: torch.Tensor, rows: bool = False):
+        """pos [B, S] int64 -> cos, sin [B, 1, S, D/2] for q/k [B, H, S, D]; rows=True (pos [B, 1],
+        one position for all L rows): [B, 1, 1, 1, D/2] for q/k [B, L, H, 1, D]. Once per step."""
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [B, S, D/2]
+        if rows:
+            return cos[:, :, None, None], sin[:, :, None, None]
+        return cos[:, None], sin[:, None]
 
-    def run_block_stack(self, x: torch.Tensor, cos, sin, attend_for_layer: Callable[[int], Attend]) -> torch.Tensor:
+    def run_block_stack(self, x: torch.Tensor, cos, sin, attend_for_layer: Callable[[int], Attend],
+                        rows: bool = False) -> torch.Tensor:
         """One loop: f applied to x [B, S, d] with layer n attending through attend_for_layer(n)."""
         for n, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attend_for_layer(n))
+            x = layer(x, cos, sin, attend_for_layer(n), rows)
         return x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -261,15 +271,15 @@ class PLT(nn.Module):
         """
         cfg = self.cfg
         e = self.embed(tokens)[:, None]  # [B, 1, d]
-        cos, sin = self.rope_at(pos[:, None])  # [B, 1, D/2]: every row sits at position t
         query_pos = pos[:, None]  # [B, 1]
 
         if not cfg.uses_gswa:  # vanilla and looped: L sequential passes of one row
+            cos, sin = self.rope_at(query_pos)  # once per step
             mask = causal_mask(query_pos, cache.max_seq)  # [B, 1, 1, T], once per step
 
             def causal_into(i: int, n: int) -> Attend:
                 def attend(q, k, v):  # q [B, Hq, 1, D], k/v [B, Hkv, 1, D]
-                    kc, vc = cache.update(i, pos, k[:, :, 0], v[:, :, 0])
+                    kc, vc = cache.update(i, pos, k, v)
                     return self.layers[n].attn.causal(q, kc, vc, mask)
                 return attend
 
@@ -281,18 +291,17 @@ class PLT(nn.Module):
         L = cfg.loops
         ring_slot = torch.remainder(pos, cache.ring_len)  # [B], once per step
         local_pos = cache_lib.ring_positions(pos, cache.ring_len)  # [B, ring_len], once per step
+        cos, sin = self.rope_at(query_pos, rows=True)  # every row sits at position t
         x = torch.cat([e, cfg.input_scale * e + cfg.carry_scale * cache.carry], dim=1)  # [B, L, d] rows
 
         def rows_attend(n: int) -> Attend:
-            def attend(q, k, v):  # q [B, Hq, L, D], k/v [B, Hkv, L, D]
-                kg, vg = cache.update(n, pos, k[:, :, 0], v[:, :, 0])  # row 0 = loop 1: shared cache first
-                kl, vl = cache.update_local(n, ring_slot, k[:, :, 1:].transpose(1, 2), v[:, :, 1:].transpose(1, 2))
-                y = self.layers[n].attn.gswa(q.transpose(1, 2)[:, :, :, None], kg, vg, kl, vl, query_pos,
-                                             local_pos, 1)  # [B, L, Hq, 1, D]
-                return y[:, :, :, 0].transpose(1, 2)  # [B, Hq, L, D]
+            def attend(q, k, v):  # q [B, L, Hq, 1, D], k/v [B, L, Hkv, 1, D] (rows layout)
+                kg, vg = cache.update(n, pos, k[:, 0], v[:, 0])  # row 0 = loop 1: shared cache first
+                kl, vl = cache.update_local(n, ring_slot, k[:, 1:], v[:, 1:])  # rows 1..L-1: their rings
+                return self.layers[n].attn.gswa(q, kg, vg, kl, vl, query_pos, local_pos, 1)  # [B, L, Hq, 1, D]
             return attend
 
-        x = self.run_block_stack(x, cos, sin, rows_attend)  # [B, L, d]
+        x = self.run_block_stack(x, cos, sin, rows_attend, rows=True)  # [B, L, d]
         cache.set_carry(x[:, : L - 1])
         return self.logits(x[:, L - 1])
 

@@ -16,7 +16,7 @@ from plt_deploy.backends.torch_backend import load as load_torch
 from plt_deploy.check.parity import compare_backends, compare_greedy
 from plt_deploy.errors import ArtifactError, InputError
 from plt_deploy.export import manifest as manifest_lib
-from plt_deploy.export.exporter import export_model
+from plt_deploy.export.exporter import DEFAULT_OPSET, export_model
 from plt_deploy.ops import contract
 
 MODES = ("plt", "looped", "vanilla")
@@ -69,7 +69,7 @@ def test_checker_op_nodes_and_plugin_attributes(exports, mode):
             assert attrs["scale"] == pytest.approx(m.config.head_dim ** -0.5)
         fns = [f for f in model.functions if f.name == contract.OP_NAME and f.domain == contract.OP_DOMAIN]
         assert len(fns) == 1
-        assert {(o.domain, o.version) for o in model.opset_import} >= {("", 23), ("plt", contract.OP_VERSION)}
+        assert {(o.domain, o.version) for o in model.opset_import} >= {("", DEFAULT_OPSET), ("plt", contract.OP_VERSION)}
 
 
 def test_manifest_describes_graphs_and_cache(exports):

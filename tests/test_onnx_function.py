@@ -14,15 +14,15 @@ CASES = load_vectors()
 IDS = [attrs["name"] for attrs, _ in CASES]
 
 
-def one_node_model(attrs: dict, elem: int, opset: int = 23) -> onnx.ModelProto:
+def one_node_model(attrs: dict, elem: int, opset: int = 23, static: dict | None = None) -> onnx.ModelProto:
     ins = [helper.make_tensor_value_info(s.name, TensorProto.INT64 if s.dtype == "int64" else elem, list(s.shape))
            for s in contract.INPUTS]
     outs = [helper.make_tensor_value_info(s.name, elem, list(s.shape)) for s in contract.OUTPUTS]
     node = helper.make_node(contract.OP_NAME, [s.name for s in contract.INPUTS], [s.name for s in contract.OUTPUTS],
                             domain=contract.OP_DOMAIN, **{a.name: attrs[a.name] for a in contract.ATTRIBUTES})
     model = helper.make_model(helper.make_graph([node], "gswa", ins, outs),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=11)
-    onnx_op.attach_function(model)
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version={23: 11, 24: 12}[opset])
+    onnx_op.attach_function(model, static)
     onnx_op.add_plugin_attributes(model)
     return model
 
@@ -50,6 +50,29 @@ def test_function_matches_torch_op(case):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = sess.run(None, feeds)[0]
     np.testing.assert_allclose(out.astype(np.float32), torch_out, atol=tol, rtol=0)
+
+
+DECODE = [i for i, (a, t) in enumerate(CASES) if t["query"].shape[3] == 1 and t["query"].dtype != torch.bfloat16]
+
+
+@pytest.mark.parametrize("case", DECODE, ids=[IDS[i] for i in DECODE])
+def test_function_specialised_to_static_dims_matches(case):
+    """The body the exporter attaches to a decode graph (static R, G, S = 1, D, W; opset 24: no
+    global mask, Attention's nonpad_kv_seqlen) computes the same as the generic one."""
+    import onnxruntime as ort
+
+    attrs, t = CASES[case]
+    _, R, _, S, D = t["query"].shape
+    static = {"R": R, "G": attrs["global_rows"], "S": S, "D": D, "W": t["key_local"].shape[3]}
+    elem = helper.np_dtype_to_tensor_dtype(t["query"].numpy().dtype)
+    model = one_node_model(attrs, elem, opset=24, static=static)
+    onnx.checker.check_model(model, full_check=True)
+    fn_ops = {n.op_type for n in model.functions[0].node}
+    assert "Shape" not in fn_ops and "Tile" not in fn_ops  # every dim a constant, no global mask
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {s.name: t[s.name].numpy() for s in contract.INPUTS})[0]
+    tol = 1e-5 if t["query"].dtype == torch.float32 else 2e-3
+    np.testing.assert_allclose(out.astype(np.float32), t["expected"].float().numpy(), atol=tol, rtol=0)
 
 
 def test_function_uses_only_standard_ops_of_the_model_opset():

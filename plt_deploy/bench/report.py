@@ -75,6 +75,8 @@ def print_report(result: dict, console: Console | None = None) -> None:
         console = Console()
         if not console.is_terminal:  # files and pipes: wide enough that no number is cut
             console = Console(width=180)
+    for note in result.get("notes") or ():
+        console.print(f"note: {note}")
     console.print(results_table(result))
     if not result["peer"].get("available"):
         console.print(f"hf-llama peer: not run ({result['peer'].get('reason')})")

@@ -26,9 +26,10 @@ from ..model import PLT
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
-DEFAULT_OPSET = 23  # ONNX Attention (one node per causal attention and two inside the G-SWA function)
+DEFAULT_OPSET = 24  # ONNX Attention (23) with nonpad_kv_seqlen (24): the G-SWA decode body needs no global mask
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
-IR_VERSION = 11  # opset 23 needs IR >= 11; onnxruntime 1.31 refuses IR 14 (onnx 1.23's default), loads <= 13
+# The IR version each opset needs; onnxruntime 1.31/1.32 refuse IR 14 (onnx 1.23's default) and load <= 13.
+IR_FOR_OPSET = {23: 11, 24: 12, 25: 13}
 
 
 class PrefillGraph(torch.nn.Module):
@@ -105,8 +106,9 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     return program.model_proto
 
 
-def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
-    """Attach the G-SWA function and plugin attributes, pin the IR version, check the I/O names."""
+def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict, static: dict[str, int] | None = None):
+    """Attach the G-SWA function (specialised to `static` dims) and plugin attributes, pin the IR
+    version, check the I/O names."""
     got_in = [i.name for i in model_proto.graph.input]
     got_out = [o.name for o in model_proto.graph.output]
     if got_in != spec.input_names or got_out != spec.output_names:
@@ -115,9 +117,10 @@ def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
     n_nodes = sum(n.op_type == onnx_op.contract.OP_NAME for n in model_proto.graph.node)
     onnx_op.trim_attention_outputs(model_proto)
     if n_nodes:
-        onnx_op.attach_function(model_proto)
+        onnx_op.attach_function(model_proto, static)
         onnx_op.add_plugin_attributes(model_proto)
-    model_proto.ir_version = IR_VERSION
+    opset = next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
+    model_proto.ir_version = IR_FOR_OPSET[opset]
     del model_proto.metadata_props[:]
     for k, v in meta.items():
         model_proto.metadata_props.add(key=k, value=str(v))
@@ -152,9 +155,10 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     model_dir, out = Path(model_dir), Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-    if opset < onnx_op.MIN_OPSET:
-        raise InputError(f"--opset must be >= {onnx_op.MIN_OPSET} (ONNX's standard Attention, used by every "
-                         f"attention and by the G-SWA function body), got {opset}")
+    if opset not in IR_FOR_OPSET:
+        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
+                         f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
+                         f"ONNX Runtime loads), got {opset}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
 
@@ -193,8 +197,10 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
             identity = manifest_lib.model_identity(model_dir)
             meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype}
             graphs, op_nodes = {}, {}
+            static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
+                      "decode": {"R": cfg.loops, "G": 1, "S": 1, "D": cfg.head_dim, "W": ring_len(cfg)}}
             for name, proto in protos.items():
-                proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name})
+                proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
                 files = save_onnx(proto, tmp / f"{name}.onnx")
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
                                 **specs[name].to_dict()}

@@ -14,6 +14,8 @@ Names, domain, version, inputs, outputs and attributes all come from `plt_deploy
 
 from __future__ import annotations
 
+import json
+
 import onnx
 from onnx import FunctionProto, TensorProto, helper
 
@@ -115,18 +117,22 @@ def _graphs(model: onnx.ModelProto):
         yield f
 
 
-def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add (or replace) the model-local FunctionProto and the plt opset import."""
+def attach_function(model: onnx.ModelProto, static: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Add (or replace) the model-local FunctionProto and the plt opset import.
+
+    static: dims every call site of this model has fixed (see build_function), e.g. the decode
+    graph's {"R": L, "S": 1, "D": head_dim, "W": ring_len}; they become constants in the body.
+    """
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     keep = [f for f in model.functions if not (f.name == contract.OP_NAME and f.domain == contract.OP_DOMAIN)]
     del model.functions[:]
-    model.functions.extend([*keep, build_function(opset)])
+    model.functions.extend([*keep, build_function(opset, static)])
     if not any(o.domain == contract.OP_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(contract.OP_DOMAIN, contract.OP_VERSION))
     return model
 
 
-def build_function(opset: int) -> FunctionProto:
+def build_function(opset: int, static: dict[str, int] | None = None) -> FunctionProto:
     """The op's body in standard ONNX ops of `opset` (>= 23): two `Attention` nodes and the gate.
 
     Layout: the R rows are folded into the query axis, q [B, Hq, R*S, D] (row-major in r, s), so
@@ -134,13 +140,23 @@ def build_function(opset: int) -> FunctionProto:
     (GQA by Attention's own head grouping). The local part is ONE Attention over the R-G rows' own
     keys laid side by side, k [B, Hkv, (R-G)*W, D], with a block-diagonal mask: query row r sees
     only block r - G, inside its window; rows r < G see no local key. Attention gives 0 for a query
-    whose mask row is all False (the ONNX reference and ONNX Runtime do; test_onnx_function checks
-    it), which is exactly the contract's "0 if no key is valid". The gate of rows r < G is forced
-    to 0 by a -inf bias, so they come out as y_global. All masks depend on positions only: after
-    inlining, ONNX Runtime computes them once per step for all layers (common subexpressions).
+    whose keys are all masked (the ONNX reference and ONNX Runtime do; test_onnx_function checks
+    it), which is exactly the contract's "0 if no key is valid". The gate of rows r < G is closed
+    by a -inf bias, so they come out as y_global.
+
+    static: dims known for every call site ("R", "S", "D", "W", and "G", the global_rows of every
+    node), used as constants instead of
+    Shape nodes (ONNX Runtime folds neither Shape slices of partly dynamic tensors nor masks
+    built from them). With S == 1 and opset >= 24 the global part needs no mask at all: query
+    t sees slots 0..t, i.e. Attention's nonpad_kv_seqlen = t + 1 per sequence. Everything else
+    that depends on positions only is then identical in every layer, and ONNX Runtime's common
+    subexpression elimination computes it once per step.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"the G-SWA function body needs opset >= {MIN_OPSET} (ONNX Attention), got {opset}")
+    static = dict(static or {})
+    if "R" in static and "G" in static:
+        static["RL"] = static["R"] - static["G"]
     b = _Body()
     (query, key_g, value_g, key_l, value_l, query_pos, local_pos, gate_w, gate_b) = (t.name for t in contract.INPUTS)
     out_name = contract.OUTPUTS[0].name
@@ -148,28 +164,31 @@ def build_function(opset: int) -> FunctionProto:
     q, kg, vg, kl, vl, gw, gb = (b.node("Cast", [x], to=F) for x in (query, key_g, value_g, key_l, value_l,
                                                                       gate_w, gate_b))
     window = b.node("Constant", [], value_int=_ref("window", onnx.AttributeProto.INT))  # int64 scalar
-    g_rows = b.node("Unsqueeze", [b.node("Constant", [], value_int=_ref("global_rows", onnx.AttributeProto.INT)),
-                                  b.ints([0])])  # [1] = G
+    g_rows = b.node("Constant", [], value_int=_ref("global_rows", onnx.AttributeProto.INT))  # int64 scalar G
     zero_i, one_i = b.const(0, I64), b.const(1, I64)
     zero_f, neg_inf = b.const(0.0, F), b.const(float("-inf"), F)
 
-    def dim(x: str, i: int) -> str:  # [1] int64; constant-folded when that dim is static
-        return b.node("Shape", [x], start=i, end=i + 1)
+    def dim(name: str, x: str, i: int) -> str:  # [1] int64
+        return b.ints([static[name]]) if name in static else b.node("Shape", [x], start=i, end=i + 1)
 
     def scalar(x: str) -> str:
         return b.node("Squeeze", [x, b.ints([0])])
 
-    R, S, D, T, W, RL = (dim(query, 1), dim(query, 3), dim(query, 4), dim(key_g, 2), dim(key_l, 3), dim(key_l, 1))
+    R, S, D, W = dim("R", query, 1), dim("S", query, 3), dim("D", query, 4), dim("W", key_l, 3)
+    RL = dim("RL", key_l, 1)  # R - G
+    RS = b.node("Mul", [R, S])
 
-    # Queries of all rows, folded into the query axis: [B, Hq, R*S, D].
-    qg = b.node("Reshape", [b.node("Transpose", [q], perm=[0, 2, 1, 3, 4]),
-                            b.node("Concat", [b.ints([0, 0, -1]), D], axis=0)])
+    # Queries of all rows, folded into the query axis: [B, Hq, R*S, D]. With S == 1 a Squeeze and a
+    # 4-D Transpose, which ONNX Runtime cancels against the model's own head transposes.
+    one_query = static.get("S") == 1
+    if one_query:
+        qg = b.node("Transpose", [b.node("Squeeze", [q, b.ints([3])])], perm=[0, 2, 1, 3])
+    else:
+        qg = b.node("Reshape", [b.node("Transpose", [q], perm=[0, 2, 1, 3, 4]),
+                                b.node("Concat", [b.ints([0, 0]), RS, D], axis=0)])
 
-    # Step-only masks (positions, R, S, G): shared by every layer after inlining.
+    # Position-only masks, the same in every layer.
     t = b.node("Unsqueeze", [query_pos, b.ints([2])])  # [B, S, 1]
-    slots = b.node("Range", [zero_i, scalar(T), one_i])  # [T]
-    valid_g = b.node("Unsqueeze", [b.node("LessOrEqual", [slots, t]), b.ints([1])])  # [B, 1, S, T]
-    mask_g = b.node("Tile", [valid_g, b.node("Concat", [b.ints([1, 1]), R, b.ints([1])], axis=0)])  # [B, 1, R*S, T]
     p = b.node("Unsqueeze", [local_pos, b.ints([1])])  # [B, 1, W]
     valid_l = b.node("And", [b.node("And", [b.node("GreaterOrEqual", [p, zero_i]), b.node("LessOrEqual", [p, t])]),
                              b.node("Greater", [p, b.node("Sub", [t, window])])])  # [B, S, W]
@@ -177,18 +196,28 @@ def build_function(opset: int) -> FunctionProto:
                              b.node("Add", [b.node("Range", [zero_i, scalar(RL), one_i]), g_rows])])  # [R, R-G]
     mask_l = b.node("And", [b.node("Unsqueeze", [block, b.ints([0, 2, 4])]),  # [1, R, 1, R-G, 1]
                             b.node("Unsqueeze", [valid_l, b.ints([1, 3])])])  # [B, 1, S, 1, W]
-    mask_l = b.node("Reshape", [mask_l, b.node("Concat", [b.ints([0, 1, -1]), b.node("Mul", [RL, W])], axis=0)])
-    row = b.node("Div", [b.node("Range", [zero_i, scalar(b.node("Mul", [R, S])), one_i]), scalar(S)])  # [R*S]
-    row_bias = b.node("Unsqueeze", [b.node("Where", [b.node("Less", [row, scalar(g_rows)]), neg_inf, zero_f]),
+    mask_l = b.node("Reshape", [mask_l, b.node("Concat", [b.ints([0, 1]), RS, b.node("Mul", [RL, W])], axis=0)])
+    row = b.node("Div", [b.node("Range", [zero_i, scalar(RS), one_i]), scalar(S)])  # [R*S] row of each query
+    row_bias = b.node("Unsqueeze", [b.node("Where", [b.node("Less", [row, g_rows]), neg_inf, zero_f]),
                                     b.ints([1])])  # [R*S, 1]: -inf closes the gate of rows < G
 
     # Global: one Attention over the shared cache for all rows -> [B, Hq, R*S, D].
-    y_g = b.node("Attention", [qg, kg, vg, mask_g], scale=_ref("scale", onnx.AttributeProto.FLOAT))
+    scale = _ref("scale", onnx.AttributeProto.FLOAT)
+    if static.get("S") == 1 and opset >= 24:  # one query per sequence: keys 0..t, no mask
+        seen = b.node("Add", [b.node("Squeeze", [query_pos, b.ints([1])]), one_i])  # [B] = t + 1
+        y_g = b.node("Attention", [qg, kg, vg, "", "", "", seen], scale=scale)
+    else:
+        slots = b.node("Range", [zero_i, scalar(b.node("Shape", [key_g], start=2, end=3)), one_i])  # [T]
+        valid_g = b.node("Unsqueeze", [b.node("LessOrEqual", [slots, t]), b.ints([1])])  # [B, 1, S, T]
+        mask_g = b.node("Tile", [valid_g, b.node("Concat", [b.ints([1, 1]), R, b.ints([1])], axis=0)])
+        y_g = b.node("Attention", [qg, kg, vg, mask_g], scale=scale)  # mask [B, 1, R*S, T]
     # Local: the R-G rows' rings side by side, [B, Hkv, (R-G)*W, D], block-diagonal mask.
-    side = b.node("Concat", [b.ints([0, 0, -1]), D], axis=0)
-    kls = b.node("Reshape", [b.node("Transpose", [kl], perm=[0, 2, 1, 3, 4]), side])
-    vls = b.node("Reshape", [b.node("Transpose", [vl], perm=[0, 2, 1, 3, 4]), side])
-    y_l = b.node("Attention", [qg, kls, vls, mask_l], scale=_ref("scale", onnx.AttributeProto.FLOAT))
+    if static.get("RL") == 1:  # one local row: its ring is already [B, Hkv, W, D]
+        kls, vls = (b.node("Squeeze", [x, b.ints([1])]) for x in (kl, vl))
+    else:
+        side = b.node("Concat", [b.ints([0, 0, -1]), D], axis=0)
+        kls, vls = (b.node("Reshape", [b.node("Transpose", [x], perm=[0, 2, 1, 3, 4]), side]) for x in (kl, vl))
+    y_l = b.node("Attention", [qg, kls, vls, mask_l], scale=scale)
 
     # Gate: sigmoid(q . gate_weight[h] + gate_bias[h]) per head and query row; 0 for rows < G.
     gw3 = b.node("Unsqueeze", [gw, b.ints([-1])])  # [Hq, D, 1]
@@ -197,17 +226,23 @@ def build_function(opset: int) -> FunctionProto:
     y = b.node("Add", [y_g, b.node("Mul", [g, b.node("Sub", [y_l, y_g])])])  # y_g + g (y_l - y_g)
 
     # Back to [B, R, Hq, S, D].
-    y5 = b.node("Reshape", [y, b.node("Concat", [b.ints([0, 0]), R, S, D], axis=0)])  # [B, Hq, R, S, D]
-    b.node("CastLike", [b.node("Transpose", [y5], perm=[0, 2, 1, 3, 4]), query], out=out_name)
+    if one_query:
+        y5 = b.node("Unsqueeze", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.ints([3])])
+    else:
+        y5 = b.node("Transpose", [b.node("Reshape", [y, b.node("Concat", [b.ints([0, 0]), R, S, D], axis=0)])],
+                    perm=[0, 2, 1, 3, 4])  # [B, Hq, R, S, D] -> [B, R, Hq, S, D]
+    b.node("CastLike", [y5, query], out=out_name)
 
     required = [a.name for a in contract.ATTRIBUTES if a.default is None]
     optional = [helper.make_attribute(a.name, a.default) for a in contract.ATTRIBUTES if a.default is not None]
     optional += [helper.make_attribute("plugin_namespace", contract.PLUGIN_NAMESPACE),
                  helper.make_attribute("plugin_version", PLUGIN_VERSION)]
+    doc = "G-SWA v2 over a shared cache; see plt_deploy/ops/contract.py"
+    if static:
+        doc += f". Specialised to this model's static dims {json.dumps(static, sort_keys=True)}"
     fn = helper.make_function(contract.OP_DOMAIN, contract.OP_NAME, [t.name for t in contract.INPUTS], [out_name],
                               b.nodes, [helper.make_opsetid("", opset)], attributes=required,
-                              attribute_protos=optional,
-                              doc_string="G-SWA v2 over a shared cache; see plt_deploy/ops/contract.py")
+                              attribute_protos=optional, doc_string=doc)
     return fn
 
 
