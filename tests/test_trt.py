@@ -396,6 +396,27 @@ def test_parser_support_refuses_opset23_ops_on_old_tensorrt(tiny_exports):
         check_parser_support(model, "11.1.0.5", graph)
 
 
+
+@pytest.mark.slow
+def test_parser_support_refuses_what_the_parser_cannot_import(tiny_exports):
+    """The exports' Attention nodes stay inside onnx-tensorrt's documented subset (no past_key /
+    past_value / nonpad_kv_seqlen inputs, one output, no softcap) and their opset <= 24."""
+    import onnx
+
+    from plt_deploy.build.engine import check_parser_support
+
+    model = onnx.load(str(tiny_exports["vanilla"][1] / "decode.onnx"), load_external_data=False)
+    check_parser_support(model, "10.15.1.29", "decode.onnx")  # what the exporter writes today passes
+    node = next(n for n in model.graph.node if n.op_type == "Attention")
+    node.input.extend(["", "", "position"])  # nonpad_kv_seqlen
+    with pytest.raises(ArtifactError, match=r"Attention node .* uses nonpad_kv_seqlen, which TensorRT's ONNX parser"):
+        check_parser_support(model, "10.15.1.29", "decode.onnx")
+    del node.input[4:]
+    next(o for o in model.opset_import if o.domain == "").version = 25
+    with pytest.raises(ArtifactError, match=r"opset 25; TensorRT's ONNX parser imports opsets up to 24"):
+        check_parser_support(model, "11.1.0.5", "decode.onnx")
+
+
 @pytest.mark.slow
 def test_trt_section_round_trip_keeps_export_valid(tiny_export, tmp_path):
     from plt_deploy.export.manifest import read_manifest

@@ -49,6 +49,11 @@ STRONGLY_TYPED_DEFAULT = (11, 0)  # TensorRT 11 networks are always strongly typ
 # them (TensorRT's CHANGELOG: Attention in 10.14; RMSNormalization, RotaryEmbedding, TensorScatter in 10.15).
 PARSER_OP_MIN = {"Attention": (10, 14), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15),
                  "TensorScatter": (10, 15)}
+# onnx-tensorrt docs/operators.md (TensorRT 10.15): opsets 9..24; Attention without past_key /
+# past_value / nonpad_kv_seqlen inputs, only its first output, no softcap or qk_matmul_output_mode.
+PARSER_MAX_OPSET = 24
+ATTENTION_UNSUPPORTED_INPUTS = {4: "past_key", 5: "past_value", 6: "nonpad_kv_seqlen"}
+ATTENTION_UNSUPPORTED_ATTRS = ("softcap", "qk_matmul_output_mode")  # any non-zero value
 
 
 @dataclass
@@ -104,6 +109,8 @@ def profile_shapes(spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> di
 def check_parser_support(model, trt_version: str, where: str | Path) -> None:
     """Refuse, before parsing, a graph this TensorRT's ONNX parser cannot import (PARSER_OP_MIN: the
     exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23)."""
+    import onnx
+
     have = availability.version_tuple(trt_version)[:2]
     used = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
     missing = sorted(op for op in used & set(PARSER_OP_MIN) if have < PARSER_OP_MIN[op])
@@ -111,6 +118,19 @@ def check_parser_support(model, trt_version: str, where: str | Path) -> None:
         need = ".".join(map(str, max(PARSER_OP_MIN[op] for op in missing)))
         raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opset 23), which TensorRT's ONNX parser imports "
                             f"from TensorRT {need}; this is TensorRT {trt_version}: pip install 'tensorrt>={need}'")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > PARSER_MAX_OPSET:
+        raise ArtifactError(f"{where}: ONNX opset {opset}; TensorRT's ONNX parser imports opsets up to "
+                            f"{PARSER_MAX_OPSET}: re-export with --opset {PARSER_MAX_OPSET}")
+    for n in model.graph.node:
+        if n.op_type != "Attention" or n.domain not in ("", "ai.onnx"):
+            continue
+        bad = [name for i, name in ATTENTION_UNSUPPORTED_INPUTS.items() if i < len(n.input) and n.input[i]]
+        bad += [f"output {i}" for i, o in enumerate(n.output) if i > 0 and o]
+        bad += [a.name for a in n.attribute if a.name in ATTENTION_UNSUPPORTED_ATTRS and onnx.helper.get_attribute_value(a)]
+        if bad:
+            raise ArtifactError(f"{where}: Attention node {n.name or n.output[0]!r} uses {', '.join(bad)}, which "
+                                "TensorRT's ONNX parser does not import (onnx-tensorrt operators.md)")
 
 
 def strongly_typed(trt) -> bool:
