@@ -231,6 +231,8 @@ def test_plugin_entry_points_on_cpu(include_dir, plugin_lib, tmp_path):
     assert creator == (contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE)
     fields = re.search(r"^fields (.*)$", out, re.M).group(1).split()
     assert fields == [f"{a.name}:{FIELD_TYPE[a.type][1:]}" for a in contract.ATTRIBUTES]
+    rc, log = re.search(r"^prepare_d256 rc=(-?\d+) log=(.*)$", out, re.M).groups()  # kernel attributes at configure
+    assert rc == "0" or (rc == "-1" and "configurePlugin: gswaPrepareKernels(D = 256)" in log), (rc, log)
     if any(a.name == "global_rows" for a in contract.ATTRIBUTES):  # op version 2: key_local holds R-G rows
         assert "ok configure_rejects_local_rows_R" in out and "ok global_rows_required" in out, out
     assert _trt_major(include_dir) >= 10

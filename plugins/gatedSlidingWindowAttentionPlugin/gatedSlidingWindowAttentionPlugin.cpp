@@ -97,6 +97,14 @@ cudaError_t launchTyped(void const* const* in, void* out, gswa::GswaDims const& 
         static_cast<T const*>(in[kGATE_BIAS]), static_cast<T*>(out), dims, workspace, wsBytes, stream);
 }
 
+//! gswaPrepareKernels for head dim D (kernel attributes: configure time, never in enqueue or under
+//! stream capture). Throws PluginError naming the CUDA error.
+void prepareKernels(int32_t headDim)
+{
+    cudaError_t const err = gswa::gswaPrepareKernels(headDim);
+    check(err == cudaSuccess, "gswaPrepareKernels(D = " + std::to_string(headDim) + "): " + cudaGetErrorString(err));
+}
+
 } // namespace
 
 void GswaAttributes::validate() const
@@ -337,10 +345,14 @@ int32_t GatedSlidingWindowAttentionPlugin::configurePlugin(
         {
             desc[i] = in[i].desc.dims;
         }
-        dimsFrom(desc, nbInputs);
+        gswa::GswaDims const g = dimsFrom(desc, nbInputs);
         // The size getWorkspaceSize reports for these descs, i.e. what TensorRT gives enqueue; a failure
         // here fails the build instead of running without a workspace.
         mWorkspaceBytes = static_cast<int64_t>(workspaceFor(in, nbInputs));
+        if (g.headDim > 0)
+        {
+            prepareKernels(g.headDim); // the builder times tactics with these kernels
+        }
         return 0;
     }
     catch (std::exception const& e)
@@ -369,7 +381,7 @@ int32_t GatedSlidingWindowAttentionPlugin::onShapeChange(
 {
     try
     {
-        // Validation only (a bad shape fails before enqueue); enqueue derives the sizes itself.
+        // Validation and kernel preparation; enqueue derives the sizes itself.
         check(nbOutputs == 1, "expects 1 output");
         check(in != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
         Dims dims[kNB_INPUTS];
@@ -377,10 +389,12 @@ int32_t GatedSlidingWindowAttentionPlugin::onShapeChange(
         {
             dims[i] = in[i].dims;
         }
-        if (char const* msg = gswa::gswaCheckDims(dimsFrom(dims, nbInputs)))
+        gswa::GswaDims const g = dimsFrom(dims, nbInputs);
+        if (char const* msg = gswa::gswaCheckDims(g))
         {
             throw PluginError(msg);
         }
+        prepareKernels(g.headDim); // runtime's configure point: before enqueue, outside capture
         return 0;
     }
     catch (std::exception const& e)

@@ -10,7 +10,8 @@
  *                          plus workspace_bytes: the workspace TensorRT allocates for this layer, fixed
  *                          at build time (getWorkspaceSize) and known at run time only from the plan
  *   shape-derived values   none kept: enqueue derives the sizes from its inputDesc on every call
- *   device properties      none needed (shared-memory opt-in is done by the launcher)
+ *   device properties      none kept; kernel attributes (shared-memory opt-in for large D) are set by
+ *                          gswaPrepareKernels in configurePlugin (build) and onShapeChange (runtime)
  */
 #ifndef PLT_GATED_SLIDING_WINDOW_ATTENTION_PLUGIN_H
 #define PLT_GATED_SLIDING_WINDOW_ATTENTION_PLUGIN_H

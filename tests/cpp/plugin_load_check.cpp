@@ -7,6 +7,7 @@
 // Usage: plugin_load_check /path/to/libplt_trt_plugins.so
 #include "NvInferRuntime.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -263,6 +264,16 @@ int main(int argc, char** argv)
     }
     expect(serializedWs == static_cast<int64_t>(ws), "serializes_workspace_given",
         std::to_string(serializedWs) + " vs " + std::to_string(ws));
+
+    // D = 256 needs the prefill kernel's shared-memory opt-in: configurePlugin calls gswaPrepareKernels,
+    // which on a machine without a GPU fails with a CUDA error (reported), on a GPU succeeds.
+    Shapes large = s;
+    large.D = 256;
+    std::vector<DynamicPluginTensorDesc> largeDescs = dynamicDescs(large);
+    int32_t const rcLarge = build->configurePlugin(largeDescs.data(), 9, &out, 1);
+    std::string msgLarge = logger.take();
+    msgLarge.erase(std::remove(msgLarge.begin(), msgLarge.end(), '\n'), msgLarge.end());
+    std::printf("prepare_d256 rc=%d log=%s\n", rcLarge, msgLarge.c_str());
 
     std::vector<DynamicPluginTensorDesc> unknown = dynamicDescs(s, true);
     int32_t const rcUnknown = build->configurePlugin(unknown.data(), 9, &out, 1);
