@@ -46,6 +46,18 @@ def test_greedy_tokens_identical(exports, mode):
     assert all(len(t) == 64 for t in result["test_tokens"])
 
 
+def test_plt3_greedy_tokens_identical(tmp_path):
+    """Issue 10: torch and ONNX Runtime agree token for token over 64 greedy tokens for plt-3 too
+    (three rows per G-SWA call: the body's two-local-row path, R = 3, G = 1)."""
+    from plt_deploy.cli.init_cmd import init_checkpoint
+
+    ck = init_checkpoint("tiny", tmp_path / "ck", mode="plt", seed=2, loops=3)
+    ex = export_model(ck, tmp_path / "ex", max_batch=2, progress=False, validate=False)
+    result = compare_greedy(load_torch(ck), OrtBackend(ex), [[1, 72, 101, 108, 108, 111, 32], [1, 80, 76]], 64)
+    assert result["passed"], result["prompts"]
+    assert all(len(t) == 64 for t in result["test_tokens"])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_checker_op_nodes_and_plugin_attributes(exports, mode):
     _, ex = exports[mode]
