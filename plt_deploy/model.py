@@ -46,11 +46,11 @@ class RMSNorm(nn.Module):
 class Linear(nn.Linear):
     """nn.Linear (bias-free) whose eager inference on a few rows avoids MKL's small-M GEMM penalty.
 
-    Measured on this project's CPUs (1 thread, weights out of cache, 1536x512 fp32, 40 matrices):
-    F.linear takes 11.5 ms for 1 row but 24.3 ms for 2 and 27.4 ms for 3 rows, while
-    (W @ x.T).T takes 11.6 / 8.9 / 9.8 ms (8 rows: 22.0 vs 14.7; 16 rows: 42.9 vs 34.8 ms); a
-    per-row mat-vec costs ~M times one row. So decode steps (<= SMALL_M rows) use (W @ x.T).T;
-    training, prefill and export keep F.linear (the plain path, one MatMul in ONNX).
+    `python -m plt_deploy.bench.micro linear` (1 thread, 40 weights of 1536x512 fp32, out of cache,
+    quiet machine): F.linear 8.4 / 11.5 / 13.8 / 15.9 / 22.1 ms for 1 / 2 / 3 / 8 / 16 rows,
+    (W @ x.T).T 9.1 / 5.7 / 8.0 / 12.2 / 23.2 ms, per-row mat-vec 8.7 / 13.2 / 16.2 / 28.1 / 45.5 ms
+    (under load the 16-row case went the other way, 42.9 vs 34.8). So decode steps (<= SMALL_M
+    rows, from 2) use (W @ x.T).T; training, prefill and export keep F.linear (one MatMul in ONNX).
     """
 
     SMALL_M = 16
@@ -59,7 +59,7 @@ class Linear(nn.Linear):
         if torch.compiler.is_compiling() or torch.is_grad_enabled():  # export/compile first: no shape guard
             return F.linear(x, self.weight)
         rows = x.numel() // x.shape[-1]
-        if rows > self.SMALL_M:
+        if rows == 1 or rows > self.SMALL_M:  # one row: F.linear's GEMV is as fast
             return F.linear(x, self.weight)
         return (self.weight @ x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], self.out_features)
 
