@@ -1,8 +1,11 @@
 """Plain PyTorch reference of G-SWA and of causal attention over a cache.
 
 `gswa_reference` is the oracle: every other implementation (the ONNX function body, the CUDA
-kernels' host-side math, the TensorRT plugin) is tested against it. It is written for clarity,
-not speed: full score matrices, explicit masks, fp32 throughout. The contract is in contract.py.
+kernels' host-side math, the TensorRT plugin, and `gswa_fast`, which the torch op runs) is tested
+against it. It is written for clarity, not speed: full score matrices, explicit masks, fp32
+throughout. `causal_cache_attention` is the same kind of reference for causal attention over a
+cache (the `plt::causal_attention` op runs torch's fused SDPA beside it). The contract (v2) is in
+contract.py.
 """
 
 from __future__ import annotations
@@ -11,18 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from . import contract
-
-
-def masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """softmax over the valid keys only; rows with no valid key give all-zero probabilities.
-
-    scores [..., S, K] fp32, valid [..., S, K] bool (broadcastable) -> [..., S, K].
-    """
-    scores = scores.masked_fill(~valid, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True)  # [..., S, 1]
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    p = torch.exp(scores - row_max).masked_fill(~valid, 0.0)  # [..., S, K]
-    return p / p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def masked_softmax_attention(scores: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
