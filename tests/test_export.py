@@ -46,6 +46,19 @@ def test_greedy_tokens_identical(exports, mode):
     assert all(len(t) == 64 for t in result["test_tokens"])
 
 
+def test_plt3_greedy_tokens_identical(tmp_path):
+    """Issue 10: torch and ONNX Runtime agree token for token over 64 greedy tokens for plt-3 too
+    (three rows per G-SWA call: the body's two-local-row path, R = 3, G = 1)."""
+    from plt_deploy.cli.init_cmd import init_checkpoint
+
+    ck = init_checkpoint("tiny", tmp_path / "ck", mode="plt", seed=2, loops=3)
+    ex = export_model(ck, tmp_path / "ex", max_batch=8, progress=False, validate=False)  # 3 x 8 rows > 16: the
+    # eager small-M linear path must not put a shape guard into the trace (regression)
+    result = compare_greedy(load_torch(ck), OrtBackend(ex), [[1, 72, 101, 108, 108, 111, 32], [1, 80, 76]], 64)
+    assert result["passed"], result["prompts"]
+    assert all(len(t) == 64 for t in result["test_tokens"])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_checker_op_nodes_and_plugin_attributes(exports, mode):
     _, ex = exports[mode]
@@ -273,3 +286,53 @@ def test_missing_or_corrupt_manifest_refused(copy_of, tmp_path):
         OrtBackend(ex)
     with pytest.raises(ArtifactError, match="no such export folder"):
         OrtBackend(tmp_path / "nowhere")
+
+
+# Decode graph size after ONNX Runtime's optimisation (issue 10) --------------------------------
+
+STEP_ONLY_OPS = {"Range", "LessOrEqual", "Less", "Greater", "GreaterOrEqual", "And", "Equal", "Where", "Mod", "Tile"}
+
+
+def _optimized_decode_nodes(model, tmp_path, name):
+    """Op types of `model`'s decode graph as ONNX Runtime runs it (ORT_ENABLE_ALL, the session's own
+    optimized-model file): the G-SWA function inlined, fusions and eliminations applied."""
+    import onnxruntime as ort
+
+    from plt_deploy.bench.variants import _export
+
+    ex = _export(model, tmp_path, name, 2, validate=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(ex / "decode.onnx"), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node]
+
+
+def test_decode_graph_size_and_step_only_work_once(tmp_path):
+    """PLT-2's optimized decode graph: masks and ring positions once per step (not per layer), and at
+    most 15 nodes per layer more than vanilla's (the local Attention, gate 3, mix 3, ring writes 2,
+    the row split and select 4, rank changes of the 5-D contract 4, minus 2 transposes vanilla has)
+    plus 20 once per step (loop rows from the carry, ring slot and positions, local mask, gate bias).
+
+    Issue 10's target of <= 1.15x vanilla is NOT met (docs/onnx.md): vanilla itself shrank to 40
+    nodes per layer with the same one-node Attention, so 1.15x would leave 6 nodes per layer for
+    everything G-SWA adds. The small preset measures 592 against 422 (1.40x; before: 1504 / 879).
+    """
+    from plt_deploy.bench import variants as V
+    from plt_deploy.config import PLTConfig
+
+    def build(n_layers, names):
+        base = PLTConfig.from_name("small", d_model=64, n_heads=8, n_kv_heads=4, mlp_hidden=128, max_seq_len=128,
+                                   n_layers=n_layers)  # the small preset's graph structure at tiny widths
+        return V.build_models(base, [V.BY_NAME[n] for n in names])
+
+    one, two = build(1, ["plt-2"]), build(2, ["plt-2", "vanilla"])
+    p1 = _optimized_decode_nodes(one["plt-2"], tmp_path / "l1", "plt-2")
+    p2 = _optimized_decode_nodes(two["plt-2"], tmp_path / "l2", "plt-2")
+    v2 = _optimized_decode_nodes(two["vanilla"], tmp_path / "l2", "vanilla")
+    step_only = lambda o: sorted(x for x in o if x in STEP_ONLY_OPS)  # noqa: E731
+    assert step_only(p1) == step_only(p2), "position-only nodes grow with the layers"
+    assert p2.count("Attention") == 4 and p2.count("ScatterElements") == 8  # 2 attentions, 4 cache writes / layer
+    assert v2.count("Attention") == 2  # vanilla: the same one-node Attention per layer
+    assert len(p2) - len(v2) <= 20 + 15 * 2, (len(p2), len(v2))

@@ -1,0 +1,165 @@
+"""Micro-benchmarks behind docs/bench.md's explanations (not part of `plt-deploy bench`).
+
+    python -m plt_deploy.bench.micro linear [THREADS]   # torch: F.linear vs (W @ x.T).T vs per-row mat-vec
+    python -m plt_deploy.bench.micro matmul      # ONNX Runtime MatMul with 1, 2, 3, 8 rows
+    python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080
+    python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
+
+Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
+printed), weights sized like the small preset's (40 matrices of 512x1536 fp32 = 126 MB: out of cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROUNDS = 7
+IN, OUT, N_MATS = 512, 1536, 40
+
+
+def _interleaved(fns: dict, rounds: int = ROUNDS) -> dict[str, float]:
+    """name -> median ms of fn(), the fns run in turn every round (after one warm-up call each)."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def linear(threads: int = 1, rows=(1, 2, 3, 8, 16)) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    ws = [torch.randn(OUT, IN) for _ in range(N_MATS)]
+    for m in rows:
+        x = torch.randn(m, IN)
+        got = _interleaved({
+            "F.linear": lambda: [F.linear(x, w) for w in ws],
+            "(W @ x.T).T": lambda: [(w @ x.T).T for w in ws],
+            "per-row mv": lambda: [torch.stack([torch.mv(w, r) for r in x]) for w in ws],
+        })
+        print(f"rows {m:2d}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in got.items()))
+
+
+def _session(nodes, inputs, outputs, inits=(), opset=24, threads=1):
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "micro", inputs, outputs, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version={23: 11, 24: 12}[opset])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def matmul(rows=(1, 2, 3, 8)) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal((IN, OUT), dtype=np.float32) for _ in range(N_MATS)]
+    fns = {}
+    for m in rows:
+        nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(N_MATS)]
+        outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(N_MATS)]
+        sess = _session(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, IN])], outs,
+                        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)])
+        x = rng.standard_normal((m, IN), dtype=np.float32)
+        fns[f"{m} rows"] = (lambda s, x: lambda: s.run(None, {"x": x}))(sess, x)
+    for k, v in _interleaved(fns).items():
+        print(f"MatMul x {N_MATS} ({IN}x{OUT} fp32), {k}: {v:.2f} ms")
+
+
+def attention(layers: int = 10, hq: int = 8, hkv: int = 4, d: int = 64) -> None:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    fns = {}
+    for s in (1, 2):
+        for t in (160, 2080):
+            ins = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, hq, s, d]),
+                   helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+            nodes, outs, feeds = [], [], {"q": rng.standard_normal((1, hq, s, d), dtype=np.float32),
+                                          "n": np.array([t - 20])}
+            for i in range(layers):
+                for kv in ("k", "v"):
+                    ins.append(helper.make_tensor_value_info(f"{kv}{i}", TensorProto.FLOAT, [1, hkv, t, d]))
+                    feeds[f"{kv}{i}"] = rng.standard_normal((1, hkv, t, d), dtype=np.float32)
+                nodes.append(helper.make_node("Attention", ["q", f"k{i}", f"v{i}", "", "", "", "n"], [f"y{i}"],
+                                              scale=d ** -0.5))
+                outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+            sess = _session(nodes, ins, outs)
+            fns[f"{s} query row(s), T {t}"] = (lambda sess, f: lambda: sess.run(None, f))(sess, feeds)
+    for k, v in _interleaved(fns).items():
+        print(f"{layers} x Attention (Hq {hq}, Hkv {hkv}, D {d}), {k}: {v:.3f} ms")
+
+
+def profile(export_dir: str, batch: int = 1, max_seq: int = 640, steps: int = 40) -> None:
+    """ORT's profiler over `steps` decode steps, present_* bound to past_* as the backend does."""
+    import onnxruntime as ort
+
+    from ..export.manifest import read_manifest
+
+    m = read_manifest(export_dir, verify_hashes=False)
+    spec = m.graphs["decode"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling, opts.intra_op_num_threads, opts.log_severity_level = True, 1, 3
+    opts.profile_file_prefix = str(Path(export_dir).resolve().parent / "decode_profile")
+    sess = ort.InferenceSession(str(m.graph_path("decode")), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    values = {}
+    for t in spec.inputs:
+        shape = [batch if d == "batch" else max_seq if d == "max_seq" else d for d in t.shape]
+        if t.role in ("tokens", "position"):
+            arr = np.full(shape, 5 if t.role == "tokens" else max_seq - 100, np.int64)
+        else:
+            arr = (0.1 * rng.random(shape)).astype(np.float32)
+        values[t.name] = ort.OrtValue.ortvalue_from_numpy(arr)
+    binding = sess.io_binding()
+    for t in spec.inputs:
+        binding.bind_ortvalue_input(t.name, values[t.name])
+    for t in spec.outputs:
+        if t.alias_of:
+            binding.bind_ortvalue_output(t.name, values[t.alias_of])
+        else:
+            binding.bind_output(t.name)
+    for _ in range(steps):
+        sess.run_with_iobinding(binding)
+    path = sess.end_profiling()
+    events = json.loads(Path(path).read_text())
+    os.remove(path)
+    runs = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run"][steps // 4:]
+    kernel, count = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            kernel[e["args"]["op_name"]] += e["dur"] / 1e3 / steps
+            count[e["args"]["op_name"]] += 1
+    print(f"{export_dir}: model_run median {statistics.median(runs):.2f} ms, kernel {sum(kernel.values()):.2f} ms, "
+          f"{sum(count.values()) // steps} nodes per step")
+    for op, ms in kernel.most_common(8):
+        print(f"  {op:18s} {ms:7.3f} ms  ({count[op] // steps} nodes)")
+
+
+if __name__ == "__main__":
+    cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile}
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
+        sys.exit(__doc__)
+    args = sys.argv[2:]
+    if sys.argv[1] == "profile":
+        cmds["profile"](args[0], *map(int, args[1:]))
+    else:
+        cmds[sys.argv[1]](*map(int, args))
