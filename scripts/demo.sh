@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-1500}"
 cat <<INTRO
-plt-deploy demo: about 3 minutes on a quiet 2-core CPU (measured: see README), in 5 steps:
+plt-deploy demo: about 2 minutes on a quiet 2-core CPU (99 s measured, see README), in 5 steps:
   1. install torch 2.13.0 (CPU) and plt-deploy into $(python3 -c 'import sys; print(sys.prefix)')
-  2. train a tiny PLT-2 model (109k parameters) for $STEPS steps on 3-digit addition   ~1-1.5 min
+  2. train a tiny PLT-2 model (109k parameters) for $STEPS steps on 3-digit addition   ~1 min
   3. export it to ONNX (prefill + decode graphs, one G-SWA node per layer)             ~15 s
   4. check the export against PyTorch (logits over 32 decode steps, 64 greedy tokens)  ~10 s
   5. generate sums with ONNX Runtime                                                   ~2 s
