@@ -4,10 +4,16 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
   k[i], v[i]      [B, Hkv, T, D]     slot j holds position j. i < n_cache_layers:
                                      plt/vanilla: loop 1's keys (the shared cache), one per layer;
                                      looped: every loop's own cache, i = loop * N + layer.
-  local_k[n], local_v[n]  [B, L-1, Hkv, Wc, D]   plt only: ring buffer of each loop >= 2's own
-                                     keys, slot = position % Wc, Wc = window.
+  local_k[n], local_v[n]  [B, L-1, Hkv, ring_len, D]   plt only: ring buffer of loops 2..L's own
+                                     keys, slot = position % ring_len, ring_len = window.
   carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1.
   lengths         [B] int64          tokens cached per sequence (= next position).
+
+The model writes keys through `update` / `update_local` / `set_carry` and never touches
+`lengths`: whoever drives the decode loop calls `advance` after a step (and `reset` before a new
+prefill). A cache made with `in_place=False` writes out of place (the buffers in its lists are
+replaced by updated copies): that is how export traces the decode graph, whose present_* outputs
+the runtime then binds to the past_* memory.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from .config import PLTConfig
 
 
-def ring_slots(config: PLTConfig, max_seq: int | None = None) -> int:
+def ring_len(config: PLTConfig) -> int:
     """Slots in a loop's local ring buffer: always the window w.
 
     Not capped by a session's max_seq: prefill builds the rings before it knows the session, and
@@ -35,21 +41,20 @@ def ring_positions(pos: torch.Tensor, n_slots: int) -> torch.Tensor:
     pos [B] int64 -> [B, n_slots] int64.
     """
     t = pos[:, None]  # [B, 1]
-    slots = torch.arange(n_slots, dtype=torch.int64, device=pos.device)[None, :]  # [1, Wc]
+    slots = torch.arange(n_slots, dtype=torch.int64, device=pos.device)[None, :]  # [1, n_slots]
     p = t - torch.remainder(t - slots, n_slots)
     return torch.where(p >= 0, p, torch.full_like(p, -1))
 
 
-def write_at(buf: torch.Tensor, slot: torch.Tensor, value: torch.Tensor, inplace: bool) -> torch.Tensor:
+def write_at(buf: torch.Tensor, slot: torch.Tensor, value: torch.Tensor, in_place: bool) -> torch.Tensor:
     """Write value[b] into buf[b, ..., slot[b], :] along dim -2.
 
-    buf [B, *M, T, D], slot [B] int64, value [B, *M, D]. In place for runtimes (no copy of the
+    buf [B, *M, T, D], slot [B] int64, value [B, *M, 1, D]. In place for runtimes (no copy of the
     cache); out of place when tracing for export (the graph then returns the updated buffer,
     which the runtime binds to the same memory as the input).
     """
-    index = slot.view(-1, *([1] * (buf.dim() - 1))).expand(*value.shape[:-1], 1, value.shape[-1])
-    src = value.unsqueeze(-2)
-    return buf.scatter_(-2, index, src) if inplace else buf.scatter(-2, index, src)
+    index = slot.view(-1, *([1] * (buf.dim() - 1))).expand(value.shape)  # [B, *M, 1, D]
+    return buf.scatter_(-2, index, value) if in_place else buf.scatter(-2, index, value)
 
 
 @dataclass
@@ -60,15 +65,15 @@ class PLTCache:
     local_v: list[torch.Tensor]
     carry: torch.Tensor
     lengths: torch.Tensor
+    in_place: bool = True  # False: functional writes (export tracing)
 
     @classmethod
     def allocate(cls, config: PLTConfig, batch: int, max_seq: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu") -> "PLTCache":
         Hkv, D = config.n_kv_heads, config.head_dim
         rows = config.loops - 1 if config.uses_gswa else 0
-        wc = ring_slots(config, max_seq)
         full = lambda: torch.zeros(batch, Hkv, max_seq, D, dtype=dtype, device=device)  # noqa: E731
-        ring = lambda: torch.zeros(batch, rows, Hkv, wc, D, dtype=dtype, device=device)  # noqa: E731
+        ring = lambda: torch.zeros(batch, rows, Hkv, ring_len(config), D, dtype=dtype, device=device)  # noqa: E731
         n_local = config.n_layers if rows else 0
         return cls(
             k=[full() for _ in range(config.n_cache_layers)],
@@ -83,6 +88,53 @@ class PLTCache:
     def max_seq(self) -> int:
         return self.k[0].shape[2]
 
+    @property
+    def ring_len(self) -> int:
+        """Slots of each local ring (0 without G-SWA)."""
+        return self.local_k[0].shape[3] if self.local_k else 0
+
+    # Writes (the model calls these) ----------------------------------------------------------
+    def update(self, i: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, Hkv, 1, D] at slot pos[b] of cache i; returns the (updated) buffers [B, Hkv, T, D]."""
+        self.k[i] = write_at(self.k[i], pos, k, self.in_place)
+        self.v[i] = write_at(self.v[i], pos, v, self.in_place)
+        return self.k[i], self.v[i]
+
+    def update_local(self, n: int, slot: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write loops 2..L's k/v [B, L-1, Hkv, 1, D] at ring slot[b] (= pos % ring_len) of layer n."""
+        self.local_k[n] = write_at(self.local_k[n], slot, k, self.in_place)
+        self.local_v[n] = write_at(self.local_v[n], slot, v, self.in_place)
+        return self.local_k[n], self.local_v[n]
+
+    def set_carry(self, carry: torch.Tensor) -> None:
+        """carry [B, L-1, d]: loops 1..L-1's hidden state at the position just decoded."""
+        if self.in_place:
+            self.carry.copy_(carry)
+        else:
+            self.carry = carry
+
+    def load_prefill(self, k: list[torch.Tensor], v: list[torch.Tensor], local_k: list[torch.Tensor],
+                     local_v: list[torch.Tensor], carry: torch.Tensor) -> None:
+        """Copy a prefill's outputs in: k/v [B, Hkv, S, D] into slots 0..S-1, rings and carry whole."""
+        S = k[0].shape[2] if k else 0
+        for dst, src in zip((*self.k, *self.v), (*k, *v)):
+            dst[:, :, :S].copy_(src)
+        for dst, src in zip((*self.local_k, *self.local_v), (*local_k, *local_v)):
+            dst.copy_(src)
+        self.carry.copy_(carry)
+
+    # Position bookkeeping (the decode loop calls these) --------------------------------------
+    def advance(self, n: int | torch.Tensor = 1) -> None:
+        """n more tokens cached per sequence (an int, or [B] after a prefill of ragged prompts)."""
+        self.lengths += n
+
+    def reset(self) -> None:
+        """Forget every sequence (buffers are not cleared: positions mask stale slots)."""
+        self.lengths.zero_()
+        self.carry.zero_()
+
+    # Sizes -----------------------------------------------------------------------------------
     def kv_bytes(self) -> int:
         """Bytes of the attention caches actually allocated (shared/full plus local rings)."""
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v, *self.local_k, *self.local_v))
@@ -97,6 +149,6 @@ def kv_bytes_formula(config: PLTConfig, batch: int, max_seq: int, bytes_per_elem
     per_layer = 2 * batch * config.n_kv_heads * max_seq * config.head_dim * bytes_per_elem
     local = 0
     if config.uses_gswa:
-        local = 2 * batch * (config.loops - 1) * config.n_kv_heads * ring_slots(config, max_seq) * config.head_dim
+        local = 2 * batch * (config.loops - 1) * config.n_kv_heads * ring_len(config) * config.head_dim
         local *= bytes_per_elem * config.n_layers
     return per_layer * config.n_cache_layers + local

@@ -103,3 +103,14 @@ def load_checkpoint(model_dir: str | Path, dtype: str | None = None) -> PLT:
     model.load_state_dict(weights, strict=False)
     target = getattr(torch, dtype or cfg.dtype)
     return model.to(target).eval()
+
+
+def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int | None = None,
+                    window: int | None = None, seed: int = 0, force: bool = False, **overrides) -> Path:
+    """A randomly initialised checkpoint from a preset (`plt-deploy init`)."""
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not force:
+        raise CheckpointError(f"{out}: already holds a checkpoint; pass --force to overwrite it")
+    changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, **overrides).items() if v is not None}
+    cfg = PLTConfig.from_name(preset, **changes)
+    return save_checkpoint(PLT(cfg).init_weights(seed), out)

@@ -10,6 +10,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 MODES = ("plt", "looped", "vanilla")
+# `train --variants` names -> config overrides (vanilla also forces loops = 1)
+VARIANTS = {"plt": dict(mode="plt"), "looped": dict(mode="looped"), "vanilla": dict(mode="vanilla")}
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -36,6 +38,7 @@ class PLTConfig:
     extra: dict = field(default_factory=dict)  # free-form metadata (e.g. training task), not used by the model
 
     def __post_init__(self):
+        self.validate_types()
         if self.head_dim is None:
             self.head_dim = self.d_model // max(self.n_heads, 1)
         if self.mlp_hidden is None:
@@ -43,6 +46,30 @@ class PLTConfig:
         if self.mode == "vanilla" and self.loops != 1:
             self.loops = 1
         self.validate()
+
+    def validate_types(self) -> None:
+        """Every field has its declared type (checked before anything is derived from it)."""
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        checks = {
+            **{n: (is_int, "an integer") for n in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                                                  "max_seq_len", "loops", "window")},
+            **{n: ((lambda v: v is None or is_int(v)), "an integer or null") for n in ("head_dim", "mlp_hidden")},
+            **{n: ((lambda v: is_int(v) or isinstance(v, float)), "a number")
+               for n in ("norm_eps", "rope_theta", "input_scale", "carry_scale")},
+            **{n: ((lambda v: isinstance(v, bool)), "true or false") for n in ("qk_norm", "tie_embeddings")},
+            **{n: ((lambda v: isinstance(v, str)), "a string") for n in ("mode", "dtype")},
+            "extra": ((lambda v: isinstance(v, dict)), "a JSON object"),
+        }
+        for name, (ok, what) in checks.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"invalid config: {name} must be {what}, got {value!r}")
+        for name in ("norm_eps", "rope_theta", "input_scale", "carry_scale"):
+            value = getattr(self, name)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"invalid config: {name} must be finite, got {value!r}")
 
     def validate(self) -> None:
         def need(ok: bool, msg: str):
@@ -63,6 +90,29 @@ class PLTConfig:
         need(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.check_memory()
+
+    def parameter_count(self) -> int:
+        """Parameters of the model this config builds (embedding tied unless tie_embeddings is off)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * hd * (self.n_heads + 2 * self.n_kv_heads) + self.n_heads * hd * d
+        gate = self.n_heads * (hd + 1) if self.uses_gswa else 0
+        layer = attn + gate + 3 * d * self.mlp_hidden + 2 * d + (2 * hd if self.qk_norm else 0)
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layers * layer + d + head
+
+    def estimated_bytes(self) -> int:
+        """Bytes the model needs at rest: weights plus the RoPE tables sized for max_seq_len."""
+        elem = 4 if self.dtype == "float32" else 2
+        return self.parameter_count() * elem + 2 * self.max_seq_len * self.head_dim * 4
+
+    def check_memory(self) -> None:
+        """Refuse a config whose weights cannot fit this machine's memory, before allocating anything."""
+        need, have = self.estimated_bytes(), machine_memory_bytes()
+        if have and need > have:
+            raise ConfigError(f"invalid config: the model needs about {_size(need)} "
+                              f"({self.parameter_count():,} parameters, {self.dtype}; max_seq_len "
+                              f"{self.max_seq_len}) but this machine has {_size(have)} of memory")
 
     # Derived quantities -------------------------------------------------------------------
     @property
@@ -126,3 +176,36 @@ PRESETS: dict[str, dict] = {
     # Large enough to be memory-bound on a CPU: ~300M parameters in fp32.
     "base": dict(d_model=1024, n_layers=20, n_heads=16, n_kv_heads=8, mlp_hidden=3072, max_seq_len=2304, window=64),
 }
+
+
+def check_variants(variants) -> tuple[str, ...]:
+    """Validate `train --variants` names: unknown or repeated names are refused."""
+    from .errors import InputError
+
+    names = tuple(variants)
+    if not names or not all(names):
+        raise InputError(f"expected comma-separated variants (plt, looped, vanilla), got {','.join(names)!r}")
+    for v in names:
+        if v not in VARIANTS:
+            raise InputError(f"unknown variant {v!r}; use plt, looped, vanilla")
+    dup = next((v for i, v in enumerate(names) if v in names[:i]), None)
+    if dup:
+        raise InputError(f"variant {dup!r} given twice; each variant trains once per run")
+    return names
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine (None if the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024

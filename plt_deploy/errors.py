@@ -23,3 +23,7 @@ class BackendUnavailable(PLTError):
 
 class InputError(PLTError):
     """A request the model cannot serve (prompt too long, empty batch, bad sampling values)."""
+
+
+class ModelError(PLTError):
+    """The model computed something unusable (NaN or infinite logits)."""

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .backends.base import Backend
-from .errors import InputError
+from .errors import InputError, ModelError
 
 
 @dataclass
@@ -75,9 +75,15 @@ class TextStream:
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] fp32 -> next tokens [B] int64."""
+    if not torch.isfinite(logits).all():
+        raise ModelError("the model produced NaN or infinite logits; check the weights and the dtype "
+                         "(fp16 overflow?)")
     if params.temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits / params.temperature
+    # Shift by the row maximum before dividing: the best token gets exactly 0, the others a
+    # negative number (or -inf for tiny temperatures), so softmax stays finite for any T > 0 and
+    # tends to greedy as T -> 0.
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / params.temperature  # [B, V]
     if params.top_k:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -144,3 +150,39 @@ def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams,
             break
         logits = session.decode(nxt)
     return out
+
+
+def generate_text(model: str, prompts: list[str], backend: str = "torch", max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                  stop: tuple[str, ...] = (), stream: Callable[[str], None] | None = None,
+                  **backend_options) -> list[str]:
+    """`plt-deploy generate`: load `model` on `backend`, continue each prompt, return the texts.
+
+    `stream(text)` receives the first prompt's text as it is decoded (complete UTF-8 characters
+    only); the concatenation of what it receives equals the returned text.
+    """
+    from .backends import load_backend
+    from .tokenizer import load_tokenizer
+
+    be = load_backend(backend, model, **backend_options)
+    with be:
+        tok = load_tokenizer(getattr(be, "tokenizer_dir", model), be.config.vocab_size)
+        stop_ids = [tok.eos_id] if tok.eos_id is not None else []
+        for s in stop:
+            ids = tok.encode(s, add_bos=False)
+            if len(ids) != 1:
+                raise InputError(f"--stop {s!r} is {len(ids)} tokens; a stop string must be exactly one token")
+            stop_ids.append(ids[0])
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids))
+        decoder = TextStream(tok.decode) if stream is not None and len(prompts) == 1 else None
+
+        def on_tokens(tokens, active):  # the first prompt's new text, complete characters only
+            if active[0]:
+                piece, _ = decoder.push(int(tokens[0]))
+                if piece:
+                    stream(piece)
+        outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,
+                        on_tokens=on_tokens if decoder is not None else None)
+        if decoder is not None and (rest := decoder.flush()):
+            stream(rest)
+    return [tok.decode(o) for o in outs]

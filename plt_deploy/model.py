@@ -9,7 +9,9 @@ One N-layer block stack `f` applied L times with the same weights.
   vanilla L = 1.
 
 Entry points: `forward` (training / full-sequence logits), `prefill` and `decode_step` (cached
-decoding, both with a functional core that export traces).
+decoding over a `PLTCache`; export traces `prefill_core` and `decode_core` with a cache that
+writes out of place). Quantities that depend only on the step (RoPE rows, the causal mask, the
+ring slot and its positions) are computed once per call, never per layer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from . import cache as cache_lib
 from .cache import PLTCache
 from .config import PLTConfig
 from .ops import gswa as _gswa  # noqa: F401  (registers torch.ops.plt.gated_sliding_window_attention)
-from .ops.gswa import causal_cache_attention, gswa_reference
+from .ops.gswa import causal_cache_attention, causal_mask, gswa_reference
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,8 +39,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        """x * rsqrt(mean(x^2) + eps) * weight in fp32; F.rms_norm exports as ONE RMSNormalization."""
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +51,9 @@ def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, S, D]; cos/sin [B, S, D/2] (rotate-half convention)."""
+    """x [..., D]; cos/sin [..., D/2] broadcastable to x's leading dims (rotate-half convention)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:, None], sin[:, None]  # [B, 1, S, D/2]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -71,31 +72,43 @@ class Attention(nn.Module):
             self.gate_bias = nn.Parameter(torch.zeros(cfg.n_heads))
         self.scale = 1.0 / math.sqrt(D)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [B, S, d] -> q [B, Hq, S, D], k/v [B, Hkv, S, D] (q, k after norm and RoPE)."""
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool = False):
+        """x [B, S, d] -> q [B, Hq, S, D], k/v [B, Hkv, S, D] (q, k after norm and RoPE).
+
+        rows=True (PLT decode, the S axis holds the L loop rows of one position): q [B, S, Hq, 1, D],
+        k/v [B, S, Hkv, 1, D], the G-SWA op's own layout, reached by a view (no transpose).
+        cos/sin come from `PLT.rope_at` for the same layout.
+        """
         B, S, _ = x.shape
         D = self.cfg.head_dim
-        q = self.wq(x).view(B, S, -1, D).transpose(1, 2)
-        k = self.wk(x).view(B, S, -1, D).transpose(1, 2)
-        v = self.wv(x).view(B, S, -1, D).transpose(1, 2)
+        split = (lambda t: t.view(B, S, -1, 1, D)) if rows else (lambda t: t.view(B, S, -1, D).transpose(1, 2))
+        q, k, v = split(self.wq(x)), split(self.wk(x)), split(self.wv(x))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def out(self, y: torch.Tensor) -> torch.Tensor:
-        """y [B, Hq, S, D] -> [B, S, d]."""
+        """y [B, Hq, S, D] (or [B, S, Hq, 1, D] in the rows layout) -> [B, S, d]."""
+        if y.dim() == 5:
+            return self.wo(y.reshape(y.shape[0], y.shape[1], -1))
         B, _, S, _ = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
 
-    def gswa(self, q, k_global, v_global, k_local, v_local, query_pos, local_pos):
+    def causal(self, q, k, v, mask):
+        """Causal attention over a cache (one ONNX `Attention` node on export). q [B, Hq, S, D]."""
+        if self.training and torch.is_grad_enabled():  # same function, autograd-native
+            return causal_cache_attention(q, k, v, mask, self.scale)
+        return torch.ops.plt.causal_attention(q, k, v, mask, self.scale)
+
+    def gswa(self, q, k_global, v_global, k_local, v_local, query_pos, local_pos, global_rows: int):
         """The G-SWA custom op (one ONNX node on export). q [B, R, Hq, S, D] -> same shape."""
         if self.training and torch.is_grad_enabled():  # same function, but autograd-native (no recompute)
             return gswa_reference(q, k_global, v_global, k_local, v_local, query_pos, local_pos,
                                   self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window,
-                                  self.scale)
+                                  self.scale, global_rows)
         return torch.ops.plt.gated_sliding_window_attention(
             q, k_global, v_global, k_local, v_local, query_pos, local_pos,
-            self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale)
+            self.gate_weight.to(q.dtype), self.gate_bias.to(q.dtype), self.cfg.window, self.scale, global_rows)
 
 
 class MLP(nn.Module):
@@ -117,9 +130,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos, sin, attend: Attend) -> torch.Tensor:
-        """x [B, S, d]; `attend(q, k, v) -> y [B, Hq, S, D]` decides what the attention sees."""
-        q, k, v = self.attn.qkv(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos, sin, attend: Attend, rows: bool = False) -> torch.Tensor:
+        """x [B, S, d]; `attend(q, k, v) -> y` decides what the attention sees (layouts: Attention.qkv)."""
+        q, k, v = self.attn.qkv(self.attn_norm(x), cos, sin, rows)
         x = x + self.attn.out(attend(q, k, v))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -137,7 +150,6 @@ class PLT(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.inplace_cache = True  # export traces with False (functional cache updates)
 
     def init_weights(self, seed: int = 0) -> "PLT":
         g = torch.Generator().manual_seed(seed)
@@ -152,14 +164,19 @@ class PLT(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * std)
         return self
 
-    def rope_at(self, pos: torch.Tensor):
-        """pos [B, S] int64 -> cos, sin [B, S, D/2]."""
-        return self.rope_cos[pos], self.rope_sin[pos]
+    def rope_at(self, pos: torch.Tensor, rows: bool = False):
+        """pos [B, S] int64 -> cos, sin [B, 1, S, D/2] for q/k [B, H, S, D]; rows=True (pos [B, 1],
+        one position for all L rows): [B, 1, 1, 1, D/2] for q/k [B, L, H, 1, D]. Once per step."""
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [B, S, D/2]
+        if rows:
+            return cos[:, :, None, None], sin[:, :, None, None]
+        return cos[:, None], sin[:, None]
 
-    def run_block_stack(self, x: torch.Tensor, cos, sin, attend_for_layer: Callable[[int], Attend]) -> torch.Tensor:
+    def run_block_stack(self, x: torch.Tensor, cos, sin, attend_for_layer: Callable[[int], Attend],
+                        rows: bool = False) -> torch.Tensor:
         """One loop: f applied to x [B, S, d] with layer n attending through attend_for_layer(n)."""
         for n, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attend_for_layer(n))
+            x = layer(x, cos, sin, attend_for_layer(n), rows)
         return x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -168,20 +185,21 @@ class PLT(nn.Module):
     # Full sequence (training and prefill) ----------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> logits [B, S, V] (all positions, no cache)."""
-        return self.prefill_core(tokens, None)[0]
+        return self.logits(self.prefill_hidden(tokens, None)[0])
 
-    def prefill_core(self, tokens: torch.Tensor, lengths: torch.Tensor | None):
+    def prefill_hidden(self, tokens: torch.Tensor, lengths: torch.Tensor | None):
         """Full-sequence forward from position 0 over right-padded prompts.
 
-        tokens [B, S], lengths [B] (None: all S). Returns (logits [B, S, V], k, v, local_k,
-        local_v, carry): k/v lists of [B, Hkv, S, D] (cache slots 0..S-1), local rings
-        [B, L-1, Hkv, Wc, D] holding each loop's keys at the last Wc real positions, and
-        carry [B, L-1, d] = loops 1..L-1's hidden state at the last real position.
+        tokens [B, S], lengths [B] (None: all S). Returns (H [B, S, d] of the last loop, k, v,
+        local_k, local_v, carry): k/v lists of [B, Hkv, S, D] (cache slots 0..S-1), local rings
+        [B, L-1, Hkv, ring_len, D] holding each loop's keys at the last ring_len real positions,
+        and carry [B, L-1, d] = loops 1..L-1's hidden state at the last real position.
         """
         cfg = self.cfg
         B, S = tokens.shape
         pos = torch.arange(S, device=tokens.device)[None, :].expand(B, S)  # [B, S]
-        cos, sin = self.rope_at(pos)
+        cos, sin = self.rope_at(pos)  # once per prefill
+        mask = causal_mask(pos, S)  # [B, 1, S, S], once per prefill
         E = self.embed(tokens)  # [B, S, d]
         ks, vs = [], []
 
@@ -189,7 +207,7 @@ class PLT(nn.Module):
             def attend(q, k, v):
                 ks.append(k)
                 vs.append(v)
-                return causal_cache_attention(q, k, v, pos, self.layers[n].attn.scale)
+                return self.layers[n].attn.causal(q, k, v, mask)
             return attend
 
         last = (lengths if lengths is not None else torch.full((B,), S, device=tokens.device)) - 1  # [B]
@@ -198,19 +216,19 @@ class PLT(nn.Module):
             for _ in range(cfg.loops):
                 x = self.run_block_stack(x, cos, sin, causal_keep)
             empty = E.new_zeros(B, 0, cfg.d_model)
-            return self.logits(x), ks, vs, [], [], empty
+            return x, ks, vs, [], [], empty
 
-        wc = cache_lib.ring_slots(cfg, cfg.max_seq_len)
-        ring_pos = cache_lib.ring_positions(last, wc).clamp_min(0)  # [B, Wc] chunk index per slot
+        wc = cache_lib.ring_len(cfg)
+        ring_pos = cache_lib.ring_positions(last, wc).clamp_min(0)  # [B, ring_len] chunk index per slot
         local_k = [[] for _ in self.layers]
         local_v = [[] for _ in self.layers]
 
         def gswa_loop(n: int) -> Attend:
-            def attend(q, k, v):
+            def attend(q, k, v):  # loops >= 2: R = 1 row, G = 0, local keys = the chunk's own
                 idx = ring_pos[:, None, :, None].expand(B, k.shape[1], wc, k.shape[3])
-                local_k[n].append(torch.gather(k, 2, idx))  # [B, Hkv, Wc, D]
+                local_k[n].append(torch.gather(k, 2, idx))  # [B, Hkv, ring_len, D]
                 local_v[n].append(torch.gather(v, 2, idx))
-                y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos)
+                y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos, 0)
                 return y[:, 0]  # [B, Hq, S, D]
             return attend
 
@@ -222,80 +240,75 @@ class PLT(nn.Module):
             carry.append(H)
         take_last = last[:, None, None].expand(B, 1, cfg.d_model)
         carry_last = torch.cat([torch.gather(h, 1, take_last) for h in carry[:-1]], dim=1)  # [B, L-1, d]
-        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, L-1, Hkv, Wc, D]
+        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, L-1, Hkv, ring_len, D]
         rings_v = [torch.stack(r, dim=1) for r in local_v]
-        return self.logits(H), ks, vs, rings_k, rings_v, carry_last
+        return H, ks, vs, rings_k, rings_v, carry_last
+
+    def prefill_core(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """prefill_hidden, then logits of each prompt's last real token only: (logits [B, V], caches...)."""
+        H, *caches = self.prefill_hidden(tokens, lengths)
+        take = (lengths - 1)[:, None, None].expand(-1, 1, H.shape[-1])  # [B, 1, d]
+        return (self.logits(torch.gather(H, 1, take)[:, 0]), *caches)  # [B, V]
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: PLTCache) -> torch.Tensor:
-        """Run the prompts and fill `cache` (which must be empty). Returns last-token logits [B, V]."""
-        S = tokens.shape[1]
+        """Run the prompts and write their K/V and carry into `cache`. Returns last-token logits [B, V].
+
+        The cache's lengths are the caller's: after this, `cache.advance(lengths)` (from a reset cache).
+        """
         logits, ks, vs, lks, lvs, carry = self.prefill_core(tokens, lengths)
-        for dst, src in zip((*cache.k, *cache.v), (*ks, *vs)):
-            dst[:, :, :S].copy_(src)
-        for dst, src in zip((*cache.local_k, *cache.local_v), (*lks, *lvs)):
-            dst.copy_(src)
-        cache.carry.copy_(carry)
-        cache.lengths.copy_(lengths)
-        return torch.gather(logits, 1, (lengths - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        cache.load_prefill(ks, vs, lks, lvs, carry)
+        return logits
 
     # One decode step ---------------------------------------------------------------------------
-    def decode_core(self, tokens, pos, k, v, local_k, local_v, carry):
-        """One token per sequence at position pos[b], with L rows for plt.
+    def decode_core(self, tokens: torch.Tensor, pos: torch.Tensor, cache: PLTCache) -> torch.Tensor:
+        """One token per sequence at position pos[b]; writes its K/V (and carry) into `cache`.
 
-        tokens [B], pos [B] int64, caches as in PLTCache. Returns (logits [B, V], k, v, local_k,
-        local_v, carry) with the caches updated (in place unless self.inplace_cache is False).
+        tokens [B], pos [B] int64. Returns logits [B, V]. plt: ONE pass of L rows
+        [e_t, a*e_t + b*h_1(t-1), ...]; in every layer row 0 (loop 1) writes its key into the shared
+        cache, rows 1..L-1 into their rings, then one G-SWA call (R = L, G = 1) attends all rows.
+        vanilla / looped: L sequential passes of one row. cache.lengths is not touched.
         """
         cfg = self.cfg
-        k, v, local_k, local_v = list(k), list(v), list(local_k), list(local_v)
         e = self.embed(tokens)[:, None]  # [B, 1, d]
-        inplace = self.inplace_cache
-
-        def causal_into(i: int, scale: float, row: slice) -> Attend:
-            def attend(q, kk, vv):
-                k[i] = cache_lib.write_at(k[i], pos, kk[:, :, 0], inplace)
-                v[i] = cache_lib.write_at(v[i], pos, vv[:, :, 0], inplace)
-                return causal_cache_attention(q[:, :, row], k[i], v[i], pos[:, None], scale)
-            return attend
+        query_pos = pos[:, None]  # [B, 1]
 
         if not cfg.uses_gswa:  # vanilla and looped: L sequential passes of one row
-            x = e
-            cos, sin = self.rope_at(pos[:, None])
-            N = cfg.n_layers
-            for loop in range(cfg.loops):
-                x = self.run_block_stack(x, cos, sin, lambda n: causal_into(loop * N + n, self.layers[n].attn.scale,
-                                                                            slice(0, 1)))
-            return self.logits(x[:, 0]), k, v, local_k, local_v, carry
+            cos, sin = self.rope_at(query_pos)  # once per step
+            mask = causal_mask(query_pos, cache.max_seq)  # [B, 1, 1, T], once per step
 
-        L, wc = cfg.loops, local_k[0].shape[3]
-        x = torch.cat([e, cfg.input_scale * e + cfg.carry_scale * carry], dim=1)  # [B, L, d] rows
-        cos, sin = self.rope_at(pos[:, None].expand(-1, L))  # every row sits at position t
-        ring_slot = torch.remainder(pos, wc)  # [B]
-        local_pos = cache_lib.ring_positions(pos, wc)  # [B, Wc]
+            def causal_into(i: int, n: int) -> Attend:
+                def attend(q, k, v):  # q [B, Hq, 1, D], k/v [B, Hkv, 1, D]
+                    kc, vc = cache.update(i, pos, k, v)
+                    return self.layers[n].attn.causal(q, kc, vc, mask)
+                return attend
+
+            x, N = e, cfg.n_layers
+            for loop in range(cfg.loops):
+                x = self.run_block_stack(x, cos, sin, lambda n: causal_into(loop * N + n, n))
+            return self.logits(x[:, 0])
+
+        L = cfg.loops
+        ring_slot = torch.remainder(pos, cache.ring_len)  # [B], once per step
+        local_pos = cache_lib.ring_positions(pos, cache.ring_len)  # [B, ring_len], once per step
+        cos, sin = self.rope_at(query_pos, rows=True)  # every row sits at position t
+        x = torch.cat([e, cfg.input_scale * e + cfg.carry_scale * cache.carry], dim=1)  # [B, L, d] rows
 
         def rows_attend(n: int) -> Attend:
-            row1 = causal_into(n, self.layers[n].attn.scale, slice(0, 1))
-
-            def attend(q, kk, vv):  # q [B, Hq, L, D], kk/vv [B, Hkv, L, D]
-                y1 = row1(q, kk, vv)  # row 1 writes the shared cache first, then attends to it
-                local_k[n] = cache_lib.write_at(local_k[n], ring_slot, kk[:, :, 1:].transpose(1, 2), inplace)
-                local_v[n] = cache_lib.write_at(local_v[n], ring_slot, vv[:, :, 1:].transpose(1, 2), inplace)
-                qr = q[:, :, 1:].transpose(1, 2)[:, :, :, None]  # [B, L-1, Hq, 1, D]
-                yr = self.layers[n].attn.gswa(qr, k[n], v[n], local_k[n], local_v[n], pos[:, None], local_pos)
-                return torch.cat([y1, yr[:, :, :, 0].transpose(1, 2)], dim=2)  # [B, Hq, L, D]
+            def attend(q, k, v):  # q [B, L, Hq, 1, D], k/v [B, L, Hkv, 1, D] (rows layout)
+                kg, vg = cache.update(n, pos, k[:, 0], v[:, 0])  # row 0 = loop 1: shared cache first
+                kl, vl = cache.update_local(n, ring_slot, k[:, 1:], v[:, 1:])  # rows 1..L-1: their rings
+                return self.layers[n].attn.gswa(q, kg, vg, kl, vl, query_pos, local_pos, 1)  # [B, L, Hq, 1, D]
             return attend
 
-        x = self.run_block_stack(x, cos, sin, rows_attend)  # [B, L, d]
-        return self.logits(x[:, L - 1]), k, v, local_k, local_v, x[:, : L - 1]
+        x = self.run_block_stack(x, cos, sin, rows_attend, rows=True)  # [B, L, d]
+        cache.set_carry(x[:, : L - 1])
+        return self.logits(x[:, L - 1])
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, cache: PLTCache) -> torch.Tensor:
-        """tokens [B] at positions cache.lengths -> logits [B, V]; the cache advances by one."""
-        logits, *_, carry = self.decode_core(tokens, cache.lengths, cache.k, cache.v, cache.local_k,
-                                             cache.local_v, cache.carry)
-        cache.carry.copy_(carry)
-        cache.lengths += 1
-        return logits
+        """tokens [B] at positions cache.lengths -> logits [B, V]. The caller advances the cache."""
+        return self.decode_core(tokens, cache.lengths, cache)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 HF_TOKENIZER_FILE = "tokenizer.json"
 
@@ -16,7 +16,9 @@ class ByteTokenizer:
     bos_id, eos_id, pad_id = 256, 257, 258
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
+        # surrogateescape: command-line bytes that are not UTF-8 (Python keeps them as lone
+        # surrogates) become the original bytes again, which this tokenizer represents exactly.
+        ids = list(text.encode("utf-8", errors="surrogateescape"))
         return [self.bos_id, *ids] if add_bos else ids
 
     def decode(self, ids) -> str:
@@ -45,6 +47,12 @@ class HFTokenizer:
             self.pad_id = self.eos_id if self.eos_id is not None else 0
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = text[exc.start].encode("utf-8", errors="surrogateescape")
+            raise InputError(f"text is not valid UTF-8 (byte {bad!r} at character {exc.start}); "
+                             "this model's tokenizer.json needs UTF-8 text") from None
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
@@ -63,3 +71,8 @@ def load_tokenizer(model_dir: str | Path | None, vocab_size: int):
         where = path if isinstance(tok, HFTokenizer) else "the built-in byte tokenizer"
         raise CheckpointError(f"{where}: {tok.vocab_size} tokens do not fit the model's vocab_size {vocab_size}")
     return tok
+
+
+def printable(text: str) -> str:
+    """Text safe to print: bytes that were not UTF-8 (lone surrogates) shown as U+FFFD."""
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")

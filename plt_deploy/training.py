@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from .backends.torch_backend import TorchBackend
 from .generate import SamplingParams, generate
 from .model import PLT
-from .tasks import Task
+from .tasks import TASKS, Task
 from .tokenizer import ByteTokenizer
 
 
@@ -49,8 +51,13 @@ def loss_fn(model: PLT, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 def train(model: PLT, task: Task, settings: TrainSettings,
-          on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW with linear warm-up and cosine decay. Returns the loss of every step."""
+          on_step: Callable[[int, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay. Returns the loss of every step.
+
+    on_step(step, loss) runs after every optimizer step (progress, periodic checkpoints);
+    should_stop() is polled at step boundaries (Ctrl-C: stop between steps, never inside one).
+    """
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     tok = ByteTokenizer()
@@ -73,6 +80,8 @@ def train(model: PLT, task: Task, settings: TrainSettings,
             on_step(step, losses[-1])
         if settings.max_seconds is not None and time.monotonic() - start > settings.max_seconds:
             break
+        if should_stop is not None and should_stop():
+            break
     model.eval()
     return losses
 
@@ -91,3 +100,88 @@ def held_out_accuracy(model: PLT, task: Task, examples: int = 256, seed: int = 1
         outs = generate(backend, [tok.encode(p) for p, _ in chunk], params, pad_id=tok.pad_id)
         correct += sum(tok.decode(o) == a and o[-1:] == [tok.eos_id] for o, (_, a) in zip(outs, chunk))
     return correct / examples
+
+
+RESULTS_FILE = "train_results.json"
+SMALL_MODEL_PARAMETERS = 5_000_000
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the checkpoint of the last finished step was saved."""
+
+    def __init__(self, variant: str, step: int, steps: int, checkpoint: Path):
+        super().__init__(f"interrupted: {variant} at step {step} of {steps}; its checkpoint of step {step} "
+                         f"is in {checkpoint}")
+
+
+def train_variants(out: str | Path, task: str = "addition", variants=("plt",), preset: str = "tiny",
+                   loops: int = 2, window: int | None = None, steps: int = 1500, batch: int = 64, lr: float = 3e-3,
+                   seed: int = 0, eval_examples: int = 256, max_minutes: float | None = None, force: bool = False,
+                   save_every: int = 100, threads: int | None = None, progress=None, should_stop=None) -> list[dict]:
+    """`plt-deploy train`: one checkpoint per variant (out/ itself for one variant), then held-out accuracy.
+
+    Checkpoints are written atomically every `save_every` steps and at the end, so an interrupted
+    run (should_stop() turning true, raising TrainingInterrupted) keeps its last finished step.
+    progress(variant, step, loss) runs after every step. threads=None picks 1 CPU thread for
+    models under SMALL_MODEL_PARAMETERS (the tiny preset trains ~3.7x faster on 1 thread than on 2:
+    its matrices are too small to split) and torch's default otherwise.
+    """
+    from .checkpoint import CONFIG_FILE, atomic_write_bytes
+    from .config import VARIANTS, PLTConfig, check_variants
+    from .errors import CheckpointError, InputError
+
+    out = Path(out)
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    variants = check_variants(variants)
+    the_task = TASKS[task]
+    dirs = {v: out if len(variants) == 1 else out / v for v in variants}
+    for d in dirs.values():
+        if (d / CONFIG_FILE).exists() and not force:
+            raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
+    configs = {}
+    for name in variants:  # every config is validated before any training starts
+        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops, extra={"task": task})
+        if window is not None:
+            overrides["window"] = window
+        configs[name] = PLTConfig.from_name(preset, **overrides)
+    results = []
+    saved_threads = torch.get_num_threads()
+    try:
+        for name, cfg in configs.items():
+            torch.set_num_threads(threads or (1 if cfg.parameter_count() < SMALL_MODEL_PARAMETERS else saved_threads))
+            results.append(_train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
+                                      max_minutes, save_every, progress, should_stop))
+    finally:
+        torch.set_num_threads(saved_threads)
+    atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "results": results},
+                                                       indent=2) + "\n").encode())
+    return results
+
+
+def _train_one(name: str, cfg, task: Task, out_dir: Path, steps: int, batch: int, lr: float, seed: int,
+               eval_examples: int, max_minutes: float | None, save_every: int, progress, should_stop) -> dict:
+    """Train one variant, checkpointing into out_dir; its row of train_results.json."""
+    from .checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = PLT(cfg).init_weights(seed)
+    settings = TrainSettings(steps=steps, batch=batch, lr=lr, seed=seed,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
+
+    def on_step(step, loss):
+        if progress is not None:
+            progress(name, step, loss)
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            save_checkpoint(model, out_dir)
+
+    start = time.monotonic()
+    losses = train(model, task, settings, on_step=on_step, should_stop=should_stop)
+    seconds = time.monotonic() - start
+    save_checkpoint(model, out_dir)
+    if should_stop is not None and should_stop():
+        raise TrainingInterrupted(name, len(losses), steps, out_dir)
+    acc = held_out_accuracy(model, task, eval_examples, seed=seed + 1234)
+    return {"variant": name, "mode": cfg.mode, "loops": cfg.loops, "window": cfg.window,
+            "parameters": model.num_parameters(), "steps": len(losses), "final_loss": losses[-1],
+            "train_seconds": round(seconds, 1), "held_out_accuracy": acc, "checkpoint": str(out_dir)}

@@ -8,7 +8,7 @@ EXPORT_MODES = ("plt", "looped", "vanilla")
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory):
     """mode -> (checkpoint folder, export folder) of the tiny preset, seed 1, max batch 4."""
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
     from plt_deploy.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("exports")

@@ -23,8 +23,8 @@ ROW_FIELDS = {
     "tokens_per_s": float, "latency_vs_vanilla": float, "kv_bytes_allocated": int, "kv_bytes_formula": int,
     "kv_ratio_vs_vanilla": float, "kv_ratio_expected": float, "params": int, "weight_bytes": int,
 }
-TARGET_IDS = ["plt2_latency_vs_vanilla", "looped2_vs_plt2", "plt_kv_bytes", "plt2_vs_hf_peer", "context_scaling",
-              "decode_floor"]
+TARGET_IDS = ["plt2_latency_vs_vanilla", "looped2_vs_plt2", "plt2_below_looped2", "plt3_vs_plt2", "plt_kv_bytes",
+              "plt2_vs_hf_peer", "context_scaling", "decode_floor"]
 HAVE_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
@@ -95,7 +95,7 @@ def test_bench_torch_tiny(tmp_path):
 
 def test_bench_from_checkpoint_without_peer(tmp_path):
     from plt_deploy.bench import run_bench
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
 
     ckpt = init_checkpoint("tiny", tmp_path / "ckpt", mode="vanilla")
     data = run_bench(model=ckpt, prompt_len=8, new_tokens=3, repeats=1, warmup_tokens=1, contexts=None,
@@ -112,8 +112,28 @@ def test_bench_rejects_bad_requests(tmp_path):
     from plt_deploy.bench import run_bench
     from plt_deploy.errors import InputError
 
-    with pytest.raises(InputError, match="exceed max_seq_len"):
-        run_bench(preset="tiny", prompt_len=250, new_tokens=8)
+    with pytest.raises(InputError, match="ctx-steps"):
+        run_bench(preset="tiny", ctx_steps=255)
+
+
+def test_defaults_are_clipped_to_the_models_context_with_a_note():
+    from plt_deploy.bench.suite import fit_to_model
+
+    assert fit_to_model(2304, 512, 128, (128, 2048), 32) == (512, 128, (128, 2048), [])
+    prompt, new, ctx, notes = fit_to_model(256, 512, 128, (128, 2048), 32)
+    assert prompt + new + 1 <= 256 and new == 64 and ctx == (14, 224) and len(notes) == 2
+    assert "max_seq_len 256" in notes[0] and "contexts clipped to 14,224" in notes[1]
+
+
+def test_bench_tiny_with_default_options_runs(tmp_path):
+    """Issue 9: `plt-deploy bench --preset tiny` with default options (only output flags added)."""
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(bench_command, ["--preset", "tiny", "--no-progress", "--json", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "note: prompt and new tokens clipped" in res.output and "note: contexts clipped" in res.output
+    data = json.loads(out.read_text())
+    assert all(r["error"] is None for r in data["rows"]) and data["context_scaling"]["contexts"] == [14, 224]
 
 
 @pytest.mark.slow  # ONNX exports of the variants take a minute or more on a 2-core machine

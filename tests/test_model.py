@@ -33,10 +33,14 @@ def test_decode_matches_full_forward(mode, loops, window):
     lengths = torch.tensor([4, 11])  # unequal prompt lengths, right-padded
     cache = PLTCache.allocate(model.cfg, B, S, torch.float32)
     last = model.prefill(tokens[:, :11], lengths, cache)
+    assert cache.lengths.tolist() == [0, 0]  # the model leaves the positions to the caller
+    cache.advance(lengths)
     errs = [(last[b] - full[b, lengths[b] - 1]).abs().max().item() for b in range(B)]
     for _ in range(S - 11):
         pos = cache.lengths.clone()
         logits = model.decode_step(tokens[torch.arange(B), pos], cache)
+        assert torch.equal(cache.lengths, pos)
+        cache.advance()
         errs += [(logits[b] - full[b, pos[b]]).abs().max().item() for b in range(B)]
     assert max(errs) < 1e-5, max(errs)
     assert cache.lengths.tolist() == [4 + S - 11, S]
@@ -109,8 +113,10 @@ def test_half_precision_decode_close_to_fp32(dtype):
         half = model.to(dtype)
         cache = PLTCache.allocate(half.cfg, 1, 16, dtype)
         half.prefill(tokens[:, :6], torch.tensor([6]), cache)
+        cache.advance(6)
         for i in range(6, 10):
             out = half.decode_step(tokens[:, i], cache)
+            cache.advance()
     assert out.dtype == dtype
     tol = 2e-2 if dtype == torch.float16 else 1e-1
     assert (out[0].float() - ref).abs().max() < tol * ref.abs().max()

@@ -4,7 +4,7 @@ import json
 import random
 
 from plt_deploy.checkpoint import load_checkpoint
-from plt_deploy.cli.train_cmd import run_train
+from plt_deploy.training import train_variants as run_train
 from plt_deploy.tasks import TASKS
 from plt_deploy.tokenizer import ByteTokenizer
 from plt_deploy.training import make_batch

@@ -96,8 +96,7 @@ class OrtSession(DecoderSession):
                 self._bufs[past].update_inplace(host)
         self._lengths = lengths.clone().to(torch.int64)
         self._prefilled = True
-        logits = torch.from_numpy(outs["logits"].astype(np.float32))  # [B, S, V]
-        return torch.gather(logits, 1, (self._lengths - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        return torch.from_numpy(outs["logits"].astype(np.float32))  # [B, V]: each prompt's last real token
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.check_decode(self._prefilled)

@@ -18,7 +18,10 @@ class TorchSession(DecoderSession):
 
     def prefill(self, tokens, lengths):
         self.check_prefill(tokens)
-        return self.model.prefill(tokens, lengths, self.cache).float()
+        self.cache.reset()
+        logits = self.model.prefill(tokens, lengths, self.cache)
+        self.cache.advance(lengths)
+        return logits.float()
 
     @torch.no_grad()
     def prefill_slots(self, slots, tokens, lengths):
@@ -39,7 +42,9 @@ class TorchSession(DecoderSession):
 
     def decode(self, tokens):
         self.check_decode()
-        return self.model.decode_step(tokens, self.cache).float()
+        logits = self.model.decode_step(tokens, self.cache)
+        self.cache.advance()
+        return logits.float()
 
     @property
     def lengths(self):

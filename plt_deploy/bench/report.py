@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def print_report(result: dict, console: Console | None = None) -> None:
         console = Console()
         if not console.is_terminal:  # files and pipes: wide enough that no number is cut
             console = Console(width=180)
+    for note in result.get("notes") or ():
+        console.print(f"note: {note}")
     console.print(results_table(result))
     if not result["peer"].get("available"):
         console.print(f"hf-llama peer: not run ({result['peer'].get('reason')})")
@@ -103,6 +106,15 @@ def progress_display(enabled: bool = True, console: Console | None = None):
     """Yields (tick(description), set_total(n)) driving a rich progress bar on stderr."""
     if not enabled:
         yield (lambda _d: None), (lambda _n: None)
+        return
+    if console is None and not sys.stderr.isatty():  # piped or logged: one plain line per step
+        state = {"done": 0, "total": "?"}
+
+        def tick(description):
+            state["done"] += 1
+            print(f"bench: {state['done']}/{state['total']} {description}", file=sys.stderr, flush=True)
+
+        yield tick, (lambda n: state.update(total=n))
         return
     progress = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=console or Console(stderr=True), transient=True)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..cache import kv_bytes_formula, ring_slots
+from ..cache import kv_bytes_formula, ring_len
 from ..config import PLTConfig
 from ..errors import BackendUnavailable, InputError
 from . import memory, targets, variants as V
@@ -46,7 +46,7 @@ def _expected_kv_ratio(cfg: PLTConfig, max_seq: int) -> float:
     if cfg.mode == "looped":
         return float(cfg.loops)
     if cfg.uses_gswa:
-        return 1.0 + (cfg.loops - 1) * ring_slots(cfg, max_seq) / max_seq
+        return 1.0 + (cfg.loops - 1) * ring_len(cfg) / max_seq
     return 1.0
 
 
@@ -118,6 +118,33 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
         torch.set_num_threads(before)  # a library call must not change the caller's torch settings
 
 
+def fit_to_model(max_seq_len: int, prompt_len: int, new_tokens: int, contexts: tuple[int, int] | None,
+                 ctx_steps: int) -> tuple[int, int, tuple[int, int] | None, list[str]]:
+    """Clip the prompt / new tokens / contexts to what the model's max_seq_len holds, with a note each.
+
+    The defaults (prompt 512, 128 new tokens, contexts 128 and 2048) suit the small preset; on a
+    model with a shorter context (tiny: 256) the run is shrunk instead of refused.
+    """
+    notes = []
+    if prompt_len + new_tokens + 1 > max_seq_len:  # +1: the peer's cache holds one more token
+        if new_tokens > max_seq_len // 4:
+            new_tokens = max(1, max_seq_len // 4)
+        prompt_len = max(1, min(prompt_len, max_seq_len - new_tokens - 1))
+        notes.append(f"prompt and new tokens clipped to {prompt_len} + {new_tokens} to fit max_seq_len {max_seq_len}")
+    if contexts:
+        lo, hi = min(contexts), max(contexts)
+        room = max_seq_len - ctx_steps
+        if hi > room:
+            if room < 2:
+                raise InputError(f"--ctx-steps {ctx_steps} leaves no room for a context within max_seq_len "
+                                 f"{max_seq_len}; lower --ctx-steps")
+            hi = room
+            lo = min(lo, max(1, hi // 16))  # keep the short/long spread of the default 128/2048
+            notes.append(f"contexts clipped to {lo},{hi} to fit max_seq_len {max_seq_len} with {ctx_steps} steps")
+        contexts = (lo, hi)
+    return prompt_len, new_tokens, contexts, notes
+
+
 def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps, peer,
          floor_preset, floor_steps, bandwidth_bytes, threads, provider, seed, workdir, validate_exports, names,
          tick, on_total) -> dict:
@@ -132,12 +159,8 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
         base = source.cfg
     else:
         base = PLTConfig.from_name(preset)
-    need = prompt_len + new_tokens + 1
-    if need > base.max_seq_len:
-        raise InputError(f"prompt {prompt_len} + {new_tokens} new tokens (+1 for the peer) exceed max_seq_len "
-                         f"{base.max_seq_len}; lower --prompt-len or --new-tokens")
-    if contexts and max(contexts) + ctx_steps > base.max_seq_len:
-        raise InputError(f"context {max(contexts)} + {ctx_steps} steps exceed max_seq_len {base.max_seq_len}")
+    prompt_len, new_tokens, contexts, notes = fit_to_model(base.max_seq_len, prompt_len, new_tokens, contexts,
+                                                           ctx_steps)
     if not batches or min(batches) < 1:
         raise InputError("--batch needs positive batch sizes")
     unknown = sorted(set(names or ()) - set(V.BY_NAME))
@@ -166,7 +189,8 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
                           **_versions()},
-              "settings": settings, "config": base.to_dict(), "rows": [], "peer": {}, "context_scaling": None,
+              "settings": settings, "notes": notes, "config": base.to_dict(), "rows": [], "peer": {},
+              "context_scaling": None,
               "bandwidth": None, "floor": None, "targets": []}
 
     with tempfile.TemporaryDirectory(prefix="plt-bench-") as tmp:

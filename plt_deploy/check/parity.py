@@ -8,13 +8,12 @@ compares greedy generations token by token.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..backends.base import Backend
 from ..generate import SamplingParams, generate
 from .runners import DECODE, PREFILL, BackendRunner
+from .compare import RULE, compare_run, quiet_polygraphy, summarize
 from .tolerances import tolerance
-
 
 
 def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, seed: int = 0) -> list[dict]:
@@ -31,18 +30,11 @@ def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, se
     return feeds
 
 
-def error_stats(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> dict:
-    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-    diff = np.abs(ref64 - out64)
-    rel = diff / np.maximum(np.abs(ref64), 1e-12)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref64))) and bool(np.isfinite(out64).all())
-    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "atol": atol, "rtol": rtol, "passed": ok}
-
-
 def compare_backends(reference: Backend, test: Backend, steps: int = 32, batch: int = 2,
                      prompt_lengths: list[int] | None = None, dtype: str | None = None, seed: int = 0) -> dict:
-    """Replay one prefill + `steps` decode steps on both backends through Polygraphy; per-output errors."""
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    """Replay one prefill + `steps` decode steps on both backends through Polygraphy; per-output errors
+    judged by the one rule of `check.compare`."""
+    from polygraphy.comparator import Comparator
 
     dtype = dtype or getattr(test, "manifest", None) and test.manifest.dtype or reference.config.dtype
     atol, rtol = tolerance(test.name, dtype)
@@ -51,26 +43,12 @@ def compare_backends(reference: Backend, test: Backend, steps: int = 32, batch: 
     feeds = make_feeds(reference.config.vocab_size, batch, prompt_lengths, steps, seed)
     runners = [BackendRunner(reference, batch, max_seq, name=f"ref:{reference.name}"),
                BackendRunner(test, batch, max_seq, name=f"test:{test.name}")]
-    _quiet_polygraphy()
-    run_results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(run_results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol,
-                                                                                      check_shapes=True))
-    (_, ref_iters), (_, test_iters) = list(run_results.items())[:2]
-    results = []
-    for i, (r_it, t_it) in enumerate(zip(ref_iters, test_iters)):
-        for name in r_it.keys():
-            stats = error_stats(r_it[name], t_it[name], atol, rtol)
-            results.append({"name": name, "iteration": i, **stats})
-    summary = {}
-    for name in ("prefill_logits", "decode_logits"):
-        rows = [r for r in results if r["name"] == name]
-        if rows:
-            summary[name] = {"max_abs": max(r["max_abs"] for r in rows), "max_rel": max(r["max_rel"] for r in rows),
-                             "iterations": len(rows), "passed": all(r["passed"] for r in rows)}
-    passed = bool(accuracy) and all(r["passed"] for r in results)
+    quiet_polygraphy()
+    results = compare_run(Comparator.run(runners, data_loader=feeds), atol, rtol)
     return {"reference": reference.name, "test": test.name, "dtype": dtype, "atol": atol, "rtol": rtol,
-            "batch": batch, "prompt_lengths": prompt_lengths, "decode_steps": steps, "summary": summary,
-            "results": results, "polygraphy_passed": bool(accuracy), "passed": passed}
+            "rule": RULE, "batch": batch, "prompt_lengths": prompt_lengths, "decode_steps": steps,
+            "summary": summarize(results), "results": results,
+            "passed": bool(results) and all(r["passed"] for r in results)}
 
 
 def compare_greedy(reference: Backend, test: Backend, prompts: list[list[int]], new_tokens: int = 64) -> dict:
@@ -88,12 +66,3 @@ def compare_greedy(reference: Backend, test: Backend, prompts: list[list[int]], 
             "prompts": per_prompt, "passed": all(p["identical"] for p in per_prompt),
             "reference_tokens": ref, "test_tokens": out}
 
-
-def _quiet_polygraphy() -> None:
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.module_severity = G_LOGGER.ERROR
-
-
-def to_torch(x) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(x))

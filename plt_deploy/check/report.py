@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .compare import RULE
 from .parity import compare_backends, compare_greedy
 
 KNOWN = ("torch", "onnxruntime", "tensorrt")
@@ -18,37 +19,77 @@ def greedy_prompts(vocab: int, lengths=(9, 5), seed: int = 1) -> list[list[int]]
     return [[1] + g.integers(3, min(vocab, 259), size=n - 1).tolist() for n in lengths]
 
 
-def run_check(model: str | Path, onnx: str | Path, backends=("torch", "onnxruntime"), report: str | Path | None = None,
+PROMPT_LENGTHS = (9, 5)  # the parity replay's prompts; greedy_prompts uses the same lengths
+
+
+def fit_to_export(manifest, batch: int, steps: int, new_tokens: int) -> tuple[int, int, int, list[str]]:
+    """Batch, decode steps and greedy tokens that fit the export's --max-batch / --max-seq, with notes.
+
+    Refuses (InputError naming the flag) an export too short for even one decode step.
+    """
+    notes = []
+    if manifest.max_batch < batch:
+        notes.append(f"batch {batch} -> {manifest.max_batch} (the export's --max-batch)")
+        batch = manifest.max_batch
+    room = manifest.max_seq - max(PROMPT_LENGTHS) - 1  # positions left after the longest prompt
+    if room < 1:
+        raise InputError(f"the export's --max-seq {manifest.max_seq} leaves no room for decode steps after a "
+                         f"{max(PROMPT_LENGTHS)}-token prompt; re-export with --max-seq {max(PROMPT_LENGTHS) + 2} or more")
+    if steps > room:
+        notes.append(f"decode steps {steps} -> {room} (the export's --max-seq {manifest.max_seq})")
+        steps = room
+    if new_tokens > room + 1:
+        notes.append(f"greedy tokens {new_tokens} -> {room + 1} (the export's --max-seq {manifest.max_seq})")
+        new_tokens = room + 1
+    return batch, steps, new_tokens, notes
+
+
+def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), report: str | Path | None = None,
               steps: int = 32, new_tokens: int = 64, threads: int | None = None, provider: str | None = None,
-              console=None) -> dict:
-    """Compare each backend against the torch reference of `model`; returns the report (passed or not)."""
+              console=None, log=None) -> dict:
+    """Compare each backend against the torch reference of `model`; returns the report (passed or not).
+
+    `log(line)` receives progress lines (what is being compared, notes on adapted sizes).
+    """
     from ..backends import load_backend
     from ..backends.torch_backend import load as load_torch
     from ..checkpoint import atomic_write_bytes
     from ..export.manifest import read_manifest
 
-    backends = [b.strip() for b in backends if b.strip()]
+    log = log or (lambda line: None)
+    backends = list(dict.fromkeys(b.strip() for b in backends if b.strip()))
     unknown = [b for b in backends if b not in KNOWN]
     if unknown:
         raise InputError(f"unknown backend {unknown[0]!r} in --backends; choose from {', '.join(KNOWN)}")
+    tested = [b for b in backends if b != "torch"]
+    if not tested:
+        raise InputError("--backends names nothing to compare: torch is the reference; add onnxruntime or tensorrt")
     manifest = read_manifest(onnx, expect_model=model)  # refuses damaged files or another model's export
     dtype = manifest.dtype
+    batch, steps, new_tokens, notes = fit_to_export(manifest, 2, steps, new_tokens)
+    for note in notes:
+        log(f"note: {note}")
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
+    atol_rtol = {}
     out = {"model": str(model), "export": str(onnx), "dtype": dtype, "export_versions": manifest.data["versions"],
-           "reference": "torch", "backends": {}, "passed": True}
-    for name in backends:
-        if name == "torch":
-            continue
+           "reference": "torch", "rule": RULE, "notes": notes, "backends": {}, "passed": True}
+    for name in tested:
         options = {"threads": threads}
         if provider and name == "onnxruntime":
             options["provider"] = provider
         with load_backend(name, str(onnx), **options) as be:
-            parity = compare_backends(reference, be, steps=steps, batch=2, dtype=dtype)
-            greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size), new_tokens)
+            log(f"check {name}: prefill + {steps} decode steps, batch {batch}, against torch")
+            parity = compare_backends(reference, be, steps=steps, batch=batch, dtype=dtype,
+                                      prompt_lengths=list(PROMPT_LENGTHS[:batch]))
+            log(f"check {name}: {new_tokens} greedy tokens for {batch} prompts")
+            greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size, PROMPT_LENGTHS[:batch]),
+                                    new_tokens)
+        atol_rtol[name] = (parity["atol"], parity["rtol"])
         entry = {"parity": parity, "greedy": greedy, "passed": parity["passed"] and greedy["passed"]}
         if name == "tensorrt":  # graph level: Polygraphy TrtRunner per engine (plugin loaded) vs OnnxrtRunner
             from .trt import compare_graphs
 
+            log("check tensorrt: each engine against ONNX Runtime on the same graph")
             entry["graphs"] = compare_graphs(onnx)
             entry["passed"] = entry["passed"] and entry["graphs"]["passed"]
         out["backends"][name] = entry
@@ -63,25 +104,30 @@ def run_check(model: str | Path, onnx: str | Path, backends=("torch", "onnxrunti
 def print_report(report: dict, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"check: torch vs {', '.join(report['backends']) or '(nothing)'} ({report['dtype']})")
-    for col in ("backend", "output", "iterations", "max abs", "max rel", "atol", "rtol", "result"):
+    table = Table(title=f"check: torch vs {', '.join(report['backends'])} ({report['dtype']})",
+                  caption=f"pass rule (every row and the verdict): {report['rule']}; "
+                          "'used' = worst max|d| / allowed")
+    for col in ("backend", "output", "iterations", "max |d|", "allowed", "used", "atol", "rtol", "result"):
         table.add_column(col)
     for name, entry in report["backends"].items():
         p = entry["parity"]
         for out_name, s in p["summary"].items():
-            table.add_row(name, out_name, str(s["iterations"]), f"{s['max_abs']:.3g}", f"{s['max_rel']:.3g}",
-                          f"{p['atol']:.1g}", f"{p['rtol']:.1g}", _verdict(s["passed"]))
+            table.add_row(name, out_name, str(s["iterations"]), f"{s['max_abs']:.3g}", f"{s['allowed']:.3g}",
+                          f"{s['used']:.2f}", f"{p['atol']:.1g}", f"{p['rtol']:.1g}", _verdict(s["passed"]))
         g = entry["greedy"]
         detail = ", ".join("identical" if x["identical"] else f"differs at token {x['first_mismatch']}"
                            for x in g["prompts"])
-        table.add_row(name, f"greedy x{len(g['prompts'])}", str(g["new_tokens"]), "-", "-", "-", "-",
+        table.add_row(name, f"greedy x{len(g['prompts'])}", str(g["new_tokens"]), "-", "-", "-", "-", "-",
                       _verdict(g["passed"]) + f" ({detail})")
         graphs = entry.get("graphs")  # tensorrt: TrtRunner vs OnnxrtRunner, worst output per graph
         for graph, gr in (graphs or {}).get("graphs", {}).items():
-            w = max(gr["results"], key=lambda r: r["max_abs"])
+            w = max(gr["results"], key=lambda r: r["used"])
             table.add_row(name, f"{graph} graph vs ORT ({w['name']})", str(len(gr["results"])), f"{w['max_abs']:.3g}",
-                          f"{w['max_rel']:.3g}", f"{graphs['atol']:.1g}", f"{graphs['rtol']:.1g}", _verdict(gr["passed"]))
+                          f"{w['allowed']:.3g}", f"{w['used']:.2f}", f"{graphs['atol']:.1g}", f"{graphs['rtol']:.1g}",
+                          _verdict(gr["passed"]))
     console.print(table)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
     console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
 
 

@@ -23,6 +23,15 @@ import numpy as np
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
+def numpy_dtype(name: str):
+    """numpy dtype of a manifest dtype name; bfloat16 through ml_dtypes (a dependency of onnx)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return _NP[name]
+
+
 def trt_loaders(export_dir: str | Path, plugin: str | Path | None = None, verify_hashes: bool = True) -> dict:
     """graph -> Polygraphy engine loader, after the plugin is loaded and the plans are checked."""
     import os
@@ -86,7 +95,7 @@ def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 
             elif t.role == "position":
                 feed[t.name] = g.integers(1, cache_len, size=shape, dtype=np.int64)
             else:
-                feed[t.name] = (0.1 * g.standard_normal(shape)).astype(_NP[t.dtype])
+                feed[t.name] = (0.1 * g.standard_normal(shape)).astype(numpy_dtype(t.dtype))
         feeds.append(feed)
     return feeds
 
@@ -94,10 +103,10 @@ def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 
 def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, batch: int = 2, prompt: int = 7,
                    iterations: int = 2, seed: int = 0) -> dict:
     """ONNX Runtime vs TensorRT on each graph, every output; a JSON-able report."""
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.comparator import Comparator
 
     from ..export.manifest import read_manifest
-    from .parity import _quiet_polygraphy, error_stats
+    from .compare import RULE, compare_run, quiet_polygraphy
     from .tolerances import tolerance
 
     manifest = read_manifest(export_dir)
@@ -107,16 +116,11 @@ def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, bat
     section = manifest.data["tensorrt"]  # present: trt_runners checked it
     cache_len = int(section["decode_cache_len"])
     batch, prompt = min(batch, int(section["max_batch"])), min(prompt, cache_len)
-    _quiet_polygraphy()
-    report = {"dtype": manifest.dtype, "atol": atol, "rtol": rtol, "graphs": {}}
+    quiet_polygraphy()
+    report = {"dtype": manifest.dtype, "atol": atol, "rtol": rtol, "rule": RULE, "graphs": {}}
     for graph in manifest.graphs:
         feeds = graph_feeds(manifest, graph, batch, cache_len, prompt, iterations, seed)
-        results = Comparator.run([ort[graph], trt[graph]], data_loader=feeds)
-        ok = bool(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol)))
-        (_, ref_iters), (_, out_iters) = results.items()[0], results.items()[1]
-        rows = [{"name": name, "iteration": i, **error_stats(r[name], o[name], atol, rtol)}
-                for i, (r, o) in enumerate(zip(ref_iters, out_iters)) for name in r.keys()]
-        report["graphs"][graph] = {"polygraphy_passed": ok, "passed": ok and all(r["passed"] for r in rows),
-                                   "results": rows}
+        rows = compare_run(Comparator.run([ort[graph], trt[graph]], data_loader=feeds), atol, rtol)
+        report["graphs"][graph] = {"passed": bool(rows) and all(r["passed"] for r in rows), "results": rows}
     report["passed"] = all(g["passed"] for g in report["graphs"].values())
     return report

@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": "Benchmark decode latency and KV memory: plt vs looped vs vanilla vs a HF peer.",
     "serve": "Serve a model over an OpenAI-compatible HTTP API (continuous batching, metrics, Ray).",
     "loadtest": "Load-test a running server: concurrent streaming clients, throughput and latency.",
+    "triton-repo": "Write a Triton Inference Server model repository (Python backend, streaming).",
 }
 
 
@@ -34,10 +35,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
+        module_name = f"plt_deploy.cli.{name.replace('-', '_')}_cmd"  # triton-repo -> triton_repo_cmd
         try:
-            module = import_module(f"plt_deploy.cli.{name}_cmd")
+            module = import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == f"plt_deploy.cli.{name}_cmd":
+            if exc.name == module_name:
                 return None
             raise
         return module.command

@@ -12,7 +12,7 @@ import click
 @click.option("--onnx", "onnx_dir", required=True, type=click.Path(file_okay=False),
               help="Export folder written by `plt-deploy export` from the same checkpoint.")
 @click.option("--backends", default="torch,onnxruntime", show_default=True,
-              help="Comma-separated backends; each is compared with torch.")
+              help="Comma-separated backends; each is compared with torch (the reference, always run).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Decode steps compared.")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
@@ -21,11 +21,15 @@ import click
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
     """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
-    from rich.console import Console
+    from ..backends.folders import preflight
 
+    preflight("torch", model)  # cheap checks of both folders before torch and onnx load
+    preflight("onnxruntime", onnx_dir)
     from ..check.report import run_check
+    from ..progress import console
 
     result = run_check(model, onnx_dir, backends.split(","), report, steps=steps, new_tokens=new_tokens,
-                       threads=threads, provider=provider, console=Console())
+                       threads=threads, provider=provider, console=console(),
+                       log=lambda line: click.echo(line, err=True))
     if not result["passed"]:
         sys.exit(1)

@@ -10,7 +10,8 @@ import click
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Export folder to write (export/NAME).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"]),
               help="Weight and activation dtype (default: the checkpoint's).")
-@click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(min=23, max=25), default=24, show_default=True,
+              help="ONNX opset (23..25: ONNX's standard Attention; 24 adds nonpad_kv_seqlen).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
 @click.option("--max-seq", type=click.IntRange(min=2), help="Longest sequence (default: the model's max_seq_len).")
@@ -22,5 +23,5 @@ def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
 
     dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
     path = export_model(model, out, dtype=dtype, opset=opset, max_batch=max_batch, max_seq=max_seq, force=force,
-                        validate=not no_validate)
+                        validate=not no_validate, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {path} (manifest.json, prefill.onnx, decode.onnx)")

@@ -6,45 +6,13 @@ import sys
 
 import click
 
-from ..backends import LOADERS
-
-
-def run_generate(model: str, prompts: list[str], backend: str = "torch", max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop: tuple[str, ...] = (), stream=None, **backend_options) -> list[str]:
-    """Library entry point of `plt-deploy generate`; `stream(text)` receives text as it is decoded."""
-    from ..backends import load_backend
-    from ..generate import SamplingParams, generate
-    from ..tokenizer import load_tokenizer
-
-    be = load_backend(backend, model, **backend_options)
-    with be:
-        tok = load_tokenizer(getattr(be, "tokenizer_dir", model), be.config.vocab_size)
-        stop_ids = [tok.eos_id] if tok.eos_id is not None else []
-        for s in stop:
-            ids = tok.encode(s, add_bos=False)
-            if len(ids) != 1:
-                raise click.BadParameter(f"stop string {s!r} is {len(ids)} tokens; it must be exactly one",
-                                         param_hint="--stop")
-            stop_ids.append(ids[0])
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids))
-        streaming = stream is not None and len(prompts) == 1
-        done: list[int] = []
-
-        def on_tokens(tokens, active):  # print the text each new token adds to the first prompt's output
-            if active[0]:
-                before = tok.decode(done)
-                done.append(int(tokens[0]))
-                stream(tok.decode(done)[len(before):])
-        outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,
-                        on_tokens=on_tokens if streaming else None)
-    return [tok.decode(o) for o in outs]
+from ..backends import BACKEND_NAMES
 
 
 @click.command("generate")
 @click.option("--model", required=True, help="Checkpoint folder (torch) or export folder (onnxruntime, tensorrt).")
 @click.option("--prompt", "prompts", required=True, multiple=True, help="Prompt text; repeat for a batch.")
-@click.option("--backend", type=click.Choice(list(LOADERS)), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
@@ -56,15 +24,32 @@ def run_generate(model: str, prompts: list[str], backend: str = "torch", max_new
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 def command(model, prompts, backend, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, threads,
             provider):
-    """Generate a continuation of each --prompt."""
+    """Generate a continuation of each --prompt (the prompt is printed, then the new text)."""
+    import math
+
+    if math.isnan(temperature) or math.isinf(temperature):
+        raise click.BadParameter(f"{temperature} is not a finite temperature", param_hint="--temperature")
+    from ..backends.folders import preflight
+
+    preflight(backend, model)  # a wrong folder or a bad config fails before torch loads
+    from ..generate import generate_text
+    from ..tokenizer import printable
+
     options = {"threads": threads}
     if provider:
         options["provider"] = provider
-    streamer = (lambda text: (sys.stdout.write(text), sys.stdout.flush())) if stream and len(prompts) == 1 else None
-    outs = run_generate(model, list(prompts), backend, max_new_tokens, temperature, top_k, top_p, seed, stop,
-                        stream=streamer, **options)
-    if streamer:
+    streaming = stream and len(prompts) == 1
+
+    def streamer(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if streaming:
+        streamer(printable(prompts[0]))
+    outs = generate_text(model, list(prompts), backend, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                         stream=streamer if streaming else None, **options)
+    if streaming:
         click.echo()
         return
     for prompt, text in zip(prompts, outs):
-        click.echo(prompt + text if len(prompts) == 1 else f"[{prompt!r}] {text}")
+        click.echo(printable(prompt) + text if len(prompts) == 1 else f"[{printable(prompt)!r}] {text}")

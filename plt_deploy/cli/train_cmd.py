@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
+import signal
+import sys
 
 import click
 
-from ..config import PRESETS, PLTConfig
+from ..config import PRESETS
 from ..tasks import TASKS
-
-VARIANTS = {"plt": dict(mode="plt"), "looped": dict(mode="looped"), "vanilla": dict(mode="vanilla")}
-
-
-def run_train(out: str | Path, task: str = "addition", variants: tuple[str, ...] = ("plt",), preset: str = "tiny",
-              loops: int = 2, window: int | None = None, steps: int = 1500, batch: int = 64, lr: float = 3e-3,
-              seed: int = 0, eval_examples: int = 256, max_minutes: float | None = None, force: bool = False,
-              progress=None) -> list[dict]:
-    """Library entry point of `plt-deploy train`. One checkpoint per variant (out/ itself for one)."""
-    import torch
-
-    from ..checkpoint import CONFIG_FILE, atomic_write_bytes, save_checkpoint
-    from ..errors import CheckpointError, InputError
-    from ..model import PLT
-    from ..training import TrainSettings, held_out_accuracy, train
-
-    out = Path(out)
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    the_task = TASKS[task]
-    dirs = {v: out if len(variants) == 1 else out / v for v in variants}
-    for d in dirs.values():
-        if (d / CONFIG_FILE).exists() and not force:
-            raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
-    results = []
-    for name in variants:
-        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops, extra={"task": task})
-        if window is not None:
-            overrides["window"] = window
-        cfg = PLTConfig.from_name(preset, **overrides)
-        torch.manual_seed(seed)
-        model = PLT(cfg).init_weights(seed)
-        settings = TrainSettings(steps=steps, batch=batch, lr=lr, seed=seed,
-                                 max_seconds=None if max_minutes is None else 60 * max_minutes)
-        start = time.monotonic()
-        losses = train(model, the_task, settings, on_step=(lambda s, l, n=name: progress(n, s, l)) if progress else None)
-        seconds = time.monotonic() - start
-        acc = held_out_accuracy(model, the_task, eval_examples, seed=seed + 1234)
-        save_checkpoint(model, dirs[name])
-        results.append({"variant": name, "mode": cfg.mode, "loops": cfg.loops, "window": cfg.window,
-                        "parameters": model.num_parameters(), "steps": len(losses), "final_loss": losses[-1],
-                        "train_seconds": round(seconds, 1), "held_out_accuracy": acc, "checkpoint": str(dirs[name])})
-    atomic_write_bytes(out / "train_results.json", (json.dumps({"task": task, "preset": preset, "results": results},
-                                                               indent=2) + "\n").encode())
-    return results
 
 
 @click.command("train")
@@ -71,29 +25,76 @@ def run_train(out: str | Path, task: str = "addition", variants: tuple[str, ...]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-examples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time cap per variant.")
+@click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads (default: 1 for models under 5M parameters, where it is fastest; else torch's).")
 @click.option("--force", is_flag=True, help="Overwrite existing checkpoints.")
-def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes, force):
-    """Train on a synthetic task (made on the fly) and report held-out exact-match accuracy."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes,
+            save_every, threads, force):
+    """Train on a synthetic task (made on the fly) and report held-out exact-match accuracy.
+
+    Ctrl-C stops at the next step boundary and keeps that step's checkpoint (a second Ctrl-C
+    stops at once, keeping the last periodic checkpoint)."""
+    from ..config import check_variants
+    from ..errors import InputError
+
+    try:
+        names = check_variants(v.strip() for v in variants.split(","))
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--variants") from None
+    from ..config import VARIANTS, PLTConfig
+    from ..errors import ConfigError
+
+    for name in names:  # validate every variant's config before torch loads
+        changes = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops)
+        if window is not None:
+            changes["window"] = window
+        try:
+            PLTConfig.from_name(preset, **changes)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+    from contextlib import ExitStack
+
+    from ..training import TrainingInterrupted, train_variants
+    from ..progress import console, progress_reporter
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nstopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    shown = {"name": None, "stack": ExitStack(), "report": None}
+
+    def progress(name, step, loss):
+        if shown["name"] != name:  # one progress display per variant
+            shown["stack"].close()
+            shown.update(name=name, stack=ExitStack())
+            shown["report"] = shown["stack"].enter_context(progress_reporter(f"train {name}", steps))
+        shown["report"](step + 1, f"loss {loss:.3f}")
+
+    try:
+        results = train_variants(out, task, names, preset, loops, window, steps, batch, lr, seed, eval_examples,
+                                 max_minutes, force, save_every=save_every, threads=threads, progress=progress,
+                                 should_stop=lambda: stop["requested"])
+    except TrainingInterrupted as exc:
+        shown["stack"].close()
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    finally:
+        shown["stack"].close()
+        signal.signal(signal.SIGINT, previous)
     from rich.table import Table
 
-    names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    bad = [v for v in names if v not in VARIANTS]
-    if bad or not names:
-        raise click.BadParameter(f"unknown variant {bad[0] if bad else variants!r}; use plt, looped, vanilla",
-                                 param_hint="--variants")
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        ids = {n: bar.add_task(f"train {n}", total=steps, loss=float("nan")) for n in names}
-        results = run_train(out, task, names, preset, loops, window, steps, batch, lr, seed, eval_examples,
-                            max_minutes, force, progress=lambda n, s, l: bar.update(ids[n], completed=s + 1, loss=l))
     table = Table(title=f"held-out exact match, task={task}, preset={preset}")
     for col in ("variant", "loops", "parameters", "steps", "final loss", "train s", "held-out acc"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(r["variant"], str(r["loops"]), f"{r['parameters']:,}", str(r["steps"]), f"{r['final_loss']:.4f}",
                       f"{r['train_seconds']:.0f}", f"{r['held_out_accuracy']:.3f}")
-    Console().print(table)
+    console().print(table)
     click.echo(f"checkpoints and train_results.json in {out}")

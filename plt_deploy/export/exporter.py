@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from ..cache import ring_slots
+from ..cache import PLTCache, ring_len
 from ..config import PLTConfig
 from ..errors import ArtifactError, InputError
 from ..model import PLT
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 24  # ONNX Attention (23) with nonpad_kv_seqlen (24): the G-SWA decode body needs no global mask
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
-MAX_IR_VERSION = 10  # what onnxruntime >= 1.20 loads
+# The IR version each opset needs; onnxruntime 1.31/1.32 refuse IR 14 (onnx 1.23's default) and load <= 13.
+IR_FOR_OPSET = {23: 11, 24: 12, 25: 13}
 
 
 class PrefillGraph(torch.nn.Module):
@@ -39,13 +43,13 @@ class PrefillGraph(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, lengths):
-        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)
+        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
         out = (logits, *k, *v, *lk, *lv)
         return out + ((carry,) if self.model.cfg.uses_gswa else ())
 
 
 class DecodeGraph(torch.nn.Module):
-    """decode_core with functional cache writes (ScatterElements) and flat I/O in io_spec order."""
+    """decode_core over an out-of-place PLTCache (writes become ScatterElements), flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
@@ -59,9 +63,11 @@ class DecodeGraph(torch.nn.Module):
             lk, lv, carry = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N], caches[-1]
         else:
             lk, lv, carry = [], [], None
-        logits, k, v, lk, lv, carry = self.model.decode_core(input_ids, position, k, v, lk, lv, carry)
-        out = (logits, *k, *v, *lk, *lv)
-        return out + ((carry,) if cfg.uses_gswa else ())
+        carry = carry if carry is not None else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
+        cache = PLTCache(list(k), list(v), list(lk), list(lv), carry, position, in_place=False)
+        logits = self.model.decode_core(input_ids, position, cache)
+        out = (logits, *cache.k, *cache.v, *cache.local_k, *cache.local_v)
+        return out + ((cache.carry,) if cfg.uses_gswa else ())
 
 
 def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -103,18 +109,21 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     return program.model_proto
 
 
-def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict):
-    """Attach the G-SWA function and plugin attributes, pin the IR version, check the I/O names."""
+def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict, static: dict[str, int] | None = None):
+    """Attach the G-SWA function (specialised to `static` dims) and plugin attributes, pin the IR
+    version, check the I/O names."""
     got_in = [i.name for i in model_proto.graph.input]
     got_out = [o.name for o in model_proto.graph.output]
     if got_in != spec.input_names or got_out != spec.output_names:
         raise ArtifactError(f"{spec.name} graph I/O names {got_in} -> {got_out} differ from the io_spec "
                             f"{spec.input_names} -> {spec.output_names}")
     n_nodes = sum(n.op_type == onnx_op.contract.OP_NAME for n in model_proto.graph.node)
+    onnx_op.trim_attention_outputs(model_proto)
     if n_nodes:
-        onnx_op.attach_function(model_proto)
+        onnx_op.attach_function(model_proto, static)
         onnx_op.add_plugin_attributes(model_proto)
-    model_proto.ir_version = min(model_proto.ir_version, MAX_IR_VERSION)
+    opset = next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
+    model_proto.ir_version = IR_FOR_OPSET[opset]
     del model_proto.metadata_props[:]
     for k, v in meta.items():
         model_proto.metadata_props.add(key=k, value=str(v))
@@ -138,8 +147,23 @@ def save_onnx(model_proto, path: Path) -> list[str]:
 
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
                  max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
-                 progress: bool = True) -> Path:
-    """Library entry point of `plt-deploy export`. Returns the export folder."""
+                 progress: bool = True, log=None) -> Path:
+    """Library entry point of `plt-deploy export`. Returns the export folder.
+
+    One export into `out` at a time (a second is refused), stale temporaries of killed runs
+    removed, a full disk reported with the path; `log(line)` receives notes and warnings.
+    """
+    from .output_folder import claim_output
+
+    log = log or (lambda line: None)
+    if dtype == "bfloat16":
+        log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
+            "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
+    with claim_output(Path(out), log=log):
+        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress)
+
+
+def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress) -> Path:
     import onnx
     import onnxruntime
 
@@ -149,9 +173,10 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     model_dir, out = Path(model_dir), Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-    if opset < onnx_op.MIN_OPSET:
-        raise InputError(f"--opset must be >= {onnx_op.MIN_OPSET} (the G-SWA function body uses opset-18 ops), "
-                         f"got {opset}")
+    if opset not in IR_FOR_OPSET:
+        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
+                         f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
+                         f"ONNX Runtime loads), got {opset}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
 
@@ -164,7 +189,6 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
         max_seq = max_seq or cfg.max_seq_len
         if not 2 <= max_seq <= cfg.max_seq_len:
             raise InputError(f"--max-seq must be in [2, {cfg.max_seq_len}] (the model's max_seq_len), got {max_seq}")
-        model.inplace_cache = False
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
         bar.advance()
@@ -189,10 +213,15 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
                                           {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=True)
                 bar.advance()
             identity = manifest_lib.model_identity(model_dir)
-            meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype}
+            meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype,
+                    # what the graph was built for, inside the hashed file: the manifest is checked against it
+                    "plt.export": json.dumps({"config": cfg.to_dict(), "max_batch": max_batch, "max_seq": max_seq},
+                                             sort_keys=True)}
             graphs, op_nodes = {}, {}
+            static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
+                      "decode": {"R": cfg.loops, "G": 1, "S": 1, "D": cfg.head_dim, "W": ring_len(cfg)}}
             for name, proto in protos.items():
-                proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name})
+                proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
                 files = save_onnx(proto, tmp / f"{name}.onnx")
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
                                 **specs[name].to_dict()}
@@ -220,7 +249,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
             }
             manifest_lib.write_manifest(tmp, manifest)
             if validate:
-                validate_export(tmp, model, dtype)
+                validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             bar.advance()
             bar.advance()
             for f in tmp.iterdir():
@@ -251,7 +280,7 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
     }
     if cfg.uses_gswa:
-        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_slots(cfg, cfg.max_seq_len),
+        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_len(cfg),
                                           "head_dim"],
                                 "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window"}
         layout["carry"] = {"shape": ["batch", cfg.loops - 1, "d_model"],
@@ -259,7 +288,7 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
     return layout
 
 
-def validate_export(folder: Path, model: PLT, dtype: str, steps: int = 4) -> dict:
+def validate_export(folder: Path, model: PLT, dtype: str, max_batch: int = 2, max_seq: int = 256) -> dict:
     """Run the fresh export on ONNX Runtime against the torch model; ArtifactError past the tolerance."""
     from ..check.parity import compare_backends
 
@@ -268,16 +297,16 @@ def validate_export(folder: Path, model: PLT, dtype: str, steps: int = 4) -> dic
     from ..backends.ort_backend import OrtBackend
     from ..backends.torch_backend import TorchBackend
 
-    model.inplace_cache = True
-    try:
-        with OrtBackend(folder) as ort_be:
-            report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=2)
-    finally:
-        model.inplace_cache = False
+    with OrtBackend(folder) as ort_be:
+        # 2 prompts of 9 and 5 tokens + 4 decode steps, shrunk to fit --max-batch / --max-seq
+        batch, prompt = min(2, max_batch), min(9, max_seq - 2)
+        steps = max(1, min(4, max_seq - prompt - 1))
+        report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=batch,
+                                  prompt_lengths=[prompt, min(5, prompt)][:batch])
     if not report["passed"]:
-        worst = max(report["results"], key=lambda r: r["max_abs"] / max(r["atol"], 1e-30))
+        worst = max(report["results"], key=lambda r: r["used"])
         raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
-                            f"{worst['max_abs']:.3g} (tolerance {worst['atol']:.3g})")
+                            f"{worst['max_abs']:.3g}, allowed {worst['allowed']:.3g} ({report['rule']})")
     return report
 
 
@@ -291,26 +320,40 @@ def _version() -> str:
 
 
 class _Progress:
-    """A rich progress bar over the export stages (silent when disabled)."""
+    """Export stages on stderr: a rich bar on a terminal, one plain line per stage otherwise."""
 
     def __init__(self, stages: list[str], enabled: bool):
         self.stages, self.enabled, self.i = stages, enabled, 0
+        self.plain = enabled and not sys.stderr.isatty()
 
     def __enter__(self):
-        if self.enabled:
+        self.start = time.monotonic()
+        if self.plain:
+            self._line()
+        elif self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from ..progress import console
+
             self.p = Progress(TextColumn("[bold]export[/]"), BarColumn(), TextColumn("{task.description}"),
-                              TimeElapsedColumn(), transient=False)
+                              TimeElapsedColumn(), console=console(stderr=True), transient=False)
             self.p.__enter__()
             self.task = self.p.add_task(self.stages[0], total=len(self.stages))
         return self
 
+    def _line(self):
+        stage = self.stages[min(self.i, len(self.stages) - 1)]
+        done = " done" if self.i >= len(self.stages) else ""
+        print(f"export: {min(self.i, len(self.stages))}/{len(self.stages)} {stage}{done} "
+              f"({time.monotonic() - self.start:.0f} s)", file=sys.stderr, flush=True)
+
     def advance(self):
         self.i += 1
-        if self.enabled:
+        if self.plain and self.i <= len(self.stages):
+            self._line()
+        elif self.enabled and not self.plain:
             self.p.update(self.task, advance=1, description=self.stages[min(self.i, len(self.stages) - 1)])
 
     def __exit__(self, *exc):
-        if self.enabled:
+        if self.enabled and not self.plain:
             self.p.__exit__(*exc)

@@ -7,7 +7,7 @@ runner and the Polygraphy check. Derived from PLTConfig only.
 Graphs (two, see export/README.md for why):
 
   prefill  input_ids [batch, prompt] int64, lengths [batch] int64
-           -> logits [batch, prompt, vocab], present_key.i / present_value.i
+           -> logits [batch, vocab] (each prompt's last real token), present_key.i / present_value.i
               [batch, kv_heads, prompt, head_dim] (cache slots 0..prompt-1),
               plt only: present_local_key.n / present_local_value.n [batch, rows, kv_heads, ring, head_dim],
               present_carry [batch, rows, d_model]
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..cache import ring_slots
+from ..cache import ring_len
 from ..config import PLTConfig
 
 PREFILL, DECODE = "prefill", "decode"
@@ -76,11 +76,6 @@ class GraphSpec:
                    tuple(IOTensor.from_dict(t) for t in d["outputs"]))
 
 
-def ring_size(cfg: PLTConfig, max_seq: int) -> int:
-    """Static slot count of the G-SWA local ring buffers in an export for sequences <= max_seq."""
-    return ring_slots(cfg, max_seq)
-
-
 def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int, dtype: str) -> list[IOTensor]:
     """Cache tensors in a fixed order: key.0..key.n, value.0..value.n, local keys, local values, carry."""
     Hkv, D = cfg.n_kv_heads, cfg.head_dim
@@ -89,7 +84,7 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
     out += [IOTensor(f"{prefix}value.{i}", ("batch", Hkv, seq_axis, D), dtype, "value", i)
             for i in range(cfg.n_cache_layers)]
     if cfg.uses_gswa:
-        rows, wc = cfg.loops - 1, ring_size(cfg, max_seq)
+        rows, wc = cfg.loops - 1, ring_len(cfg)
         out += [IOTensor(f"{prefix}local_key.{n}", ("batch", rows, Hkv, wc, D), dtype, "local_key", n)
                 for n in range(cfg.n_layers)]
         out += [IOTensor(f"{prefix}local_value.{n}", ("batch", rows, Hkv, wc, D), dtype, "local_value", n)
@@ -101,7 +96,7 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
 def prefill_spec(cfg: PLTConfig, max_seq: int, dtype: str) -> GraphSpec:
     inputs = (IOTensor("input_ids", ("batch", "prompt"), "int64", "tokens"),
               IOTensor("lengths", ("batch",), "int64", "lengths"))
-    outputs = (IOTensor("logits", ("batch", "prompt", cfg.vocab_size), dtype, "logits"),
+    outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"),  # last real token only
                *cache_tensors(cfg, "present_", "prompt", max_seq, dtype))
     return GraphSpec(PREFILL, inputs, outputs)
 

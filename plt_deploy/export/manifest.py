@@ -17,6 +17,7 @@ from ..checkpoint import atomic_write_bytes
 from ..config import PLTConfig
 from ..errors import ArtifactError, ConfigError
 from ..ops import contract
+from .consistency import check_manifest_matches_graphs
 from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
@@ -87,6 +88,7 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
                             f"reads {FORMAT_VERSION}; re-export the model")
     try:
         op = data["custom_op"]
+        contract.check_version(op.get("version"), str(path))  # a v1 export: one line, how to re-export
         for key, want in op_entry().items():
             if op.get(key) != want:
                 raise ArtifactError(f"{path}: custom op {key} is {op.get(key)!r}, this plt-deploy implements "
@@ -112,6 +114,7 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
             raise ArtifactError(f"{fpath}: sha256 does not match {path}; the file is damaged or from another export")
     for graph in GRAPHS:
         check_op_version(manifest.graph_path(graph))
+    check_manifest_matches_graphs(manifest, path)
     if expect_model is not None:
         want = model_identity(Path(expect_model))
         have = data["model"].get("sha256", {})
@@ -130,9 +133,8 @@ def check_op_version(onnx_path: Path) -> None:
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
         raise ArtifactError(f"{onnx_path}: not a readable ONNX file ({str(exc).splitlines()[0]})") from None
     for o in model.opset_import:
-        if o.domain == contract.OP_DOMAIN and o.version != contract.OP_VERSION:
-            raise ArtifactError(f"{onnx_path}: imports custom op domain {o.domain!r} version {o.version}, this "
-                                f"plt-deploy implements version {contract.OP_VERSION}; re-export the model")
+        if o.domain == contract.OP_DOMAIN:
+            contract.check_version(o.version, f"{onnx_path}: imports custom op domain {o.domain!r}")
     for f in model.functions:
         if f.domain == contract.OP_DOMAIN and f.name == contract.OP_NAME:
             break

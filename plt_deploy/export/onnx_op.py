@@ -14,12 +14,14 @@ Names, domain, version, inputs, outputs and attributes all come from `plt_deploy
 
 from __future__ import annotations
 
+import json
+
 import onnx
 from onnx import FunctionProto, TensorProto, helper
 
 from ..ops import contract
 
-MIN_OPSET = 18  # ReduceMax/ReduceSum with axes as an input
+MIN_OPSET = 23  # ONNX's standard Attention (grouped-query heads, boolean mask)
 PLUGIN_VERSION = str(contract.OP_VERSION)
 _ATTR_TYPES = {"INT": onnx.defs.OpSchema.AttrType.INT, "FLOAT": onnx.defs.OpSchema.AttrType.FLOAT}
 _FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
@@ -43,27 +45,55 @@ def register_schema() -> None:
 
 
 def translation_table() -> dict:
-    """custom_translation_table for torch.onnx.export: the torch op -> one plt node."""
-    import torch
-    from onnxscript import values
+    """custom_translation_table for torch.onnx.export: each torch op -> one node.
 
-    from ..ops import gswa  # noqa: F401  (registers the torch op)
+    plt::gated_sliding_window_attention -> one plt node (its function attached afterwards);
+    plt::causal_attention -> one standard `Attention` (opset 23), the same node for vanilla's,
+    looped's and PLT loop 1's causal attention so that their costs compare fairly.
+    """
+    import torch
+    from onnxscript import opset23, values
+
+    from ..ops import gswa  # noqa: F401  (registers the torch ops)
 
     register_schema()
     plt_opset = values.Opset(contract.OP_DOMAIN, contract.OP_VERSION)
-    num_heads_of = {}
 
     def gswa_onnx(query, key_global, value_global, key_local, value_local, query_pos, local_pos,
-                  gate_weight, gate_bias, window: int, scale: float):
+                  gate_weight, gate_bias, window: int, scale: float, global_rows: int):
         hq, hkv = query.shape[2], key_global.shape[1]
         if not (isinstance(hq, int) and isinstance(hkv, int)):
             raise RuntimeError("G-SWA export needs static head counts (dims 2 of query and 1 of key_global)")
-        num_heads_of["last"] = hq
         return getattr(plt_opset, contract.OP_NAME)(
             query, key_global, value_global, key_local, value_local, query_pos, local_pos, gate_weight,
-            gate_bias, window=int(window), scale=float(scale), num_heads=int(hq), num_kv_heads=int(hkv))
+            gate_bias, window=int(window), scale=float(scale), num_heads=int(hq), num_kv_heads=int(hkv),
+            global_rows=int(global_rows))
 
-    return {torch.ops.plt.gated_sliding_window_attention.default: gswa_onnx}
+    def attention_onnx(query, key, value, mask, scale: float):
+        return opset23.Attention(query, key, value, mask, scale=float(scale))[0]  # extra outputs trimmed later
+
+    return {torch.ops.plt.gated_sliding_window_attention.default: gswa_onnx,
+            torch.ops.plt.causal_attention.default: attention_onnx}
+
+
+def trim_attention_outputs(model: onnx.ModelProto) -> int:
+    """Drop the unused optional outputs (present_key, present_value, qk) of every Attention node.
+
+    The exporter declares all four; an unused present_key would still be computed (a copy of the
+    cache) by some runtimes. Returns how many nodes were trimmed.
+    """
+    used = {i for g in _graphs(model) for n in g.node for i in n.input} | {o.name for o in model.graph.output}
+    count = 0
+    for graph in _graphs(model):
+        for node in graph.node:
+            if node.op_type == "Attention" and node.domain in ("", "ai.onnx") and len(node.output) > 1:
+                keep = len(node.output)
+                while keep > 1 and node.output[keep - 1] not in used:
+                    keep -= 1
+                if keep < len(node.output):
+                    del node.output[keep:]
+                    count += 1
+    return count
 
 
 def add_plugin_attributes(model: onnx.ModelProto) -> int:
@@ -87,93 +117,132 @@ def _graphs(model: onnx.ModelProto):
         yield f
 
 
-def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add (or replace) the model-local FunctionProto and the plt opset import."""
+def attach_function(model: onnx.ModelProto, static: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Add (or replace) the model-local FunctionProto and the plt opset import.
+
+    static: dims every call site of this model has fixed (see build_function), e.g. the decode
+    graph's {"R": L, "S": 1, "D": head_dim, "W": ring_len}; they become constants in the body.
+    """
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     keep = [f for f in model.functions if not (f.name == contract.OP_NAME and f.domain == contract.OP_DOMAIN)]
     del model.functions[:]
-    model.functions.extend([*keep, build_function(opset)])
+    model.functions.extend([*keep, build_function(opset, static)])
     if not any(o.domain == contract.OP_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(contract.OP_DOMAIN, contract.OP_VERSION))
     return model
 
 
-def build_function(opset: int) -> FunctionProto:
-    """The op's body in standard ONNX ops of `opset`; mirrors gswa_reference step by step."""
+def build_function(opset: int, static: dict[str, int] | None = None) -> FunctionProto:
+    """The op's body in standard ONNX ops of `opset` (>= 23): two `Attention` nodes and the gate.
+
+    Layout: the R rows are folded into the query axis, q [B, Hq, R*S, D] (row-major in r, s), so
+    ONE Attention reads every shared K/V slot once for all rows and all query heads of its KV group
+    (GQA by Attention's own head grouping). The local part is ONE Attention over the R-G rows' own
+    keys laid side by side, k [B, Hkv, (R-G)*W, D], with a block-diagonal mask: query row r sees
+    only block r - G, inside its window; rows r < G see no local key. Attention gives 0 for a query
+    whose keys are all masked (the ONNX reference and ONNX Runtime do; test_onnx_function checks
+    it), which is exactly the contract's "0 if no key is valid". The gate of rows r < G is closed
+    by a -inf bias, so they come out as y_global.
+
+    static: dims known for every call site ("R", "S", "D", "W", and "G", the global_rows of every
+    node), used as constants instead of
+    Shape nodes (ONNX Runtime folds neither Shape slices of partly dynamic tensors nor masks
+    built from them). With S == 1 and opset >= 24 the global part needs no mask at all: query
+    t sees slots 0..t, i.e. Attention's nonpad_kv_seqlen = t + 1 per sequence. Everything else
+    that depends on positions only is then identical in every layer, and ONNX Runtime's common
+    subexpression elimination computes it once per step.
+    """
     if opset < MIN_OPSET:
-        raise ValueError(f"the G-SWA function body needs opset >= {MIN_OPSET}, got {opset}")
+        raise ValueError(f"the G-SWA function body needs opset >= {MIN_OPSET} (ONNX Attention), got {opset}")
+    static = dict(static or {})
+    if "R" in static and "G" in static:
+        static["RL"] = static["R"] - static["G"]
     b = _Body()
     (query, key_g, value_g, key_l, value_l, query_pos, local_pos, gate_w, gate_b) = (t.name for t in contract.INPUTS)
     out_name = contract.OUTPUTS[0].name
-    F = TensorProto.FLOAT
+    F, I64 = TensorProto.FLOAT, TensorProto.INT64
     q, kg, vg, kl, vl, gw, gb = (b.node("Cast", [x], to=F) for x in (query, key_g, value_g, key_l, value_l,
                                                                       gate_w, gate_b))
     window = b.node("Constant", [], value_int=_ref("window", onnx.AttributeProto.INT))  # int64 scalar
-    scale = b.node("Constant", [], value_float=_ref("scale", onnx.AttributeProto.FLOAT))  # float scalar
-    zero_f, one_f = b.const(0.0, F), b.const(1.0, F)
-    neg_inf = b.const(float("-inf"), F)
-    zero_i, one_i, minus1 = b.const(0, TensorProto.INT64), b.const(1, TensorProto.INT64), b.ints([-1])
+    g_rows = b.node("Constant", [], value_int=_ref("global_rows", onnx.AttributeProto.INT))  # int64 scalar G
+    zero_i, one_i = b.const(0, I64), b.const(1, I64)
+    zero_f, neg_inf = b.const(0.0, F), b.const(float("-inf"), F)
 
-    # Grouped-query heads without copying K/V: view q as [B, R, Hkv, n_rep, S, D] and broadcast K/V.
-    q_shape = b.node("Shape", [query])  # [B, R, Hq, S, D]
-    hkv = b.node("Shape", [key_global_name := key_g], start=1, end=2)  # [Hkv]
-    q6_shape = b.node("Concat", [b.node("Shape", [query], start=0, end=2), hkv, minus1,
-                                 b.node("Shape", [query], start=3, end=5)], axis=0)
-    q6 = b.node("Reshape", [q, q6_shape])  # [B, R, Hkv, n_rep, S, D]
-    q6s = b.node("Mul", [q6, scale])  # scaled once for both score matmuls
-    perm = [0, 1, 2, 3, 5, 4]
+    def dim(name: str, x: str, i: int) -> str:  # [1] int64
+        return b.ints([static[name]]) if name in static else b.node("Shape", [x], start=i, end=i + 1)
 
-    def masked_softmax_attention(scores, valid, values):
-        """softmax over the valid keys; rows without one are 0 (as ops/gswa.py).
+    def scalar(x: str) -> str:
+        return b.node("Squeeze", [x, b.ints([0])])
 
-        The bias and the any-valid flag depend on positions only, so ONNX Runtime's common
-        subexpression elimination shares them between layers; per layer this is 4 nodes. A row
-        without a valid key is all -inf, which Softmax turns into NaN: the Where replaces it by 0.
-        """
-        bias = b.node("Where", [valid, zero_f, neg_inf])
-        any_valid = b.node("Greater", [b.node("ReduceMax", [b.node("Cast", [valid], to=F), minus1], keepdims=1),
-                                       zero_f])
-        p = b.node("Softmax", [b.node("Add", [scores, bias])], axis=-1)
-        return b.node("Where", [any_valid, b.node("MatMul", [p, values]), zero_f])
+    R, S, D, W = dim("R", query, 1), dim("S", query, 3), dim("D", query, 4), dim("W", key_l, 3)
+    RL = dim("RL", key_l, 1)  # R - G
+    RS = b.node("Mul", [R, S])
 
-    # Global part: causal over the shared cache, slot j = position j.
-    kg6 = b.node("Unsqueeze", [kg, b.ints([1, 3])])  # [B, 1, Hkv, 1, T, D]
-    vg6 = b.node("Unsqueeze", [vg, b.ints([1, 3])])
-    scores_g = b.node("MatMul", [q6s, b.node("Transpose", [kg6], perm=perm)])  # [B, R, Hkv, n_rep, S, T]
-    t_len = b.node("Squeeze", [b.node("Shape", [key_global_name], start=2, end=3), b.ints([0])])
-    slots = b.node("Range", [zero_i, t_len, one_i])  # [T]
-    qpos6 = b.node("Unsqueeze", [query_pos, b.ints([1, 2, 3, 5])])  # [B, 1, 1, 1, S, 1]
-    valid_g = b.node("LessOrEqual", [slots, qpos6])  # [B, 1, 1, 1, S, T]
-    y_global = masked_softmax_attention(scores_g, valid_g, vg6)  # [B, R, Hkv, n_rep, S, D]
+    # Queries of all rows, folded into the query axis: [B, Hq, R*S, D]. With S == 1 a Squeeze and a
+    # 4-D Transpose, which ONNX Runtime cancels against the model's own head transposes.
+    one_query = static.get("S") == 1
+    if one_query:
+        qg = b.node("Transpose", [b.node("Squeeze", [q, b.ints([3])])], perm=[0, 2, 1, 3])
+    else:
+        qg = b.node("Reshape", [b.node("Transpose", [q], perm=[0, 2, 1, 3, 4]),
+                                b.node("Concat", [b.ints([0, 0]), RS, D], axis=0)])
 
-    # Local part: own keys inside the window (t - w, t], empty slots hold -1.
-    kl6 = b.node("Unsqueeze", [kl, b.ints([3])])  # [B, R, Hkv, 1, W, D]
-    vl6 = b.node("Unsqueeze", [vl, b.ints([3])])
-    scores_l = b.node("MatMul", [q6s, b.node("Transpose", [kl6], perm=perm)])  # [B, R, Hkv, n_rep, S, W]
-    lpos6 = b.node("Unsqueeze", [local_pos, b.ints([1, 2, 3, 4])])  # [B, 1, 1, 1, 1, W]
-    valid_l = b.node("And", [b.node("And", [b.node("GreaterOrEqual", [lpos6, zero_i]),
-                                             b.node("LessOrEqual", [lpos6, qpos6])]),
-                             b.node("Greater", [lpos6, b.node("Sub", [qpos6, window])])])  # [B, 1, 1, 1, S, W]
-    y_local = masked_softmax_attention(scores_l, valid_l, vl6)
+    # Position-only masks, the same in every layer.
+    t = b.node("Unsqueeze", [query_pos, b.ints([2])])  # [B, S, 1]
+    p = b.node("Unsqueeze", [local_pos, b.ints([1])])  # [B, 1, W]
+    valid_l = b.node("And", [b.node("And", [b.node("GreaterOrEqual", [p, zero_i]), b.node("LessOrEqual", [p, t])]),
+                             b.node("Greater", [p, b.node("Sub", [t, window])])])  # [B, S, W]
+    block = b.node("Equal", [b.node("Unsqueeze", [b.node("Range", [zero_i, scalar(R), one_i]), b.ints([1])]),
+                             b.node("Add", [b.node("Range", [zero_i, scalar(RL), one_i]), g_rows])])  # [R, R-G]
+    mask_l = b.node("And", [b.node("Unsqueeze", [block, b.ints([0, 2, 4])]),  # [1, R, 1, R-G, 1]
+                            b.node("Unsqueeze", [valid_l, b.ints([1, 3])])])  # [B, 1, S, 1, W]
+    mask_l = b.node("Reshape", [mask_l, b.node("Concat", [b.ints([0, 1]), RS, b.node("Mul", [RL, W])], axis=0)])
+    row = b.node("Div", [b.node("Range", [zero_i, scalar(RS), one_i]), scalar(S)])  # [R*S] row of each query
+    row_bias = b.node("Unsqueeze", [b.node("Where", [b.node("Less", [row, g_rows]), neg_inf, zero_f]),
+                                    b.ints([1])])  # [R*S, 1]: -inf closes the gate of rows < G
 
-    # Gate: sigmoid(q . gate_weight[h] + gate_bias[h]) per head and token.
-    gw4 = b.node("Unsqueeze", [b.node("Reshape", [gw, b.node("Concat", [hkv, minus1, b.node("Shape", [gate_w],
-                                                                                            start=1, end=2)],
-                                                             axis=0)]), minus1])  # [Hkv, n_rep, D, 1]
-    gb4 = b.node("Reshape", [gb, b.node("Concat", [hkv, b.ints([-1, 1, 1])], axis=0)])  # [Hkv, n_rep, 1, 1]
-    g = b.node("Sigmoid", [b.node("Add", [b.node("MatMul", [q6, gw4]), gb4])])  # [B, R, Hkv, n_rep, S, 1]
-    y = b.node("Add", [b.node("Mul", [g, y_local]), b.node("Mul", [b.node("Sub", [one_f, g]), y_global])])
-    y5 = b.node("Reshape", [y, q_shape])  # [B, R, Hq, S, D]
+    # Global: one Attention over the shared cache for all rows -> [B, Hq, R*S, D].
+    scale = _ref("scale", onnx.AttributeProto.FLOAT)
+    if static.get("S") == 1 and opset >= 24:  # one query per sequence: keys 0..t, no mask
+        seen = b.node("Add", [b.node("Squeeze", [query_pos, b.ints([1])]), one_i])  # [B] = t + 1
+        y_g = b.node("Attention", [qg, kg, vg, "", "", "", seen], scale=scale)
+    else:
+        slots = b.node("Range", [zero_i, scalar(b.node("Shape", [key_g], start=2, end=3)), one_i])  # [T]
+        valid_g = b.node("Unsqueeze", [b.node("LessOrEqual", [slots, t]), b.ints([1])])  # [B, 1, S, T]
+        mask_g = b.node("Tile", [valid_g, b.node("Concat", [b.ints([1, 1]), R, b.ints([1])], axis=0)])
+        y_g = b.node("Attention", [qg, kg, vg, mask_g], scale=scale)  # mask [B, 1, R*S, T]
+    # Local: the R-G rows' rings side by side, [B, Hkv, (R-G)*W, D], block-diagonal mask.
+    if static.get("RL") == 1:  # one local row: its ring is already [B, Hkv, W, D]
+        kls, vls = (b.node("Squeeze", [x, b.ints([1])]) for x in (kl, vl))
+    else:
+        side = b.node("Concat", [b.ints([0, 0, -1]), D], axis=0)
+        kls, vls = (b.node("Reshape", [b.node("Transpose", [x], perm=[0, 2, 1, 3, 4]), side]) for x in (kl, vl))
+    y_l = b.node("Attention", [qg, kls, vls, mask_l], scale=scale)
+
+    # Gate: sigmoid(q . gate_weight[h] + gate_bias[h]) per head and query row; 0 for rows < G.
+    gw3 = b.node("Unsqueeze", [gw, b.ints([-1])])  # [Hq, D, 1]
+    gb3 = b.node("Add", [b.node("Unsqueeze", [gb, b.ints([1, 2])]), row_bias])  # [Hq, R*S, 1]
+    g = b.node("Sigmoid", [b.node("Add", [b.node("MatMul", [qg, gw3]), gb3])])  # [B, Hq, R*S, 1]
+    y = b.node("Add", [y_g, b.node("Mul", [g, b.node("Sub", [y_l, y_g])])])  # y_g + g (y_l - y_g)
+
+    # Back to [B, R, Hq, S, D].
+    if one_query:
+        y5 = b.node("Unsqueeze", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.ints([3])])
+    else:
+        y5 = b.node("Transpose", [b.node("Reshape", [y, b.node("Concat", [b.ints([0, 0]), R, S, D], axis=0)])],
+                    perm=[0, 2, 1, 3, 4])  # [B, Hq, R, S, D] -> [B, R, Hq, S, D]
     b.node("CastLike", [y5, query], out=out_name)
 
     required = [a.name for a in contract.ATTRIBUTES if a.default is None]
     optional = [helper.make_attribute(a.name, a.default) for a in contract.ATTRIBUTES if a.default is not None]
     optional += [helper.make_attribute("plugin_namespace", contract.PLUGIN_NAMESPACE),
                  helper.make_attribute("plugin_version", PLUGIN_VERSION)]
+    doc = "G-SWA v2 over a shared cache; see plt_deploy/ops/contract.py"
+    if static:
+        doc += f". Specialised to this model's static dims {json.dumps(static, sort_keys=True)}"
     fn = helper.make_function(contract.OP_DOMAIN, contract.OP_NAME, [t.name for t in contract.INPUTS], [out_name],
                               b.nodes, [helper.make_opsetid("", opset)], attributes=required,
-                              attribute_protos=optional,
-                              doc_string="G-SWA over a shared cache; see plt_deploy/ops/contract.py")
+                              attribute_protos=optional, doc_string=doc)
     return fn
 
 
@@ -199,7 +268,10 @@ class _Body:
         plain = {k: v for k, v in attrs.items() if k not in refs}
         node = helper.make_node(op, inputs, [out], name=f"{op}_{self._n}", **plain)
         for k, v in refs.items():
-            node.attribute.append(v)
+            ref = onnx.AttributeProto()
+            ref.CopyFrom(v)
+            ref.name = k  # the node's attribute name; ref_attr_name is the function attribute it reads
+            node.attribute.append(ref)
         self.nodes.append(node)
         return out
 

@@ -41,7 +41,11 @@ def dim_constraints() -> list[str]:
     for spec in contract.INPUTS:
         for axis, sym in enumerate(spec.shape):
             here = f"{spec.name}_{axis}"
-            if sym in first:
+            if "-" in sym and sym not in first:  # a difference such as R-G: tensor dim minus attribute
+                a, b = sym.split("-")
+                out.append(f"{here} == {first[a]} - {contract.DIM_ATTRIBUTES[b]}")
+                first[sym] = here
+            elif sym in first:
                 out.append(f"{here} == {first[sym]}")
             else:
                 first[sym] = here

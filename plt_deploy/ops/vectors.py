@@ -5,7 +5,8 @@ on a GPU, the TensorRT plugin. Regenerate with `python -m plt_deploy.ops.vectors
 that the committed file still matches the reference).
 
 File format: safetensors; tensor "<case>/<input name>" for every contract input plus
-"<case>/expected"; metadata "cases" = JSON list of {name, window, scale, num_heads, num_kv_heads}.
+"<case>/expected"; metadata "cases" = JSON list of {name, dtype, window, scale, num_heads,
+num_kv_heads, global_rows} (contract v2: key_local/value_local hold R - global_rows rows).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Case:
     name: str
     batch: int
     rows: int  # R
+    global_rows: int  # G: rows 0..G-1 are global-only
     heads: int  # Hq
     kv_heads: int  # Hkv
     queries: int  # S
@@ -41,17 +43,29 @@ class Case:
     seed: int = 0
 
 
+def _seq(start: int, n: int) -> tuple[int, ...]:
+    return tuple(range(start, start + n))
+
+
 CASES: tuple[Case, ...] = (
-    Case("decode_basic", 2, 1, 4, 2, 1, 8, 20, 4, ((7,), (13,)), "ring"),
-    Case("decode_rows3_gqa4", 2, 2, 8, 2, 1, 16, 64, 5, ((0,), (40,)), "ring", seed=1),
-    Case("decode_window1", 1, 1, 2, 1, 1, 8, 12, 1, ((9,),), "ring", seed=2),
-    Case("decode_long_cache", 2, 1, 4, 4, 1, 32, 700, 16, ((699,), (257,)), "ring", seed=3),
-    Case("prefill_chunk", 2, 1, 4, 2, 10, 16, 10, 3, (tuple(range(10)), tuple(range(10))), "chunk", seed=4),
-    Case("prefill_window_ge_len", 1, 1, 4, 1, 6, 8, 6, 100, (tuple(range(6)),), "chunk", seed=5),
-    Case("prefill_offset", 2, 1, 4, 2, 5, 8, 16, 4, (tuple(range(3, 8)), tuple(range(11, 16))), "chunk", seed=6),
-    Case("decode_fp16", 2, 2, 4, 2, 1, 16, 40, 6, ((5,), (39,)), "ring", "float16", seed=7),
-    Case("decode_bf16", 2, 1, 4, 2, 1, 16, 40, 6, ((3,), (30,)), "ring", "bfloat16", seed=8),
-    Case("prefill_fp16", 1, 1, 2, 1, 33, 16, 33, 8, (tuple(range(33)),), "chunk", "float16", seed=9),
+    # decode: R = L rows, G = 1 (row 0 = loop 1, global-only), one query per sequence
+    Case("decode_basic", 2, 2, 1, 4, 2, 1, 8, 20, 4, ((7,), (13,)), "ring"),
+    Case("decode_rows3_gqa4", 2, 3, 1, 8, 2, 1, 16, 64, 5, ((0,), (40,)), "ring", seed=1),
+    Case("decode_window1", 1, 2, 1, 2, 1, 1, 8, 12, 1, ((9,),), "ring", seed=2),
+    Case("decode_window_ge_len", 2, 2, 1, 4, 2, 1, 8, 16, 32, ((3,), (15,)), "ring", seed=3),
+    Case("decode_empty_ring", 3, 3, 1, 4, 1, 1, 8, 10, 8, ((0,), (2,), (9,)), "ring", seed=4),
+    Case("decode_long_cache", 2, 2, 1, 4, 4, 1, 32, 700, 16, ((699,), (257,)), "ring", seed=5),
+    Case("decode_long_gqa", 2, 3, 1, 8, 2, 1, 16, 1100, 64, ((1099,), (600,)), "ring", seed=6),
+    Case("decode_no_global_rows", 2, 1, 0, 4, 2, 1, 8, 20, 4, ((5,), (19,)), "ring", seed=7),
+    # prefill of loops >= 2: R = 1, G = 0, the local keys are the chunk's own
+    Case("prefill_chunk", 2, 1, 0, 4, 2, 10, 16, 10, 3, (_seq(0, 10), _seq(0, 10)), "chunk", seed=8),
+    Case("prefill_window_ge_len", 1, 1, 0, 4, 1, 6, 8, 6, 100, (_seq(0, 6),), "chunk", seed=9),
+    Case("prefill_offset", 2, 1, 0, 4, 2, 5, 8, 16, 4, (_seq(3, 5), _seq(11, 5)), "chunk", seed=10),
+    # half precision (fp32 arithmetic inside)
+    Case("decode_fp16", 2, 2, 1, 4, 2, 1, 16, 40, 6, ((5,), (39,)), "ring", "float16", seed=11),
+    Case("decode_bf16", 2, 3, 1, 8, 2, 1, 16, 40, 6, ((3,), (30,)), "ring", "bfloat16", seed=12),
+    Case("prefill_fp16", 1, 1, 0, 2, 1, 33, 16, 33, 8, (_seq(0, 33),), "chunk", "float16", seed=13),
+    Case("prefill_bf16", 1, 1, 0, 4, 2, 12, 16, 20, 5, (_seq(4, 12),), "chunk", "bfloat16", seed=14),
 )
 
 
@@ -59,6 +73,7 @@ def make_inputs(case: Case) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(case.seed)
     dtype = getattr(torch, case.dtype)
     B, R, Hq, Hkv, S, D, T = case.batch, case.rows, case.heads, case.kv_heads, case.queries, case.head_dim, case.cache_len
+    RL = R - case.global_rows  # rows with local keys
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(dtype)
@@ -74,8 +89,8 @@ def make_inputs(case: Case) -> dict[str, torch.Tensor]:
         "query": randn(B, R, Hq, S, D),
         "key_global": randn(B, Hkv, T, D),
         "value_global": randn(B, Hkv, T, D),
-        "key_local": randn(B, R, Hkv, W, D),
-        "value_local": randn(B, R, Hkv, W, D),
+        "key_local": randn(B, RL, Hkv, W, D),
+        "value_local": randn(B, RL, Hkv, W, D),
         "query_pos": query_pos,
         "local_pos": local_pos,
         "gate_weight": (0.5 * torch.randn(Hq, D, generator=g)).to(dtype),
@@ -85,7 +100,7 @@ def make_inputs(case: Case) -> dict[str, torch.Tensor]:
 
 def case_attributes(case: Case) -> dict:
     return {"window": case.window, "scale": 1.0 / math.sqrt(case.head_dim),
-            "num_heads": case.heads, "num_kv_heads": case.kv_heads}
+            "num_heads": case.heads, "num_kv_heads": case.kv_heads, "global_rows": case.global_rows}
 
 
 def build_vectors() -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -93,7 +108,8 @@ def build_vectors() -> tuple[dict[str, torch.Tensor], list[dict]]:
     for case in CASES:
         inputs = make_inputs(case)
         attrs = case_attributes(case)
-        expected = gswa_reference(**inputs, window=attrs["window"], scale=attrs["scale"])
+        expected = gswa_reference(**inputs, window=attrs["window"], scale=attrs["scale"],
+                                  global_rows=attrs["global_rows"])
         for name, value in inputs.items():
             tensors[f"{case.name}/{name}"] = value.contiguous()
         tensors[f"{case.name}/expected"] = expected.contiguous()

@@ -1,0 +1,57 @@
+"""Which kind of folder a path is (checkpoint or export), and whether it fits a backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+
+CHECKPOINT_BACKENDS = ("torch",)
+EXPORT_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def folder_kind(path: str | Path) -> str | None:
+    """'checkpoint' (config.json + model.safetensors), 'export' (manifest.json) or None."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return "export"
+    if (path / "config.json").is_file() or (path / "model.safetensors").is_file():
+        return "checkpoint"
+    return None
+
+
+def check_folder_fits(backend: str, path: str | Path) -> None:
+    """Refuse, in one line, a checkpoint given to an export backend or the other way round."""
+    kind = folder_kind(path)
+    if kind == "checkpoint" and backend in EXPORT_BACKENDS:
+        raise InputError(f"{path} is a checkpoint folder; --backend {backend} runs an export folder: make one "
+                         f"with `plt-deploy export --model {path} --out export/NAME`, or use --backend torch")
+    if kind == "export" and backend in CHECKPOINT_BACKENDS:
+        raise InputError(f"{path} is an export folder; --backend torch runs a checkpoint folder (config.json + "
+                         "model.safetensors): pass the checkpoint, or use --backend onnxruntime for this export")
+
+
+def preflight(backend: str, path: str | Path) -> None:
+    """Cheap checks before any heavy import: the folder exists, is the kind `backend` runs, and its
+    model config is valid (a bad config fails in milliseconds, not after torch has loaded)."""
+    import json
+
+    from ..config import PLTConfig
+    from ..errors import ArtifactError, CheckpointError, ConfigError
+
+    path = Path(path)
+    if not path.is_dir():
+        kind = "export" if backend in EXPORT_BACKENDS else "checkpoint"
+        raise InputError(f"{path}: no such {kind} folder")
+    check_folder_fits(backend, path)
+    kind = folder_kind(path)
+    try:
+        if kind == "checkpoint":
+            PLTConfig.from_json(path / "config.json")
+        elif kind == "export":
+            data = json.loads((path / "manifest.json").read_text())
+            PLTConfig.from_dict(data["model"]["config"])
+    except ConfigError as exc:
+        raise (CheckpointError if kind == "checkpoint" else ArtifactError)(str(exc)) from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass  # a malformed manifest: read_manifest reports it with the details

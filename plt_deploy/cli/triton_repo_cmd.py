@@ -1,0 +1,30 @@
+"""plt-deploy triton-repo: a Triton Inference Server model repository serving a PLT model."""
+
+from __future__ import annotations
+
+import click
+
+from ..triton.config import BACKENDS
+
+
+@click.command("triton-repo")
+@click.option("--model", required=True, type=click.Path(file_okay=False),
+              help="Export folder (onnxruntime, tensorrt) or checkpoint folder (torch).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Repository folder to write.")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help=f"Runtime inside the Python backend: {', '.join(BACKENDS)}.")
+@click.option("--slots", type=int, default=4, show_default=True, help="Concurrent sequences the engine batches.")
+@click.option("--name", default="plt", show_default=True, help="Triton model name (the URL's /v2/models/NAME).")
+@click.option("--max-context", type=click.IntRange(min=2), help="Longest prompt + completion (default: the engine's).")
+@click.option("--plugin", type=click.Path(dir_okay=False),
+              help="TensorRT plugin library (default: the one the engines were built with).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
+@click.option("--force", is_flag=True, help="Replace an existing repository folder.")
+def command(model, out, backend, slots, name, max_context, plugin, threads, force):
+    """Write REPO/NAME/{config.pbtxt,1/model.py,1/artifact} and REPO/README.md for `tritonserver`."""
+    from ..triton.repository import write_repository
+
+    path = write_repository(model, out, backend=backend, slots=slots, name=name, force=force, plugin=plugin,
+                            max_context=max_context, threads=threads)
+    click.echo(f"wrote {path} (model {name}, backend {backend}, {slots} slots); start it with the command in "
+               f"{path / 'README.md'}")

@@ -1,0 +1,142 @@
+"""Write a Triton model repository for a PLT export or checkpoint (`plt-deploy triton-repo`).
+
+    REPO/
+      README.md                  the tritonserver command and curl examples
+      NAME/
+        config.pbtxt             python backend, decoupled, generate-extension I/O, parameters
+        1/
+          model.py               copy of plt_deploy/triton/triton_model.py
+          artifact/              the export (manifest + hashes) or checkpoint, copied
+          plugins/libplt_trt_plugins.so   TensorRT only: the plugin the engines were built with
+
+Everything is checked first (artifact.check_artifact: unknown backend, bad hash, missing plugin or
+engines), then written into a temporary folder beside REPO and renamed into place; an existing REPO
+is kept unless force=True.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import ArtifactError, InputError
+from .artifact import check_artifact, check_backend
+from .config import ModelParams, parse_config, render_config
+
+VERSION = "1"
+ARTIFACT_DIR = "artifact"
+PLUGIN_DIR = "plugins"
+MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def write_repository(model: str | Path, out: str | Path, backend: str = "onnxruntime", slots: int = 4,
+                     name: str = "plt", force: bool = False, plugin: str | Path | None = None,
+                     max_context: int | None = None, threads: int | None = None) -> Path:
+    """Library entry point of `plt-deploy triton-repo`; returns REPO."""
+    check_backend(backend)
+    if not _NAME.match(name):
+        raise InputError(f"--name {name!r}: use letters, digits, '_', '-', '.' (it is a folder and a URL part)")
+    if slots < 1:
+        raise InputError(f"--slots must be >= 1, got {slots}")
+    if plugin is not None and backend != "tensorrt":
+        raise InputError(f"--plugin is for --backend tensorrt, not {backend}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder")
+    model = Path(model)
+    checked = check_artifact(model, backend, plugin=plugin)
+    params = ModelParams(artifact=ARTIFACT_DIR, backend=backend, slots=slots, max_context=max_context,
+                         plugin=f"{PLUGIN_DIR}/{checked.plugin.name}" if checked.plugin else None,
+                         plugin_sha256=checked.plugin_sha256,
+                         checkpoint_sha256=json.dumps(checked.checkpoint_sha256, sort_keys=True)
+                         if checked.checkpoint_sha256 else None, threads=threads)
+    config_text = render_config(name, params)
+    _validate_if_possible(config_text, out / name / "config.pbtxt")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        version = tmp / name / VERSION
+        shutil.copytree(model, version / ARTIFACT_DIR, ignore=shutil.ignore_patterns("__pycache__", ".*.tmp"))
+        if checked.plugin is not None:
+            (version / PLUGIN_DIR).mkdir()
+            shutil.copy2(checked.plugin, version / params.plugin)
+        shutil.copy2(MODEL_TEMPLATE, version / "model.py")
+        (tmp / name / "config.pbtxt").write_text(config_text)
+        (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _validate_if_possible(text: str, where: Path) -> None:
+    """Parse with Triton's own ModelConfig when tritonclient is installed (the tests always do)."""
+    from ..errors import BackendUnavailable
+
+    try:
+        parse_config(text, str(where))
+    except BackendUnavailable:
+        pass
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    os.rename(out, old / "repo")
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old / "repo", out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def readme_text(repo: Path, name: str, params: ModelParams) -> str:
+    gpu = params.backend == "tensorrt"
+    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_GLOBAL) before the "
+                   "engines" if params.plugin else "")
+    return f"""# Triton model repository for a PLT model
+
+Written by `plt-deploy triton-repo` (backend `{params.backend}`, {params.slots} slots). Model `{name}` is a
+Python-backend model (`{name}/1/model.py`) that drives plt-deploy's slot engine on the copied
+{"export" if params.backend != "torch" else "checkpoint"} in `{name}/1/{ARTIFACT_DIR}/`; see docs/triton.md in plt-deploy.
+
+## Start the server
+
+The Python that Triton's Python backend runs must have plt-deploy installed (the version that
+wrote this folder){", TensorRT and a GPU" if gpu else ""}. The Python backend bundled in nvidia-pytriton 0.7
+(Triton 2.51) also needs numpy < 2 in that Python: its stub expects numpy 1 (see docs/triton.md).
+
+    tritonserver --model-repository {repo} --http-port 8000 --grpc-port 8001 --metrics-port 8002
+
+Loading the model checks every file's sha256{plugin_note}; a failed check leaves the model not ready,
+with a one-line reason in the server log and in `curl -s -X POST localhost:8000/v2/repository/index`.
+
+## Requests (Triton's generate extension)
+
+One response with the whole text:
+
+    curl -s -X POST localhost:8000/v2/models/{name}/generate \\
+      -d '{{"text_input": "Hello", "max_tokens": 32, "temperature": 0}}'
+
+Server-sent events, one per token (`"stream": true` is required; the last event carries `finish_reason`):
+
+    curl -s -N -X POST localhost:8000/v2/models/{name}/generate_stream \\
+      -d '{{"text_input": "Hello", "max_tokens": 32, "stream": true}}'
+
+Inputs: `text_input` (string), `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop` (a
+string or a list), `stream`. Outputs: `text_output`, `token_ids`, `finish_reason`. Closing the
+connection cancels the request and frees its slot. Gauges `plt_slots_in_use` and
+`plt_requests_waiting` are on the metrics port.
+"""
