@@ -50,7 +50,7 @@ def backends(tmp_path_factory):
     cache row would go unnoticed; scaled up, every greedy token depends on the whole context.
     """
     from plt_deploy.checkpoint import save_checkpoint
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
     from plt_deploy.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("serve_engine")
