@@ -3,15 +3,17 @@
     python scripts/serve-bench.py [--work runs/work-serve] [--rounds 10] [--new 128]
 
 1. `plt-deploy bench --preset small --backend onnxruntime --batch 1,8 --prompt-len 32
-   --new-tokens 256 --variants plt-2,vanilla --workdir WORK` (its table, and the plt-2 export);
+   --new-tokens NEW --variants plt-2,vanilla --workdir WORK` (its table, and the plt-2 export);
 2. two `plt-deploy serve` processes on that export, 8 slots and 1 slot (loopback, free ports);
 3. ROUNDS short rounds, each: bench's own runner (`BackendRunner`; tokens/s = batch / median
    step, the number `bench` prints) at batch 8; the load test against the 8-slot server (8
-   streaming clients, 8 requests of mixed prompt lengths and NEW-ish output lengths, so all 8
-   slots are busy); the load test against the 1-slot server (2 clients, 2 requests: its slot busy
-   throughout); the runner at batch 8 again. One thing runs at a time; the machine is shared and
-   its load drifts within seconds, so each round compares neighbours: server(8) against the mean
-   of the runner before and after it, server(8) against server(1) right after it;
+   streaming clients, 8 requests, so all 8 slots are busy); the load test against the 1-slot
+   server (2 clients, 2 requests: its slot busy throughout); the runner at batch 8 again. The
+   8-slot requests have the runner's shape (32 prompt tokens, NEW new tokens), or with --mixed
+   prompts of 8..31 characters and outputs of 3/4..1 x NEW (shorter real contexts than the
+   runner's, in caches of the same size). One thing runs at a time; the machine is shared and its load
+   drifts within seconds, so each round compares neighbours: server(8) against the mean of the
+   runner before and after it, server(8) against server(1) right after it;
 4. the per-round ratios, their medians, and the 8-slot server's RSS after every round.
 
 Caches have the same length everywhere: runner sessions hold prompt 32 + NEW tokens, the
@@ -67,13 +69,14 @@ def main() -> int:
     ap.add_argument("--work", default="runs/work-serve")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--new", type=int, default=128, help="Runner decode steps; the longest server output.")
+    ap.add_argument("--mixed", action="store_true", help="Mixed prompt and output lengths for the 8-slot load.")
     ap.add_argument("--skip-bench-cli", action="store_true", help="Reuse the export; do not rerun the bench table.")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if not args.skip_bench_cli:
         subprocess.run([*CLI, "bench", "--preset", "small", "--backend", "onnxruntime", "--batch", "1,8",
-                        "--prompt-len", "32", "--new-tokens", "256", "--variants", "plt-2,vanilla", "--no-peer",
+                        "--prompt-len", "32", "--new-tokens", str(args.new), "--variants", "plt-2,vanilla", "--no-peer",
                         "--no-contexts", "--repeats", "2", "--no-progress", "--workdir", str(work),
                         "--json", str(work / "bench.json")], check=True)
     export = work / "onnx-plt-2"
@@ -85,8 +88,10 @@ def main() -> int:
     runner = BackendRunner(load_backend("onnxruntime", str(export)))
     vocab = runner.backend.config.vocab_size
     new = args.new
-    outs = (new * 3 // 4, new * 7 // 8, new)
-    load8 = dict(requests=8, concurrency=8, prompt_lens=(8, 16, 31), output_lens=outs)
+    if args.mixed:  # prompts of 8..31 characters, outputs of 3/4..1 x NEW: shorter real contexts
+        load8 = dict(requests=8, concurrency=8, prompt_lens=(8, 16, 31), output_lens=(new * 3 // 4, new * 7 // 8, new))
+    else:  # the runner's shape: 31 characters + <bos> = 32 prompt tokens, NEW new tokens
+        load8 = dict(requests=8, concurrency=8, prompt_lens=(31,), output_lens=(new,))
     load1 = dict(requests=2, concurrency=2, prompt_lens=(16,), output_lens=(new,))
 
     def bench_tokens_per_s(batch: int) -> float:

@@ -46,12 +46,12 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
     if replicas:
         from ..serve.ray_app import run_ray
 
-        click.echo(f"serving {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
-                   f"on http://{host}:{port}", err=True)
+        click.echo(f"loading {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
+                   f"to serve on http://{host}:{port}", err=True)
         run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
         return
     from ..serve.server import serve_forever
 
-    click.echo(f"serving {model} ({backend}, {slots} slots) on http://{host}:{port}", err=True)
+    click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
     serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
     click.echo("stopped", err=True)

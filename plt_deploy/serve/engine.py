@@ -145,7 +145,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.metrics = metrics
         self.pad_id = getattr(tokenizer, "pad_id", 0) or 0
-        self.session = None
+        self.session = backend.start(slots, max_context)  # here, so that a session too big fails at once
         self.ready = False
         self.steps = 0
         self.load_error: str | None = None
@@ -160,7 +160,7 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------------
     def start(self) -> "Engine":
-        """Start the step loop in a background thread (it allocates the session and warms up)."""
+        """Start the step loop in a background thread (it warms the session up first)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="plt-engine", daemon=True)
             self._thread.start()
@@ -240,7 +240,6 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self.session = self.backend.start(self.slots, self.max_context)
             self._warm_up()
         except Exception as exc:  # noqa: BLE001  (reported through /health and wait_ready)
             self.load_error = f"engine failed to start: {exc}"

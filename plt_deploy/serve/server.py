@@ -7,6 +7,10 @@ SIGTERM / SIGINT (handled by uvicorn): the listener closes, open streams get up 
 from __future__ import annotations
 
 import signal
+import sys
+import threading
+
+from ..errors import PLTError
 
 from .app import ServerSettings, api_key_from_env, build_app
 
@@ -48,8 +52,14 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
     server = _server_class()(config)
+
+    def announce():  # one line once the engine has warmed up (the app then answers /health with 200)
+        try:
+            if engine.wait_ready(None):
+                print(f"ready on http://{host}:{port}", file=sys.stderr, flush=True)
+        except PLTError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+    threading.Thread(target=announce, daemon=True).start()
     server.run()
     if not server.started:
-        from ..errors import PLTError
-
         raise PLTError(f"could not serve on {host}:{port} (address in use or not allowed)")
