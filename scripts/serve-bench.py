@@ -16,6 +16,10 @@
    runner before and after it, server(8) against server(1) right after it;
 4. the per-round ratios, their medians, and the 8-slot server's RSS after every round.
 
+The servers run ONNX Runtime without thread spinning (serve's default, --no-ort-spinning); bench
+runs it with ONNX Runtime's default (spinning). Each round also times the runner without
+spinning, so the serving overhead at equal runtime settings is printed too.
+
 Caches have the same length everywhere: runner sessions hold prompt 32 + NEW tokens, the
 servers' --max-context is 32 + NEW (prompts of up to 31 characters + <bos>, outputs up to NEW).
 """
@@ -85,7 +89,8 @@ def main() -> int:
     from plt_deploy.bench.runner import BackendRunner, prompt_tokens, summary
     from plt_deploy.serve.loadtest import LoadSpec, format_report, run_load
 
-    runner = BackendRunner(load_backend("onnxruntime", str(export)))
+    runner = BackendRunner(load_backend("onnxruntime", str(export)))  # as bench runs it
+    runner_quiet = BackendRunner(load_backend("onnxruntime", str(export), spinning=False))  # as serve runs it
     vocab = runner.backend.config.vocab_size
     new = args.new
     if args.mixed:  # prompts of 8..31 characters, outputs of 3/4..1 x NEW: shorter real contexts
@@ -94,29 +99,34 @@ def main() -> int:
         load8 = dict(requests=8, concurrency=8, prompt_lens=(31,), output_lens=(new,))
     load1 = dict(requests=2, concurrency=2, prompt_lens=(16,), output_lens=(new,))
 
-    def bench_tokens_per_s(batch: int) -> float:
-        sample = runner.run(prompt_tokens(batch, 32, vocab), new)
+    def bench_tokens_per_s(batch: int, r=runner) -> float:
+        sample = r.run(prompt_tokens(batch, 32, vocab), new)
         return batch * 1e3 / summary(sample.decode_ms)["median"]
 
     servers = {n: start_server(export, n, work / f"serve-{n}.log", 32 + new) for n in (8, 1)}
     rounds = []
     try:
         runner.run(prompt_tokens(8, 32, vocab), 8)  # warm-up
+        runner_quiet.run(prompt_tokens(8, 32, vocab), 8)
         for n, (_, url) in servers.items():  # warm-up loads
             run_load(LoadSpec(url=url, requests=8, concurrency=8, prompt_lens=(8, 31), output_lens=(16,)))
         rss0 = run_load(LoadSpec(url=servers[8][1], requests=1, concurrency=1, output_lens=(1,)))["rss_mib_after"]
         for r in range(args.rounds):
-            before = bench_tokens_per_s(8)
+            before, q_before = bench_tokens_per_s(8), bench_tokens_per_s(8, runner_quiet)
             l8 = run_load(LoadSpec(url=servers[8][1], seed=r, **load8))
             l1 = run_load(LoadSpec(url=servers[1][1], seed=r, **load1))
-            after = bench_tokens_per_s(8)
+            q_after, after = bench_tokens_per_s(8, runner_quiet), bench_tokens_per_s(8)
             x = {"bench_b8_before": before, "bench_b8_after": after, "load_8": l8, "load_1": l1,
+                 "quiet_b8_before": q_before, "quiet_b8_after": q_after,
                  "ratio": l8["busy_tokens_per_s"] / ((before + after) / 2),
+                 "ratio_quiet": l8["busy_tokens_per_s"] / ((q_before + q_after) / 2),
                  "gain": l8["busy_tokens_per_s"] / l1["tokens_per_s"]}
             rounds.append(x)
-            print(f"round {r + 1}: runner b8 {before:.1f} / {after:.1f} tok/s; server 8 slots "
+            print(f"round {r + 1}: runner b8 {before:.1f} / {after:.1f} tok/s (no spinning {q_before:.1f} / "
+                  f"{q_after:.1f}); server 8 slots "
                   f"{l8['busy_tokens_per_s']:.1f} (TBT p50 {l8['tbt_ms_p50']:.1f} ms, errors {l8['errors']}); "
-                  f"server 1 slot {l1['tokens_per_s']:.1f}; ratio {x['ratio']:.3f}, 8 vs 1 slot {x['gain']:.2f}x",
+                  f"server 1 slot {l1['tokens_per_s']:.1f}; ratio {x['ratio']:.3f} (vs no spinning "
+                  f"{x['ratio_quiet']:.3f}), 8 vs 1 slot {x['gain']:.2f}x",
                   flush=True)
         b1 = bench_tokens_per_s(1)
         b8 = bench_tokens_per_s(8)
@@ -126,10 +136,12 @@ def main() -> int:
         codes = {n: proc.wait(60) for n, (proc, _) in servers.items()}
     med = statistics.median
     ratio, gain = [x["ratio"] for x in rounds], [x["gain"] for x in rounds]
+    ratio_q = [x["ratio_quiet"] for x in rounds]
     errors = sum(x["load_8"]["errors"] + x["load_1"]["errors"] for x in rounds)
     rss = [rss0] + [x["load_8"]["rss_mib_after"] for x in rounds]
     print(f"\nmedian over {len(rounds)} rounds: server(8 slots, all busy) / runner(batch 8) = {med(ratio):.3f} "
-          f"(min {min(ratio):.3f}, max {max(ratio):.3f}; target >= 0.9)")
+          f"(min {min(ratio):.3f}, max {max(ratio):.3f}; target >= 0.9); against the runner with the server's "
+          f"ONNX Runtime setting (no spinning): {med(ratio_q):.3f} (min {min(ratio_q):.3f}, max {max(ratio_q):.3f})")
     print(f"median server 8 slots / server 1 slot = {med(gain):.2f}x (min {min(gain):.2f}, max {max(gain):.2f}; "
           f"target >= 2); raw runner batch 8 / batch 1 at the end: {b8:.1f} / {b1:.1f} = {b8 / b1:.2f}x")
     print(f"errors {errors}; 8-slot server RSS MiB after warm-up, then after each round of 8 requests: "

@@ -168,7 +168,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, export_dir: str | Path, threads: int | None = None, provider: str | None = None,
-                 inter_threads: int | None = None, verify_hashes: bool = True):
+                 inter_threads: int | None = None, verify_hashes: bool = True, spinning: bool | None = None):
         import onnxruntime as ort
 
         from ..export.manifest import read_manifest
@@ -187,6 +187,8 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
         if inter_threads:
             opts.inter_op_num_threads = inter_threads
+        if spinning is not None:  # False: intra-op threads sleep between runs instead of busy-waiting
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
         self.sessions = {}
         for g in ("prefill", "decode"):
@@ -210,6 +212,7 @@ class OrtBackend(Backend):
         self.sessions.clear()
 
 
-def load(path, threads: int | None = None, provider: str | None = None, **_ignored) -> OrtBackend:
-    """An export folder on ONNX Runtime."""
-    return OrtBackend(path, threads=threads, provider=provider)
+def load(path, threads: int | None = None, provider: str | None = None, spinning: bool | None = None,
+         **_ignored) -> OrtBackend:
+    """An export folder on ONNX Runtime (spinning: None = ONNX Runtime's default, busy-waiting)."""
+    return OrtBackend(path, threads=threads, provider=provider, spinning=spinning)

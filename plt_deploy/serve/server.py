@@ -35,7 +35,7 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
-                  log_level: str = "warning") -> None:
+                  log_level: str = "warning", ort_spinning: bool | None = False) -> None:
     """Serve until SIGTERM/SIGINT (then exit normally)."""
     import uvicorn
 
@@ -44,7 +44,7 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
 
     engine = load_engine(model, backend, slots=slots, max_context=max_context, max_queue=max_queue,
                          max_prefill_tokens=max_prefill_tokens, threads=threads, plugin=plugin, provider=provider,
-                         model_name=model_name)
+                         model_name=model_name, ort_spinning=ort_spinning)
     engine.metrics = Metrics(engine.model_name)
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
                               max_tokens_limit=max_tokens_limit)
