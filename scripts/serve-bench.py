@@ -87,7 +87,7 @@ def main() -> int:
 
     from plt_deploy.backends import load_backend
     from plt_deploy.bench.runner import BackendRunner, prompt_tokens, summary
-    from plt_deploy.serve.loadtest import LoadSpec, format_report, run_load
+    from plt_deploy.serve.loadtest import LoadSpec, run_load
 
     runner = BackendRunner(load_backend("onnxruntime", str(export)))  # as bench runs it
     runner_quiet = BackendRunner(load_backend("onnxruntime", str(export), spinning=False))  # as serve runs it

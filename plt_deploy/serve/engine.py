@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -68,16 +69,16 @@ class EngineRequest:
         self._events: deque[TokenEvent] = deque()
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._on_cancel: Callable[[EngineRequest], None] | None = None  # the engine's hook
 
     # -- caller side -----------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop this request; its slot is freed at the next step boundary."""
-        if not self.cancelled and self._on_cancel is not None:
-            self.cancelled = True
-            self._on_cancel(self)
+        if self.cancelled:
+            return
         self.cancelled = True
-
-    _on_cancel = None
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     @property
     def done(self) -> bool:
