@@ -61,7 +61,7 @@ def backends(tmp_path_factory):
                 p.mul_(6.0)
     ck = save_checkpoint(model, root / "sharp")
     ex = export_model(ck, root / "export", max_batch=4, max_seq=64, progress=False, validate=False)
-    return {"torch": load_torch(ck), "onnxruntime": OrtBackend(ex)}
+    return {"torch": load_torch(ck), "onnxruntime": OrtBackend(ex, spinning=False)}  # as plt-deploy serve runs it
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
