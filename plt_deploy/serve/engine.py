@@ -337,11 +337,11 @@ class Engine:
 
     def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
         """logits [k, V], row i for reqs[i]: sample, stream, finish."""
-        greedy = logits.argmax(dim=-1)  # [k]; one call for every greedy request
+        greedy = logits.argmax(dim=-1).tolist()  # [k]; one call (and one conversion) for every greedy request
         now = time.monotonic()
         for i, r in enumerate(reqs):
             p = r.params
-            tok = int(greedy[i]) if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
+            tok = greedy[i] if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
             r.generated.append(tok)
             if self.metrics:
                 self.metrics.on_token(r, now)
