@@ -339,8 +339,12 @@ class Engine:
         """logits [k, V], row i for reqs[i]: sample, stream, finish."""
         greedy = logits.argmax(dim=-1).tolist()  # [k]; one call (and one conversion) for every greedy request
         now = time.monotonic()
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [k]; sample() refuses NaN rows, greedy too
         for i, r in enumerate(reqs):
             p = r.params
+            if not finite[i]:
+                self._finish(r, TokenEvent(None, "", "error", error="the model produced NaN or infinite logits"))
+                continue
             tok = greedy[i] if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
             r.generated.append(tok)
             if self.metrics:
