@@ -1,7 +1,8 @@
 """`plt-deploy serve` as a library call: load the engine, run the app under uvicorn.
 
-SIGTERM / SIGINT (handled by uvicorn): the listener closes, open streams get up to
-`shutdown_timeout` seconds to finish, then they are cancelled; the engine stops; exit code 0.
+SIGTERM (handled by uvicorn): the listener closes, open streams get up to `shutdown_timeout`
+seconds to finish, then they are cancelled; the engine stops; exit code 0. SIGINT does the same,
+then uvicorn re-raises it (KeyboardInterrupt: the CLI exits 130).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
                   log_level: str = "warning", ort_spinning: bool | None = False) -> None:
-    """Serve until SIGTERM/SIGINT (then exit normally)."""
+    """Serve until SIGTERM (then return) or SIGINT (then KeyboardInterrupt)."""
     import uvicorn
 
     from . import load_engine
