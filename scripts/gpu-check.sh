@@ -1,43 +1,76 @@
 #!/usr/bin/env bash
-# The whole TensorRT path on a machine with an NVIDIA GPU, TensorRT 10.x/11.x and a CUDA toolkit:
-#   1. build the G-SWA plugin (plugins/ -> plugins/build/libplt_trt_plugins.so)
-#   2. install plt-deploy with the gpu extra
-#   3. for the tiny and small presets, fp32 and fp16: init, export, `plt-deploy build`, and
-#      `plt-deploy check --backends torch,onnxruntime,tensorrt` (TensorRT vs ONNX Runtime per graph
-#      through Polygraphy's TrtRunner: fp32 1e-4, fp16 1e-2 relative; TensorRT vs torch on prefill,
-#      decode steps and greedy generations: check/parity.py's tolerances)
-#   4. pytest -m gpu, generate with --backend tensorrt, bench --backend tensorrt --preset small
-# Fails fast, with one line saying what is missing, when there is no GPU or no TensorRT.
+# The whole TensorRT path on a fresh machine with an NVIDIA GPU, TensorRT 10.x/11.x and a CUDA toolkit.
+# Prints one line per stage, "PASS <stage>", "FAIL <stage> (log: FILE)" or "SKIP <stage> (why)",
+# then "gpu-check: PASS" or "gpu-check: FAIL (N stages)" and exits 0 / 1. Stage logs: $OUT/logs/.
+#
+#   prerequisites  nvidia-smi sees a GPU, cmake and nvcc exist (fails fast with one line)
+#   install        pip install -e ".[gpu,test]" (SKIP_INSTALL=1 skips)
+#   tensorrt       TensorRT (>= 10.15, whose ONNX parser imports the exports' opset-23 ops) imports and
+#                  torch sees a CUDA device
+#   cuda-toolkit   nvcc's CUDA major version = the one the installed TensorRT was built for (the plugin
+#                  links the CUDA runtime statically, so it must match)
+#   plugin         cmake build of plugins/ -> plugins/build/libplt_trt_plugins.so
+#   per preset x dtype (PRESETS, DTYPES):
+#     <p>-<d>:export  init + export (validated against torch on ONNX Runtime)
+#     <p>-<d>:engines plt-deploy build (exactly one G-SWA plugin layer per node)
+#     <p>-<d>:check   plt-deploy check --backends torch,onnxruntime,tensorrt (graphs through Polygraphy,
+#                     sequences and greedy tokens against torch)
+#   pytest-gpu     pytest -m gpu
+#   generate       generate --backend tensorrt on the first preset and first dtype that exported
+#   bench          bench --backend tensorrt --preset small (SKIP_BENCH=1 skips)
 #
 # Environment: TENSORRT_ROOT or TENSORRT_INCLUDE_DIR (headers; else /usr/include or the NVIDIA/TensorRT
-# GitHub release branch matching the installed wheel), PYTHON (default python3), OUT (default runs/gpu-check),
-# PRESETS (default "tiny small"), DTYPES (default "float32 float16"), SKIP_INSTALL=1, SKIP_BENCH=1.
-set -euo pipefail
+# GitHub release branch matching the installed wheel), PYTHON (default python3), OUT (default
+# runs/gpu-check), PRESETS (default "tiny small"), DTYPES (default "float32 float16"; any of float32,
+# float16, bfloat16), SKIP_INSTALL=1, SKIP_BENCH=1.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu-check}
 PRESETS=${PRESETS:-tiny small}
 DTYPES=${DTYPES:-float32 float16}
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+FAILED=0
 
 die() { echo "gpu-check: $*" >&2; exit 1; }
-step() { echo; echo "=== $* ==="; }
 plt() { "$PYTHON" -m plt_deploy "$@"; }  # works with or without the console script on PATH
 
-# -- fail fast --------------------------------------------------------------------------------
+# stage NAME CMD...: run CMD with its output in $LOGS/NAME.log; one PASS/FAIL line; returns its status.
+stage() {
+  local name=$1; shift
+  local log="$LOGS/${name//[:\/]/_}.log"
+  if "$@" >"$log" 2>&1; then
+    echo "PASS $name"
+  else
+    echo "FAIL $name (log: $log)"; tail -n 3 "$log" | sed 's/^/    /'
+    FAILED=$((FAILED + 1)); return 1
+  fi
+}
+skip() { echo "SKIP $1 ($2)"; }
+
+# -- prerequisites: fail fast with one line ---------------------------------------------------------
+for d in $DTYPES; do
+  case "$d" in float32|float16|bfloat16) ;; *) die "DTYPES: unknown dtype '$d' (float32, float16, bfloat16)";; esac
+done
 command -v nvidia-smi >/dev/null 2>&1 \
   || die "nvidia-smi not found: this script needs an NVIDIA GPU with its driver installed"
 nvidia-smi -L >/dev/null 2>&1 || die "nvidia-smi cannot talk to the driver (no GPU visible? check the driver)"
 command -v cmake >/dev/null 2>&1 || die "cmake not found: install cmake >= 3.24 (pip install cmake)"
-command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ] \
-  || die "nvcc not found: install the CUDA toolkit (or put /usr/local/cuda/bin on PATH)"
 export PATH="$PATH:/usr/local/cuda/bin"
+command -v nvcc >/dev/null 2>&1 || die "nvcc not found: install the CUDA toolkit (or put its bin/ on PATH)"
+echo "PASS prerequisites"
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-  step "install plt-deploy[gpu,test]"
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[gpu,test]"
+  stage install "$PYTHON" -m pip install --disable-pip-version-check -e ".[gpu,test]" \
+    || die "cannot install plt-deploy[gpu,test] (see the log above)"
+else
+  skip install "SKIP_INSTALL=1"
 fi
-"$PYTHON" - <<'EOF' || exit 1
+
+tensorrt_ready() {
+  "$PYTHON" - <<'EOF'
 import sys
 from plt_deploy.build.availability import require
 from plt_deploy.errors import BackendUnavailable
@@ -45,70 +78,100 @@ try:
     trt = require()
 except BackendUnavailable as exc:
     sys.exit(f"gpu-check: {exc}")
+from plt_deploy.build.availability import version_tuple
+from plt_deploy.build.engine import PARSER_OP_MIN
+need = max(PARSER_OP_MIN.values())
+if version_tuple(trt.__version__)[:2] < need:
+    sys.exit(f"gpu-check: TensorRT {trt.__version__} cannot parse the exports (opset-23 ops): "
+             f"pip install 'tensorrt>={'.'.join(map(str, need))}'")
 import torch
 print(f"TensorRT {trt.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()} "
       f"(sm {'.'.join(map(str, torch.cuda.get_device_capability()))})")
 EOF
+}
+stage tensorrt tensorrt_ready || die "$(tail -n 1 "$LOGS/tensorrt.log")"
+sed 's/^/    /' "$LOGS/tensorrt.log"
 
-# -- 1. plugin ----------------------------------------------------------------------------------
-step "build the plugin library"
-TRT_VERSION=$("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)')
-if [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
-  if [ -n "${TENSORRT_ROOT:-}" ]; then
-    TENSORRT_INCLUDE_DIR="$TENSORRT_ROOT/include"
-  else
+cuda_toolkit() {
+  nvcc --version | "$PYTHON" -c '
+import sys
+from plt_deploy.build.availability import cuda_toolkit_line
+from plt_deploy.errors import BackendUnavailable
+try:
+    print(cuda_toolkit_line(sys.stdin.read()))
+except BackendUnavailable as exc:
+    sys.exit(f"gpu-check: {exc}")'
+}
+stage cuda-toolkit cuda_toolkit || die "$(tail -n 1 "$LOGS/cuda-toolkit.log")"
+sed 's/^/    /' "$LOGS/cuda-toolkit.log"
+
+# -- plugin -------------------------------------------------------------------------------------------
+build_plugin() {
+  local trt_version inc="${TENSORRT_INCLUDE_DIR:-}"
+  trt_version=$("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)')
+  if [ -z "$inc" ] && [ -n "${TENSORRT_ROOT:-}" ]; then inc="$TENSORRT_ROOT/include"; fi
+  if [ -z "$inc" ]; then
     for d in /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu /usr/include /usr/local/tensorrt/include; do
-      if [ -f "$d/NvInferRuntime.h" ]; then TENSORRT_INCLUDE_DIR=$d; break; fi
+      if [ -f "$d/NvInferRuntime.h" ]; then inc=$d; break; fi
     done
   fi
-fi
-if [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
-  # The pip wheels ship no headers; the public headers are in NVIDIA/TensorRT's release branches.
-  branch="release/$(echo "$TRT_VERSION" | cut -d. -f1-2)"
-  hdrs="$OUT/tensorrt-oss"
-  if [ ! -f "$hdrs/include/NvInferRuntime.h" ]; then
-    echo "no TensorRT headers found: fetching include/ of NVIDIA/TensorRT $branch"
-    rm -rf "$hdrs"
-    git clone --quiet --depth 1 --branch "$branch" https://github.com/NVIDIA/TensorRT.git "$hdrs" \
-      || die "cannot fetch TensorRT headers for $TRT_VERSION; set TENSORRT_ROOT or TENSORRT_INCLUDE_DIR"
+  if [ -z "$inc" ]; then
+    # The pip wheels ship no headers; the public headers are in NVIDIA/TensorRT's release branches.
+    local branch hdrs="$OUT/tensorrt-oss"
+    branch="release/$(echo "$trt_version" | cut -d. -f1-2)"
+    if [ ! -f "$hdrs/include/NvInferRuntime.h" ]; then
+      echo "no TensorRT headers found: fetching include/ of NVIDIA/TensorRT $branch"
+      rm -rf "$hdrs"
+      git clone --quiet --depth 1 --branch "$branch" https://github.com/NVIDIA/TensorRT.git "$hdrs" || {
+        echo "cannot fetch TensorRT headers for $trt_version; set TENSORRT_ROOT or TENSORRT_INCLUDE_DIR"; return 1; }
+    fi
+    inc="$(cd "$hdrs/include" && pwd)"
   fi
-  TENSORRT_INCLUDE_DIR="$(cd "$hdrs/include" && pwd)"
-fi
-echo "TensorRT headers: $TENSORRT_INCLUDE_DIR (runtime $TRT_VERSION)"
-cmake -S plugins -B plugins/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=native \
-  -DTENSORRT_INCLUDE_DIR="$TENSORRT_INCLUDE_DIR" >/dev/null
-cmake --build plugins/build -j "$(nproc)"
-PLT_TRT_PLUGIN="$(pwd)/plugins/build/libplt_trt_plugins.so"
-[ -f "$PLT_TRT_PLUGIN" ] || die "$PLT_TRT_PLUGIN was not built (did CMake find NvInferRuntime.h?)"
-export PLT_TRT_PLUGIN
+  echo "TensorRT headers: $inc (runtime $trt_version)"
+  cmake -S plugins -B plugins/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=native \
+    -DTENSORRT_INCLUDE_DIR="$inc" && cmake --build plugins/build -j "$(nproc)" \
+    && [ -f plugins/build/libplt_trt_plugins.so ]
+}
+stage plugin build_plugin || die "the plugin did not build (log: $LOGS/plugin.log)"
+export PLT_TRT_PLUGIN="$(pwd)/plugins/build/libplt_trt_plugins.so"
 
-# -- 2..3. presets x dtypes: init, export, build, check ----------------------------------------------
-mkdir -p "$OUT"
+# -- presets x dtypes: export, engines, check -------------------------------------------------------
+first_export=""
 for preset in $PRESETS; do
   for dtype in $DTYPES; do
     name="$preset-$dtype"
-    step "$name: init, export, build, check"
-    plt init --preset "$preset" --dtype "$dtype" --out "$OUT/ckpt-$name" --force
-    plt export --model "$OUT/ckpt-$name" --out "$OUT/export-$name" --max-batch 4 --max-seq 256 --force
-    plt build --onnx "$OUT/export-$name" --plugin "$PLT_TRT_PLUGIN" --max-batch 4
-    plt check --model "$OUT/ckpt-$name" --onnx "$OUT/export-$name" \
-      --backends torch,onnxruntime,tensorrt --report "$OUT/check-$name.json"
+    ck="$OUT/ckpt-$name" ex="$OUT/export-$name"
+    export_one() {
+      plt init --preset "$preset" --dtype "$dtype" --out "$ck" --force \
+        && plt export --model "$ck" --out "$ex" --max-batch 4 --max-seq 256 --force
+    }
+    if ! stage "$name:export" export_one; then
+      skip "$name:engines" "needs $name:export"; skip "$name:check" "needs $name:export"; continue
+    fi
+    if ! stage "$name:engines" plt build --onnx "$ex" --plugin "$PLT_TRT_PLUGIN" --max-batch 4; then
+      skip "$name:check" "needs $name:engines"; continue
+    fi
+    first_export=${first_export:-$ex}
+    stage "$name:check" plt check --model "$ck" --onnx "$ex" --backends torch,onnxruntime,tensorrt \
+      --report "$OUT/check-$name.json"
   done
 done
 
-# -- 4. tests, generate, bench ----------------------------------------------------------------------
-step "pytest -m gpu"
-"$PYTHON" -m pytest -m gpu -q tests
-
-step "generate on TensorRT"
-first_preset=${PRESETS%% *}
-plt generate --backend tensorrt --model "$OUT/export-$first_preset-float32" --prompt "Hello" \
-  --max-new-tokens 16
-
+# -- tests, generate, bench ---------------------------------------------------------------------------
+stage pytest-gpu "$PYTHON" -m pytest -m gpu -q tests
+if [ -n "$first_export" ]; then
+  stage generate plt generate --backend tensorrt --model "$first_export" --prompt "Hello" --max-new-tokens 16
+else
+  skip generate "no export built engines"
+fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  step "bench on TensorRT (small preset)"
-  plt bench --backend tensorrt --preset small --workdir "$OUT/bench" --json "$OUT/bench.json"
+  stage bench plt bench --backend tensorrt --preset small --workdir "$OUT/bench" --json "$OUT/bench.json"
+else
+  skip bench "SKIP_BENCH=1"
 fi
 
-echo
-echo "gpu-check: all steps passed (reports in $OUT)"
+if [ "$FAILED" -eq 0 ]; then
+  echo "gpu-check: PASS (reports and logs in $OUT)"
+else
+  echo "gpu-check: FAIL ($FAILED stage(s); logs in $LOGS)"; exit 1
+fi

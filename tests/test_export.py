@@ -81,8 +81,10 @@ def test_manifest_describes_graphs_and_cache(exports):
     dec = data["graphs"]["decode"]
     names = [t["name"] for t in dec["inputs"]]
     assert names[:2] == ["input_ids", "position"] and "past_key.0" in names and "past_carry" in names
-    aliased = {t["name"]: t["alias_of"] for t in dec["outputs"] if t["alias_of"]}
-    assert aliased["present_key.0"] == "past_key.0" and "present_carry" not in aliased
+    in_place = {t["name"]: t["alias_of"] for t in dec["outputs"] if t["in_place"]}
+    assert in_place["present_key.0"] == "past_key.0" and "present_carry" not in in_place
+    pairs = {t["name"]: t["alias_of"] for t in dec["outputs"] if t["alias_of"]}
+    assert pairs["present_carry"] == "past_carry"
     assert dec["inputs"][2]["shape"] == ["batch", 2, "max_seq", 16]
     assert "local_ring" in data["cache"] and data["model"]["sha256"] == manifest_lib.model_identity(ck)
     # the ONNX graphs really carry the names the manifest lists

@@ -1,8 +1,15 @@
 """The TensorRT plugin's project: generated YAML contract, sources agreeing with contract.py, CMake build.
 
-The CMake build always builds the kernels; the plugin library needs TensorRT's headers
-(TENSORRT_INCLUDE_DIR or TENSORRT_ROOT in the environment) and then must link without libnvinfer
-and export the loadLibrary entry points.
+Always (CPU CI): the YAML and the C++ sources follow contract.py, the build options (architectures,
+link policy, registration) are the documented ones, and CMake builds the kernels.
+
+With TensorRT headers (TENSORRT_INCLUDE_DIR = one include directory, or several separated by
+os.pathsep, e.g. a 10.x and an 11.x one; skipped with a one-line reason otherwise, CI has none):
+for each header set the plugin library builds with -Wall -Wextra without a warning, exports exactly
+getCreators and setLoggerFinder, has no NEEDED libnvinfer or libcudart (and no RUNPATH), leaves
+getPluginRegistry weak, and tests/cpp/plugin_load_check.cpp drives its entry points on the CPU:
+dlopen without libnvinfer, getCreators, createPlugin (build and runtime phases), configurePlugin's
+workspace sizing and failure, enqueue's dims from inputDesc and its workspace check.
 """
 
 from __future__ import annotations
@@ -20,12 +27,50 @@ from plt_deploy.ops import contract, plugin_yaml
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 GSWA = PLUGINS / "gatedSlidingWindowAttentionPlugin"
+LOAD_CHECK = ROOT / "tests" / "cpp" / "plugin_load_check.cpp"
+CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+PLUGIN_CXX = [PLUGINS / "common" / "pluginEntryPoints.cpp", PLUGINS / "common" / "pluginLogging.cpp",
+              PLUGINS / "common" / "pluginRegistry.cpp", GSWA / "gatedSlidingWindowAttentionPlugin.cpp"]
+BUILD_ARCH = "75-real"  # the oldest default architecture (T4); test_kernels.py compiles the others
 
 
-def _trt_include_dir() -> Path | None:
-    inc = os.environ.get("TENSORRT_INCLUDE_DIR") or (
-        str(Path(os.environ["TENSORRT_ROOT"]) / "include") if os.environ.get("TENSORRT_ROOT") else None)
-    return Path(inc) if inc and (Path(inc) / "NvInferRuntime.h").exists() else None
+def trt_include_dirs() -> list[Path]:
+    """TENSORRT_INCLUDE_DIR (one or more, os.pathsep-separated) or TENSORRT_ROOT/include, with NvInferRuntime.h."""
+    raw = os.environ.get("TENSORRT_INCLUDE_DIR") or (
+        str(Path(os.environ["TENSORRT_ROOT"]) / "include") if os.environ.get("TENSORRT_ROOT") else "")
+    return [Path(p) for p in raw.split(os.pathsep) if p and (Path(p) / "NvInferRuntime.h").exists()]
+
+
+NO_HEADERS = "TENSORRT_INCLUDE_DIR not set (or no NvInferRuntime.h there): plugin library not built"
+HEADER_DIRS = trt_include_dirs()
+headers = pytest.mark.parametrize("include_dir", HEADER_DIRS or [pytest.param(None, marks=pytest.mark.skip(
+    reason=NO_HEADERS))], ids=lambda p: p.name if p else "no-headers")
+
+
+def _trt_major(include_dir: Path) -> int:
+    text = (include_dir / "NvInferVersion.h").read_text()
+    m = re.search(r"#define\s+(?:TRT_MAJOR_ENTERPRISE|NV_TENSORRT_MAJOR)\s+(\d+)", text)
+    return int(m.group(1))
+
+
+def _nvcc() -> str:
+    nvcc = shutil.which("nvcc") or str(CUDA_HOME / "bin" / "nvcc")
+    if not Path(nvcc).exists():
+        pytest.skip(f"nvcc not found (PATH or {CUDA_HOME}/bin)")
+    return nvcc
+
+
+def _run(cmd, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=900, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} (binutils) not found")
+    return path
 
 
 # ---- contract ------------------------------------------------------------------------------------------
@@ -48,8 +93,14 @@ def test_yaml_parses_and_lists_contract():
     assert "key_local_2 == key_global_1" in v["input_dim_constraints"]
 
 
+FIELD_TYPE = {"INT": "kINT32", "FLOAT": "kFLOAT32"}
+
+
 def test_plugin_sources_follow_contract():
-    """Name/version/namespace, input order and attribute fields in the C++ match contract.py."""
+    """Name/version/namespace, input order and attribute fields in the C++ match contract.py.
+
+    getFieldsToSerialize writes the ONNX attributes plus workspace_bytes (the workspace TensorRT
+    allocates, fixed at build time; the creator's field list, which the ONNX parser reads, omits it)."""
     header = (GSWA / "gatedSlidingWindowAttentionPlugin.h").read_text()
     source = (GSWA / "gatedSlidingWindowAttentionPlugin.cpp").read_text()
     assert f'kGSWA_PLUGIN_NAME{{"{contract.OP_NAME}"}}' in header
@@ -59,52 +110,129 @@ def test_plugin_sources_follow_contract():
     assert re.findall(r'"(\w+)"', names) == [s.name for s in contract.INPUTS]
     ranks = re.search(r"kRANKS\[kNB_INPUTS\] = \{(.*?)\};", source).group(1)
     assert [int(x) for x in ranks.split(",")] == [len(s.shape) for s in contract.INPUTS]
-    field_type = {"INT": "kINT32", "FLOAT": "kFLOAT32"}
     declared = re.findall(r'mFieldNames\.emplace_back\("(\w+)", nullptr, PluginFieldType::(\w+), 1\)', source)
     serialized = re.findall(r'mFields\.emplace_back\("(\w+)", &mAttrs\.\w+, PluginFieldType::(\w+), 1\)', source)
-    expected = [(a.name, field_type[a.type]) for a in contract.ATTRIBUTES]
+    expected = [(a.name, FIELD_TYPE[a.type]) for a in contract.ATTRIBUTES]
     assert declared == expected and serialized == expected
+    assert re.search(r"mFields\.emplace_back\(kWORKSPACE_FIELD, &mWorkspaceBytes, PluginFieldType::kINT64, 1\)", source)
+    assert 'kWORKSPACE_FIELD{"workspace_bytes"}' in header
+
+
+# ---- build options (CPU, always) ------------------------------------------------------------------------
+
+def _default_architectures() -> list[str]:
+    text = (PLUGINS / "CMakeLists.txt").read_text()
+    return re.search(r'set\(CMAKE_CUDA_ARCHITECTURES "([^"]+)"', text).group(1).split(";")
+
+
+def test_default_architectures_include_t4():
+    archs = _default_architectures()
+    assert "75-real" in archs, archs  # T4 (sm_75), the commonest cloud inference GPU
+    assert {"80-real", "86-real", "89-real"} <= set(archs) and "90" in archs  # + compute_90 PTX for newer GPUs
+
+
+def test_registration_is_explicit_and_single():
+    """No REGISTER_TENSORRT_PLUGIN (it registers under ""): one creator object, registered under its
+    own namespace on dlopen, and getCreators returns it only if that did not happen."""
+    entry = (PLUGINS / "common" / "pluginEntryPoints.cpp").read_text()
+    code = re.sub(r"//.*", "", re.sub(r"/\*.*?\*/", "", entry, flags=re.S))
+    assert "REGISTER_TENSORRT_PLUGIN" not in code
+    assert re.search(r"registerCreator\(gswaCreator\(\), gswaCreator\(\)\.getPluginNamespace\(\)\)", code)
+    assert code.count("GatedSlidingWindowAttentionPluginCreator sCreator") == 1  # one creator object
+    assert re.search(r"nbCreators = gRegisteredOnLoad \? 0 :", code)
+
+
+def test_link_policy_is_one():
+    """Never libnvinfer, always the static CUDA runtime (plugins/README.md, docs/tensorrt.md say the same)."""
+    text = (PLUGINS / "CMakeLists.txt").read_text()
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    assert not re.search(r"find_library\([^)]*nvinfer|target_link_libraries\([^)]*nvinfer", code, re.I | re.S)
+    assert "CUDA::cudart_static" in code and not re.search(r"CUDA::cudart\b(?!_)", code)
+    sub = (GSWA / "CMakeLists.txt").read_text()
+    assert "CUDA::cudart_static" in sub and not re.search(r"CUDA::cudart\b(?!_)", sub)
+    for doc in (PLUGINS / "README.md", ROOT / "docs" / "tensorrt.md"):
+        text = doc.read_text()
+        assert "does not link libnvinfer" in text and "cudart_static" in text, doc
+        assert "links it where found" not in text and "where found" not in text, doc
 
 
 # ---- CMake build -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cmake_build(tmp_path_factory):
-    """Configures and builds plugins/ for one architecture (all architectures: test_kernels.py)."""
+def _cmake_build(build: Path, include_dir: Path | None) -> tuple[Path, str]:
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake not found")
-    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
-        pytest.skip("nvcc not found (PATH or /usr/local/cuda/bin)")
-    build = tmp_path_factory.mktemp("plugins_build")
-    configure = [cmake, "-S", str(PLUGINS), "-B", str(build), "-DCMAKE_CUDA_ARCHITECTURES=90"]
-    if shutil.which("nvcc") is None:
-        configure.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
-    for cmd in (configure, [cmake, "--build", str(build), "-j2"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return build
+    configure = [cmake, "-S", PLUGINS, "-B", build, f"-DCMAKE_CUDA_ARCHITECTURES={BUILD_ARCH}",
+                 f"-DCMAKE_CUDA_COMPILER={_nvcc()}", f"-DTENSORRT_INCLUDE_DIR={include_dir or ''}"]
+    out = _run(configure, env={**os.environ, "TENSORRT_ROOT": "", "TENSORRT_INCLUDE_DIR": ""})
+    built = _run([cmake, "--build", build, "-j2"])
+    return build, out.stdout + built.stdout + built.stderr
 
 
-def test_kernels_library_builds(cmake_build):
-    libs = list(cmake_build.rglob("libplt_gswa_kernels.a"))
+@pytest.fixture(scope="module")
+def kernels_build(tmp_path_factory):
+    """plugins/ without TensorRT headers: the kernels only (what CPU CI builds)."""
+    return _cmake_build(tmp_path_factory.mktemp("plugins_kernels"), None)[0]
+
+
+_PLUGIN_BUILDS: dict[Path, Path] = {}
+
+
+@pytest.fixture
+def plugin_lib(include_dir, tmp_path_factory) -> Path:
+    """libplt_trt_plugins.so built against `include_dir` (once per header set)."""
+    if include_dir not in _PLUGIN_BUILDS:
+        build, _ = _cmake_build(tmp_path_factory.mktemp(f"plugins_{include_dir.name}"), include_dir)
+        lib = build / "libplt_trt_plugins.so"
+        assert lib.exists(), f"CMake found {include_dir}/NvInferRuntime.h but built no libplt_trt_plugins.so"
+        _PLUGIN_BUILDS[include_dir] = lib
+    return _PLUGIN_BUILDS[include_dir]
+
+
+def test_kernels_library_builds(kernels_build):
+    libs = list(kernels_build.rglob("libplt_gswa_kernels.a"))
     assert libs and libs[0].stat().st_size > 0
+    assert not (kernels_build / "libplt_trt_plugins.so").exists()
 
 
-def test_plugin_library_links_without_libnvinfer(cmake_build):
-    if _trt_include_dir() is None:
-        pytest.skip("TENSORRT_INCLUDE_DIR / TENSORRT_ROOT not set (or no NvInferRuntime.h there): plugin library not built")
-    lib = cmake_build / "libplt_trt_plugins.so"
-    assert lib.exists(), "CMake found TensorRT headers in the environment but built no libplt_trt_plugins.so"
-    nm = shutil.which("nm")
-    if nm is None:
-        pytest.skip("nm (binutils) not found")
-    defined = subprocess.run([nm, "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
-    undefined = subprocess.run([nm, "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True).stdout
-    assert re.search(r"\bT getCreators$", defined, re.M), defined
-    assert re.search(r"\bT setLoggerFinder$", defined, re.M), defined
-    assert re.search(r"\bU getPluginRegistry$", undefined, re.M), "static registration should import getPluginRegistry"
-    readelf = shutil.which("readelf")
-    if readelf:
-        needed = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
-        assert "libnvinfer" not in needed, needed
+@headers
+def test_plugin_compiles_without_warnings(include_dir):
+    gxx = shutil.which("g++") or pytest.skip("g++ not found")
+    for src in PLUGIN_CXX:  # -Werror: any warning fails; TensorRT's headers are system headers, as in CMake
+        _run([gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-isystem", include_dir,
+              "-isystem", CUDA_HOME / "include", "-I", PLUGINS, "-I", GSWA, "-DPLT_STATIC_PLUGIN_REGISTRATION=1", src])
+
+
+@headers
+def test_plugin_library_exports_and_dependencies(plugin_lib):
+    nm, readelf = _tool("nm"), _tool("readelf")
+    exported = _run([nm, "-D", "--defined-only", plugin_lib]).stdout
+    functions = sorted(re.findall(r"^\S+ T (\S+)$", exported, re.M))
+    assert functions == ["getCreators", "setLoggerFinder"], exported
+    undefined = _run([nm, "-D", "--undefined-only", plugin_lib]).stdout
+    assert re.search(r"^\s+w getPluginRegistry$", undefined, re.M), "getPluginRegistry must be weak:\n" + undefined
+    dynamic = _run([readelf, "-d", plugin_lib]).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
+    assert needed and not [n for n in needed if n.startswith(("libnvinfer", "libcudart"))], needed
+    assert "RPATH" not in dynamic and "RUNPATH" not in dynamic, dynamic
+
+
+@headers
+def test_plugin_entry_points_on_cpu(include_dir, plugin_lib, tmp_path):
+    gxx = shutil.which("g++") or pytest.skip("g++ not found")
+    exe = tmp_path / "plugin_load_check"
+    _run([gxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", include_dir, "-isystem", CUDA_HOME / "include",
+          LOAD_CHECK, "-o", exe, "-ldl"])
+    proc = subprocess.run([str(exe), str(plugin_lib)], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
+    out = proc.stdout
+    assert proc.returncode == 0 and out.rstrip().endswith("all ok"), out + proc.stderr
+    creator = re.search(r"^creator (\S+) (\S+) (\S+)$", out, re.M).groups()
+    assert creator == (contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE)
+    fields = re.search(r"^fields (.*)$", out, re.M).group(1).split()
+    assert fields == [f"{a.name}:{FIELD_TYPE[a.type][1:]}" for a in contract.ATTRIBUTES]
+    rc, log = re.search(r"^prepare_d256 rc=(-?\d+) log=(.*)$", out, re.M).groups()  # kernel attributes at configure
+    assert rc == "0" or (rc == "-1" and "configurePlugin: gswaPrepareKernels(D = 256)" in log), (rc, log)
+    if any(a.name == "global_rows" for a in contract.ATTRIBUTES):  # op version 2: key_local holds R-G rows
+        assert "ok configure_rejects_local_rows_R" in out and "ok global_rows_required" in out, out
+    assert _trt_major(include_dir) >= 10

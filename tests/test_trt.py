@@ -1,12 +1,15 @@
 """TensorRT build + runner: the CPU-checkable parts, and the GPU path behind `-m gpu`.
 
 CPU: the one-line errors of `build` and `--backend tensorrt`, plugin-library discovery errors,
+the exact creator lookup, the plugin-layer rule (one G-SWA PLUGIN_V3 layer per node, no other
+plugin layer), no ENABLE_PLUGIN_OVERRIDE anywhere, the refusal of TensorRT < 10.15 (opset-23 ops),
 the plan checks (TensorRT version / compute capability / plugin sha256 / engine files) over
-manifest dicts, optimisation-profile shapes, --workspace parsing, removal of the local function
-for TensorRT < 10.7, the manifest's "tensorrt" section round trip, the libnvinfer RTLD_GLOBAL
-promotion the plugin loader relies on (with two toy C libraries), and the graph-level feeds on
-ONNX Runtime. GPU (skipped here with availability's one-line reason): build engines for a tiny
-export, parity against ONNX Runtime and torch, CUDA-graph decode, greedy generation.
+manifest dicts, optimisation-profile shapes, --workspace parsing, the timing-cache reuse rule, the
+G-SWA nodes' plugin attributes, the CUDA-major check and stages of gpu-check.sh, the dependency floors and extras, the manifest's
+"tensorrt" section round trip and the graph-level feeds on ONNX Runtime. GPU (skipped here with
+availability's one-line reason): build engines for a tiny export (exactly the G-SWA plugin
+layers), registration in the real registry, parity against ONNX Runtime and torch, CUDA-graph
+decode.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from plt_deploy.build import availability, plan_check
-from plt_deploy.build.engine import (needs_function_strip, parse_size, profile_axes, profile_shapes,
-                                     strip_op_function, write_trt_section)
-from plt_deploy.build.plugin import ENV_VAR, find_plugin, promote_global
+from plt_deploy.build.engine import (GSWA_LAYER, PluginLayer, check_plugin_layers, parse_size, profile_axes,
+                                     profile_shapes, timing_cache_bytes, write_trt_section)
+from plt_deploy.build.plugin import ENV_VAR, creator_registered, find_plugin
 from plt_deploy.cli import main
 from plt_deploy.config import PLTConfig
 from plt_deploy.errors import ArtifactError, InputError
@@ -112,34 +116,150 @@ def test_plugin_default_search(tmp_path, monkeypatch):
     assert find_plugin(None, candidates=[]) == cands[1].resolve()
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
-def test_rtld_global_promotion_lets_an_unlinked_library_resolve(tmp_path):
-    """The plugin library does not link libnvinfer; Python loads libnvinfer RTLD_LOCAL. Re-opening it
-    with RTLD_NOLOAD|RTLD_GLOBAL (promote_global) makes its symbols visible to the next dlopen."""
-    (tmp_path / "provider.c").write_text("int plt_provided_symbol(void) { return 42; }\n")
-    (tmp_path / "consumer.c").write_text(
-        "int plt_provided_symbol(void);\nstatic int v;\n__attribute__((constructor)) static void init(void)"
-        " { v = plt_provided_symbol(); }\nint consumer_value(void) { return v; }\n")
-    tag = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:8]
-    provider = tmp_path / f"libpltprov{tag}.so"
-    consumer = tmp_path / "libpltcons.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", provider, tmp_path / "provider.c"], check=True)
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", consumer, tmp_path / "consumer.c"], check=True)
-    script = f"""
-import ctypes, os, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from plt_deploy.build.plugin import promote_global
-ctypes.CDLL({str(provider)!r})  # RTLD_LOCAL, like an extension module's dependency
-try:
-    ctypes.CDLL({str(consumer)!r}); print("loaded-without-promotion")
-except OSError:
-    print("unresolved")
-print(len(promote_global("libpltprov{tag}")))
-print(ctypes.CDLL({str(consumer)!r}).consumer_value())
-"""
-    out = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["unresolved", "1", "42"]
-    assert promote_global("libdefinitely-not-loaded") == []
+class _Registry:
+    """Stands in for the duck-typed registry argument of creator_registered (no TensorRT here):
+    creators keyed by the (name, version, namespace) they were registered under."""
+
+    def __init__(self, registered: dict, all_creators=()):
+        self.registered, self.all_creators = registered, list(all_creators)
+
+    def get_creator(self, name, version, namespace=""):
+        return self.registered.get((name, version, namespace))
+
+
+def test_creator_registered_is_the_exact_lookup():
+    from plt_deploy.ops import contract
+
+    key = (contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE)
+    assert creator_registered(_Registry({key: object()}))
+    # REGISTER_TENSORRT_PLUGIN's case: registered under "", the creator itself reporting namespace "plt".
+    reports_plt = type("Creator", (), {"name": contract.OP_NAME, "plugin_version": str(contract.OP_VERSION),
+                                       "plugin_namespace": contract.PLUGIN_NAMESPACE})()
+    assert not creator_registered(_Registry({(key[0], key[1], ""): reports_plt}, [reports_plt]))
+    assert not creator_registered(_Registry({(key[0], "0", key[2]): object()}))
+
+
+# -- plugin layers of a parsed network ------------------------------------------------------------
+SCATTER = PluginLayer("PLUGIN_V2", "ScatterElements", "1", "")
+
+
+def test_plugin_layers_exactly_one_gswa_per_node():
+    check_plugin_layers([GSWA_LAYER] * 2, 2, "decode.onnx")
+    check_plugin_layers([], 0, "vanilla.onnx")
+    with pytest.raises(ArtifactError, match=r"1 GatedSlidingWindowAttention plugin layer\(s\) for 2 .*inlined"):
+        check_plugin_layers([GSWA_LAYER], 2, "decode.onnx")
+    with pytest.raises(ArtifactError, match=r"3 GatedSlidingWindowAttention plugin layer\(s\) for 2"):
+        check_plugin_layers([GSWA_LAYER] * 3, 2, "decode.onnx")  # ==, not >=
+
+
+@pytest.mark.parametrize("other", [
+    SCATTER,  # ENABLE_PLUGIN_OVERRIDE + the standard plugin library: ScatterElements as a legacy plugin
+    PluginLayer("PLUGIN_V3", GSWA_LAYER.name, GSWA_LAYER.version, ""),  # wrong namespace
+    PluginLayer("PLUGIN_V2", GSWA_LAYER.name, GSWA_LAYER.version, GSWA_LAYER.namespace),  # not IPluginV3
+    PluginLayer("PLUGIN_V3", GSWA_LAYER.name, "0", GSWA_LAYER.namespace),  # another op version
+])
+def test_plugin_layers_refuse_any_other_plugin(other):
+    with pytest.raises(ArtifactError, match="plugin layers that are not G-SWA") as exc:
+        check_plugin_layers([GSWA_LAYER, GSWA_LAYER, other], 2, "decode.onnx")
+    assert other.name in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_no_parser_plugin_override_flag_anywhere():
+    """OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE turns every matching ONNX node into a plugin: never set it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "plt_deploy"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.Attribute) and node.attr == "ENABLE_PLUGIN_OVERRIDE"), path
+            assert not (isinstance(node, ast.Constant) and node.value == "ENABLE_PLUGIN_OVERRIDE"), path
+            assert not (isinstance(node, ast.Attribute) and node.attr == "set_flag"
+                        and "Parser" in ast.unparse(node.value)), path
+
+
+def test_timing_cache_reused_only_on_the_same_platform(tmp_path):
+    cache = tmp_path / "timing.cache"
+    logs = []
+    assert timing_cache_bytes(cache, None, "10.13.0.35", "8.9", logs.append) == b""
+    cache.write_bytes(b"tactics")
+    assert timing_cache_bytes(cache, None, "10.13.0.35", "8.9", logs.append) == b"tactics"
+    same = {"version": "10.13.0.35", "compute_capability": "8.9"}
+    assert timing_cache_bytes(cache, same, "10.13.0.35", "8.9", logs.append) == b"tactics"
+    assert timing_cache_bytes(cache, same, "10.14.1.48", "8.9", logs.append) == b""
+    assert timing_cache_bytes(cache, same, "10.13.0.35", "9.0", logs.append) == b""
+    assert len(logs) == 2 and "ignoring timing cache" in logs[0]
+
+
+# -- gpu-check.sh's CUDA check, dependencies ------------------------------------------------------
+NVCC_13 = "nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 13.0, V13.0.48\n"
+
+
+def test_cuda_toolkit_must_match_tensorrt_cuda_major():
+    from plt_deploy.errors import BackendUnavailable
+
+    assert availability.nvcc_cuda_version(NVCC_13) == (13, 0)
+    assert availability.trt_cuda_major(["tensorrt", "tensorrt-cu13", "tensorrt_cu13_libs", "numpy"]) == 13
+    assert availability.trt_cuda_major(["tensorrt-cu12-libs", "tensorrt-cu13"]) is None  # ambiguous
+    assert availability.cuda_toolkit_line(NVCC_13, ["tensorrt-cu13-bindings"]) == \
+        "CUDA toolkit 13.0 matches TensorRT's CUDA 13"
+    with pytest.raises(BackendUnavailable, match=r"nvcc is CUDA 13.0 but TensorRT is built for CUDA 12") as exc:
+        availability.cuda_toolkit_line(NVCC_13, ["tensorrt-cu12"])
+    assert "\n" not in str(exc.value)
+    assert "unknown" in availability.cuda_toolkit_line(NVCC_13, [])
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+
+
+def test_gpu_check_script_stages_and_dtypes(tmp_path):
+    """gpu-check.sh: valid bash, one PASS/FAIL line per stage, no float32 assumption, CUDA-major stage."""
+    bash = shutil.which("bash") or pytest.skip("bash not found")
+    subprocess.run([bash, "-n", str(GPU_CHECK)], check=True)
+    text = GPU_CHECK.read_text()
+    for name in ("install", "tensorrt", "cuda-toolkit", "plugin", '"$name:export"', '"$name:engines"',
+                 '"$name:check"', "pytest-gpu", "generate", "bench"):
+        assert re.search(rf"\bstage {re.escape(name)} ", text), name
+    assert "cuda_toolkit_line" in text and not re.search(r"-float32\b", text.replace(":-float32", ""))
+    proc = subprocess.run([bash, str(GPU_CHECK)], capture_output=True, text=True,
+                          env={**os.environ, "DTYPES": "float16 int8", "OUT": str(tmp_path)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["gpu-check: DTYPES: unknown dtype 'int8' (float32, float16, bfloat16)"]
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="Python < 3.11 has no tomllib")
+
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+
+
+def test_polygraphy_floor_has_simple_compare_func():
+    """check/ imports SimpleCompareFunc, first in Polygraphy 0.53 (TensorRT's repo and NGC carry 0.49)."""
+    from polygraphy.comparator import SimpleCompareFunc  # noqa: F401  (the installed one has it)
+
+    dep = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("polygraphy"))
+    floor = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", dep).group(1).split("."))
+    assert floor >= (0, 53), dep
+
+
+def test_extras_install_what_the_code_imports():
+    import ast
+
+    project = _pyproject()["project"]
+    gpu = [re.split(r"[<>=!\[ ]", d)[0].lower() for d in project["optional-dependencies"]["gpu"]]
+    assert "onnxruntime-gpu" not in gpu  # same module as the core onnxruntime: the two conflict
+    module = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "polygraphy": "polygraphy", "torch": "torch",
+              "numpy": "numpy", "click": "click", "safetensors": "safetensors", "rich": "rich",
+              "tokenizers": "tokenizers", "onnx": "onnx", "onnxscript": "onnxscript"}
+    imported = set()
+    for path in (Path(__file__).resolve().parents[1] / "plt_deploy").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    for dist in [re.split(r"[<>=!\[ ]", d)[0].lower() for d in project["dependencies"]] + gpu:
+        assert dist in module, f"{dist}: add its module name to this test"
+        assert module[dist] in imported, f"{dist} is a dependency but plt_deploy never imports {module[dist]}"
 
 
 # -- plan checks (pure Python) --------------------------------------------------------------------
@@ -199,11 +319,9 @@ def test_plan_check_engine_files(tmp_path):
         plan_check.check_engine_files(tmp_path, sec)
 
 
-def test_version_tuple_and_function_strip_rule():
+def test_version_tuple():
     assert availability.version_tuple("10.7.0.23") == (10, 7, 0, 23)
     assert availability.version_tuple("10.8.0.post1") == (10, 8, 0)
-    assert needs_function_strip("10.6.0.26") and needs_function_strip("8.6.1")
-    assert not needs_function_strip("10.7.0.23") and not needs_function_strip("11.1.0.5")
 
 
 # -- build options and profiles -------------------------------------------------------------------
@@ -241,17 +359,62 @@ def tiny_export(tiny_exports):
 
 
 @pytest.mark.slow
-def test_strip_op_function_leaves_bare_plugin_nodes(tiny_export):
+def test_gswa_nodes_carry_the_parser_lookup_attributes(tiny_export):
+    """The ONNX parser maps a node to the creator (op_type, plugin_version, plugin_namespace)."""
     import onnx
 
     from plt_deploy.ops import contract
 
-    model = onnx.load(str(tiny_export / "decode.onnx"), load_external_data=False)
-    nodes = [n for n in model.graph.node if n.op_type == contract.OP_NAME]
-    assert nodes and all({a.name for a in n.attribute} >= {"plugin_namespace", "plugin_version"} for n in nodes)
-    assert strip_op_function(model) == 1
-    assert not any(f.name == contract.OP_NAME for f in model.functions)
-    assert strip_op_function(model) == 0
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(tiny_export / f"{graph}.onnx"), load_external_data=False)
+        nodes = [n for n in model.graph.node if n.op_type == contract.OP_NAME]
+        assert nodes, graph
+        for n in nodes:
+            attrs = {a.name: a.s.decode() for a in n.attribute if a.name.startswith("plugin_")}
+            assert attrs == {"plugin_namespace": GSWA_LAYER.namespace, "plugin_version": GSWA_LAYER.version}, attrs
+
+
+@pytest.mark.slow
+def test_parser_support_refuses_opset23_ops_on_old_tensorrt(tiny_exports):
+    """Exports use ONNX Attention (TensorRT's parser: 10.14+) and RMSNormalization (10.15+): an older
+    TensorRT is refused before parsing, in one line naming the ops and the version to install."""
+    import onnx
+
+    from plt_deploy.build.engine import check_parser_support
+
+    cases = [("vanilla", "decode.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # attention + norms
+             ("plt", "prefill.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # loop 1 attention
+             ("plt", "decode.onnx", "10.14.1.48", "RMSNormalization", "10.15")]  # loop 1 is G-SWA row 0 (G = 1)
+    for mode, graph, version, ops, need in cases:
+        model = onnx.load(str(tiny_exports[mode][1] / graph), load_external_data=False)
+        with pytest.raises(ArtifactError) as exc:
+            check_parser_support(model, version, graph)
+        msg = str(exc.value)
+        assert f"uses ONNX {ops} (opset 23)" in msg and f"from TensorRT {need}; this is TensorRT {version}" in msg, msg
+        assert "\n" not in msg
+        check_parser_support(model, "10.15.1.29", graph)
+        check_parser_support(model, "11.1.0.5", graph)
+
+
+
+@pytest.mark.slow
+def test_parser_support_refuses_what_the_parser_cannot_import(tiny_exports):
+    """The exports' Attention nodes stay inside onnx-tensorrt's documented subset (no past_key /
+    past_value / nonpad_kv_seqlen inputs, one output, no softcap) and their opset <= 24."""
+    import onnx
+
+    from plt_deploy.build.engine import check_parser_support
+
+    model = onnx.load(str(tiny_exports["vanilla"][1] / "decode.onnx"), load_external_data=False)
+    check_parser_support(model, "10.15.1.29", "decode.onnx")  # what the exporter writes today passes
+    node = next(n for n in model.graph.node if n.op_type == "Attention")
+    node.input.extend(["", "", "position"])  # nonpad_kv_seqlen
+    with pytest.raises(ArtifactError, match=r"Attention node .* uses nonpad_kv_seqlen, which TensorRT's ONNX parser"):
+        check_parser_support(model, "10.15.1.29", "decode.onnx")
+    del node.input[4:]
+    next(o for o in model.opset_import if o.domain == "").version = 25
+    with pytest.raises(ArtifactError, match=r"opset 25; TensorRT's ONNX parser imports opsets up to 24"):
+        check_parser_support(model, "11.1.0.5", "decode.onnx")
 
 
 @pytest.mark.slow
@@ -307,11 +470,33 @@ def test_gpu_build_records_platform(tiny_engines):
 
     from plt_deploy.export.manifest import read_manifest
 
-    sec = plan_check.trt_section(read_manifest(tiny_engines).data)
+    m = read_manifest(tiny_engines)
+    sec = plan_check.trt_section(m.data)
     major, minor = torch.cuda.get_device_capability()
     assert sec["compute_capability"] == f"{major}.{minor}"
-    assert sec["plugin"]["sha256"] and all(e["plugin_layers"] > 0 for e in sec["engines"].values())
+    assert sec["plugin"]["sha256"]
+    for graph, e in sec["engines"].items():  # exactly the G-SWA nodes became plugin layers, nothing else
+        assert e["plugin_layers"] == m.data["graphs"][graph]["op_nodes"] > 0, (graph, e)
     assert json.loads((tiny_engines / "manifest.json").read_text())["tensorrt"]["version"] == sec["version"]
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_plugin_registered_once_under_plt(tiny_engines):
+    """dlopen registered exactly one creator, found by the parser's exact lookup; loadLibrary on the
+    same library then registers nothing twice (getCreators hands out an empty list)."""
+    import tensorrt as trt
+
+    from plt_deploy.build.plugin import load_plugin
+    from plt_deploy.ops import contract
+
+    loaded = load_plugin(trt)
+    registry = trt.get_plugin_registry()
+    assert loaded.how in ("dlopen", "already-registered") and creator_registered(registry)
+    named = [c for c in registry.all_creators if c.name == contract.OP_NAME]
+    assert len(named) == 1 and named[0].plugin_namespace == contract.PLUGIN_NAMESPACE
+    assert registry.load_library(str(loaded.path)) is not None
+    assert len([c for c in registry.all_creators if c.name == contract.OP_NAME]) == 1
 
 
 @pytest.mark.gpu
@@ -355,18 +540,3 @@ def test_gpu_decode_is_graph_captured_and_deterministic(tiny_engines):
             assert (s._graphs is not None) == cuda_graph, s.cuda_graph_error
             outs.append(torch.stack([first, *steps]))
         torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)
-
-
-def test_decode_outputs_pair_with_inputs_for_ping_pong():
-    """Every decode output but logits has an input of the same shape the runner alternates it with."""
-    from plt_deploy.backends.trt_backend import _past_name, _shape
-
-    cfg = PLTConfig.from_name("tiny")
-    spec = io_spec.graph_specs(cfg, 64, "float16")["decode"]
-    inputs = {t.name: t for t in spec.inputs}
-    outs = [o for o in spec.outputs if o.role != "logits"]
-    assert outs and len({_past_name(o) for o in outs}) == len(outs)
-    for o in outs:
-        past = inputs[_past_name(o)]
-        assert _shape(past, 3, 64) == _shape(o, 3, 64) and past.dtype == o.dtype
-    assert any(o.role == "carry" and o.alias_of is None for o in outs)  # the carry is never in place

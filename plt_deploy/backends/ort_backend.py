@@ -2,11 +2,12 @@
 
 Sessions are built once per backend (graph optimisation on, thread counts settable). A session
 (`OrtSession`) owns preallocated cache buffers in the layout the manifest documents. Each decode
-step binds, through IOBinding, every `present_*` output to the SAME OrtValue as its `past_*` input
-(the manifest's `alias_of`): the graph's ScatterElements then writes the one new slot in place
-(ORT's ScatterElements kernel skips its input->output copy when both are the same buffer), so no
-step copies the past cache. The carry (a few hidden vectors) is double-buffered. Prefill returns
-the prompt's K/V, which are copied into the buffers once.
+step binds, through IOBinding, every `in_place` output to the SAME OrtValue as the input its
+`alias_of` names: the graph's ScatterElements then writes the one new slot in place (ORT's
+ScatterElements kernel skips its input->output copy when both are the same buffer), so no step
+copies the past cache. Other state outputs (the carry: a few hidden vectors) are double-buffered.
+Prefill returns the prompt's K/V, which are copied once into the buffers their `alias_of` names.
+Every tensor name comes from the manifest (found by role, paired by alias_of); none is spelled here.
 """
 
 from __future__ import annotations
@@ -48,20 +49,24 @@ class OrtSession(DecoderSession):
         self.be, self.batch, self.max_seq = backend, batch, max_seq
         self.device = backend.device
         spec = backend.manifest.graphs["decode"]
+        self._spec = spec
         self._np_dtype = _NP[backend.manifest.dtype]
         self._host: dict[str, np.ndarray] = {}  # CPU: numpy arrays sharing memory with the OrtValues
         self._bufs: dict[str, ort.OrtValue] = {}
+        sizes = {"batch": batch, "max_seq": max_seq}
+        state = {o.alias_of for o in spec.state_outputs()}
         for t in spec.inputs:
-            if t.role in ("tokens", "position"):
+            if t.name not in state:  # tokens, position: bound per step
                 continue
-            shape = [batch if d == "batch" else max_seq if d == "max_seq" else d for d in t.shape]
-            host = np.zeros(shape, dtype=self._np_dtype)
+            host = np.zeros(t.concrete(sizes), dtype=self._np_dtype)
             self._host[t.name] = host
             self._bufs[t.name] = ort.OrtValue.ortvalue_from_numpy(host, self.device, 0)
-        self._carry_in = next((t.name for t in spec.inputs if t.role == "carry"), None)
-        if self._carry_in:  # double buffer: the decode graph writes a new carry from the old one
-            host = np.zeros_like(self._host[self._carry_in])
-            self._carry_spare = (host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
+        # Double buffers of state written as a new tensor (the carry), keyed by the input they replace.
+        self._spare: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
+        for o in spec.state_outputs():
+            if not o.in_place:
+                host = np.zeros_like(self._host[o.alias_of])
+                self._spare[o.alias_of] = (host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
         self._logits = ort.OrtValue.ortvalue_from_numpy(
             np.zeros((batch, backend.config.vocab_size), dtype=self._np_dtype), self.device, 0)
         self._lengths = torch.zeros(batch, dtype=torch.int64)
@@ -73,19 +78,18 @@ class OrtSession(DecoderSession):
         return self._lengths
 
     def kv_bytes(self) -> int:
-        return sum(a.nbytes for n, a in self._host.items() if n != self._carry_in)
+        return sum(self._host[t.name].nbytes for t in self._spec.inputs if t.name in self._host and t.role != "carry")
 
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         self.check_prefill(tokens)
         B, S = tokens.shape
         sess = self.be.sessions["prefill"]
         spec = self.be.manifest.graphs["prefill"]
-        feeds = {"input_ids": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
-        outs = dict(zip(spec.output_names, sess.run(spec.output_names, _by_role(spec, feeds))))
-        for t in spec.outputs:
-            if t.role == "logits":
-                continue
-            past = t.name.replace("present_", "past_", 1)
+        feeds = {spec.one("tokens").name: tokens.numpy().astype(np.int64),
+                 spec.one("lengths").name: lengths.numpy().astype(np.int64)}
+        outs = dict(zip(spec.output_names, sess.run(spec.output_names, feeds)))
+        for t in spec.state_outputs():
+            past = t.alias_of  # the decode input this prefill output initialises
             host = self._host[past]
             host[...] = 0
             if t.role in ("key", "value"):
@@ -96,7 +100,7 @@ class OrtSession(DecoderSession):
                 self._bufs[past].update_inplace(host)
         self._lengths = lengths.clone().to(torch.int64)
         self._prefilled = True
-        return torch.from_numpy(outs["logits"].astype(np.float32))  # [B, V]: each prompt's last real token
+        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [B, V]: last real token
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.check_decode(self._prefilled)
@@ -114,15 +118,14 @@ class OrtSession(DecoderSession):
         for t in spec.outputs:
             if t.role == "logits":
                 b.bind_ortvalue_output(t.name, self._logits)
-            elif t.alias_of:
+            elif t.in_place:
                 b.bind_ortvalue_output(t.name, self._bufs[t.alias_of])  # in place: same memory as the input
-            else:  # carry
-                b.bind_ortvalue_output(t.name, self._carry_spare[1])
+            else:  # written as a new tensor (the carry): the spare buffer, swapped in below
+                b.bind_ortvalue_output(t.name, self._spare[t.alias_of][1])
         self.be.sessions["decode"].run_with_iobinding(b)
-        if self._carry_in:
-            old = (self._host[self._carry_in], self._bufs[self._carry_in])
-            self._host[self._carry_in], self._bufs[self._carry_in] = self._carry_spare
-            self._carry_spare = old
+        for past, spare in list(self._spare.items()):
+            self._spare[past] = (self._host[past], self._bufs[past])
+            self._host[past], self._bufs[past] = spare
         self._lengths = self._lengths + 1
         return torch.from_numpy(self._logits.numpy().astype(np.float32))
 
@@ -158,10 +161,6 @@ class OrtSession(DecoderSession):
     def cache_arrays(self) -> dict[str, np.ndarray]:
         """Host views of the cache buffers (CPU provider): for tests and debugging."""
         return dict(self._host)
-
-
-def _by_role(spec, feeds: dict) -> dict:
-    return {t.name: feeds[t.name] for t in spec.inputs}
 
 
 class OrtBackend(Backend):

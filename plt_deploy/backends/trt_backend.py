@@ -25,6 +25,9 @@ CUDA graphs: after the first decode step (TensorRT needs one enqueue after shape
 step is captured once per parity (two graphs, since the ping-pong alternates addresses) and later
 steps only copy tokens/positions and replay. If capture fails (some engines enqueue host syncs),
 the session falls back to plain `execute_async_v3` and records why in `cuda_graph_error`.
+
+Names: every tensor name comes from the manifest (found by role, state paired through alias_of,
+shapes from `IOTensor.concrete`); none is spelled or derived here.
 """
 
 from __future__ import annotations
@@ -42,14 +45,9 @@ _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _TRT_DTYPE = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32"}
 
 
-def _shape(t, batch: int, cache_len: int, prompt: int | None = None) -> tuple[int, ...]:
-    sizes = {"batch": batch, "max_seq": cache_len, "prompt": prompt}
-    return tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
-
-
-def _past_name(out) -> str:
-    """The decode input an output replaces: alias_of for caches, past_carry for the carry."""
-    return out.alias_of or out.name.replace("present_", "past_", 1)
+def decode_state(spec) -> dict[str, str]:
+    """Decode graph: input name -> the output name that replaces it for the next step (alias_of)."""
+    return {o.alias_of: o.name for o in spec.state_outputs()}
 
 
 class TrtSession(DecoderSession):
@@ -60,14 +58,17 @@ class TrtSession(DecoderSession):
         T = backend.cache_len  # the decode engine's fixed cache length (>= max_seq)
         spec = backend.manifest.graphs["decode"]
         self._spec = spec
-        self._present = {_past_name(o): o.name for o in spec.outputs if o.role != "logits"}
+        self._sizes = {"batch": batch, "max_seq": T}
+        self._present = decode_state(spec)  # past input -> present output
+        self._io = {"tokens": spec.one("tokens").name, "position": spec.one("position").name,
+                    "logits": spec.one("logits", "outputs").name}
         dt = _TORCH[backend.manifest.dtype]
         self._sets: list[dict[str, torch.Tensor]] = [{}, {}]
         with torch.cuda.stream(self.stream):
             for t in spec.inputs:
-                if t.role in ("tokens", "position"):
+                if t.name not in self._present:  # tokens, position: fixed buffers below
                     continue
-                a = torch.zeros(_shape(t, batch, T), dtype=dt, device=self.device)
+                a = torch.zeros(t.concrete(self._sizes), dtype=dt, device=self.device)
                 self._sets[0][t.name] = a
                 self._sets[1][t.name] = a if self._present[t.name] in backend.aliased else torch.zeros_like(a)
             self._tokens = torch.zeros(batch, dtype=torch.int64, device=self.device)
@@ -79,9 +80,9 @@ class TrtSession(DecoderSession):
             raise ArtifactError("TensorRT could not create a decode execution context (out of device memory?)")
         ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
         for t in spec.inputs:
-            if not ctx.set_input_shape(t.name, _shape(t, batch, T)):
-                raise InputError(f"decode engine rejects {t.name} of shape {_shape(t, batch, T)} (outside its profile; "
-                                 "rebuild with a larger --max-batch)")
+            if not ctx.set_input_shape(t.name, t.concrete(self._sizes)):
+                raise InputError(f"decode engine rejects {t.name} of shape {t.concrete(self._sizes)} (outside its "
+                                 "profile; rebuild with a larger --max-batch)")
         self._ctx = ctx
         self._prefill_ctx = None
         self._cur = 0  # which buffer set holds the current past_*
@@ -110,14 +111,15 @@ class TrtSession(DecoderSession):
     # -- prefill -------------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         self.check_prefill(tokens)
-        B, S = tokens.shape
+        _, S = tokens.shape
         be, spec = self.be, self.be.manifest.graphs["prefill"]
         if self._prefill_ctx is None:
             self._prefill_ctx = be.engines["prefill"].create_execution_context()
             self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
         ctx = self._prefill_ctx
         with torch.cuda.stream(self.stream):
-            feeds = {"input_ids": tokens.to(self.device, torch.int64), "lengths": lengths.to(self.device, torch.int64)}
+            feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64),
+                     spec.one("lengths").name: lengths.to(self.device, torch.int64)}
             for t in spec.inputs:
                 x = feeds[t.name].contiguous()
                 feeds[t.name] = x
@@ -132,17 +134,14 @@ class TrtSession(DecoderSession):
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
             live = self._sets[self._cur]
-            for t in spec.outputs:
-                if t.role == "logits":
-                    continue
-                buf = live[t.name.replace("present_", "past_", 1)]
+            for t in spec.state_outputs():
+                buf = live[t.alias_of]  # the decode input this prefill output initialises
                 if t.role in ("key", "value"):  # [B, Hkv, S, D] -> slots 0..S-1 of [B, Hkv, T, D]
                     buf.zero_()
                     buf[:, :, :S].copy_(outs[t.name])
                 else:
                     buf.copy_(outs[t.name])
-            idx = (feeds["lengths"] - 1).clamp(min=0)
-            logits = outs["logits"][torch.arange(B, device=self.device), idx].float().cpu()  # [B, V]
+            logits = outs[spec.one("logits", "outputs").name].float().cpu()  # [B, V]: each prompt's last real token
         self._lengths = lengths.clone().to(torch.int64)
         self._prefilled = True
         return logits
@@ -202,9 +201,9 @@ class TrtSession(DecoderSession):
     # -- decode --------------------------------------------------------------------------------
     def _bind(self, parity: int) -> None:
         ctx, src, dst = self._ctx, self._sets[parity], self._sets[1 - parity]
-        ctx.set_tensor_address("input_ids", self._tokens.data_ptr())
-        ctx.set_tensor_address("position", self._position.data_ptr())
-        ctx.set_tensor_address("logits", self._logits.data_ptr())
+        ctx.set_tensor_address(self._io["tokens"], self._tokens.data_ptr())
+        ctx.set_tensor_address(self._io["position"], self._position.data_ptr())
+        ctx.set_tensor_address(self._io["logits"], self._logits.data_ptr())
         for past, present in self._present.items():
             ctx.set_tensor_address(past, src[past].data_ptr())
             ctx.set_tensor_address(present, dst[past].data_ptr())  # == src[past] for engine-declared aliases
@@ -296,9 +295,9 @@ class TrtBackend(Backend):
             self.engines[graph] = engine
         dec = self.engines["decode"]
         get_alias = getattr(dec, "get_aliased_input_tensor", None)  # TensorRT >= 10.15
-        self.aliased = set()
-        for o in manifest.graphs["decode"].outputs:
-            if o.alias_of and get_alias is not None and get_alias(o.name) == o.alias_of:
+        self.aliased = set()  # outputs the engine itself declares aliased to their input: one buffer
+        for o in manifest.graphs["decode"].state_outputs():
+            if o.in_place and get_alias is not None and get_alias(o.name) == o.alias_of:
                 self.aliased.add(o.name)
 
     def _check_io(self, engine, graph: str, path: Path) -> None:

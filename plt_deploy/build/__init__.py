@@ -5,6 +5,7 @@ Nothing here imports TensorRT at module import time: `availability.require_tenso
 
     availability.py  TensorRT + CUDA device present? (one-line BackendUnavailable otherwise)
     plugin.py        find, hash and load libplt_trt_plugins.so; verify the G-SWA creator
-    engine.py        parse the export's ONNX with the plugin preferred, profiles, timing cache, plans
+    engine.py        ONNX -> plan through Polygraphy's loaders; one G-SWA plugin layer per node, profiles
+    availability.py also checks the CUDA toolkit's major version against TensorRT's (gpu-check.sh)
     plan_check.py    refuse plans built for another TensorRT version, GPU or plugin library
 """

@@ -7,6 +7,7 @@ dependency, the runner hands logits back as torch tensors, and `torch.cuda.graph
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from ..errors import BackendUnavailable
@@ -90,3 +91,41 @@ def version_tuple(version: str) -> tuple[int, ...]:
             break
         out.append(int(digits))
     return tuple(out)
+
+
+_TRT_WHEEL = re.compile(r"^tensorrt[-_]cu(\d+)(?:[-_](?:libs|bindings))?$", re.I)
+_NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+)")
+
+
+def trt_cuda_major(dist_names: list[str] | None = None) -> int | None:
+    """CUDA major version of the installed TensorRT wheels (tensorrt-cu12*, tensorrt-cu13*), None if
+    TensorRT was not installed from wheels (tarball, deb: check by hand) or the wheels disagree."""
+    if dist_names is None:
+        import importlib.metadata as md
+
+        dist_names = [d.metadata["Name"] or "" for d in md.distributions()]
+    majors = {int(m.group(1)) for n in dist_names if (m := _TRT_WHEEL.match(n))}
+    return majors.pop() if len(majors) == 1 else None
+
+
+def nvcc_cuda_version(nvcc_output: str) -> tuple[int, int] | None:
+    """(13, 0) from `nvcc --version` output."""
+    m = _NVCC_RELEASE.search(nvcc_output)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def cuda_toolkit_line(nvcc_output: str, dist_names: list[str] | None = None) -> str:
+    """One line saying the plugin's CUDA toolkit matches TensorRT's CUDA major version, or
+    BackendUnavailable saying what to install. The plugin links the CUDA runtime statically, so the
+    toolkit it is built with must be the major version TensorRT was built for."""
+    nvcc = nvcc_cuda_version(nvcc_output)
+    if nvcc is None:
+        raise BackendUnavailable("cannot read the CUDA version from `nvcc --version`; install the CUDA toolkit")
+    trt_major = trt_cuda_major(dist_names)
+    if trt_major is None:
+        return (f"CUDA toolkit {nvcc[0]}.{nvcc[1]}; TensorRT's CUDA major version is unknown (not installed from "
+                f"tensorrt-cuNN wheels): make sure it is {nvcc[0]}")
+    if trt_major != nvcc[0]:
+        raise BackendUnavailable(f"nvcc is CUDA {nvcc[0]}.{nvcc[1]} but TensorRT is built for CUDA {trt_major}: put a "
+                                 f"CUDA {trt_major}.x toolkit first on PATH (or install tensorrt-cu{nvcc[0]})")
+    return f"CUDA toolkit {nvcc[0]}.{nvcc[1]} matches TensorRT's CUDA {trt_major}"

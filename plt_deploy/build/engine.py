@@ -1,15 +1,22 @@
 """Build TensorRT engines from an export folder: `plt-deploy build --onnx export/NAME`.
 
-For each graph (prefill, decode): parse the ONNX file with the G-SWA plugin preferred over the
-model-local function, add one optimisation profile, build with a shared timing cache and write
-`tensorrt/<graph>.plan` inside the export folder. Then the manifest gets a "tensorrt" section
-(TensorRT version, compute capability, plugin sha256, engine files with sha256, profiles).
+For each graph (prefill, decode), through Polygraphy's loaders: `NetworkFromOnnxPath` parses the
+ONNX file (strongly typed), `CreateConfig` holds the one optimisation profile, the shared timing
+cache and the workspace limit, `EngineBytesFromNetwork` builds the plan, written to
+`tensorrt/<graph>.plan` inside the export folder. Between parsing and building, the project's own
+check: the network must hold exactly one PLUGIN_V3 layer of GatedSlidingWindowAttention (version,
+namespace "plt") per G-SWA node and no other plugin layer. Then the manifest gets a "tensorrt"
+section (TensorRT version, compute capability, plugin sha256, engine files with sha256, profiles),
+and loading refuses plans built elsewhere (plan_check.py).
+
+TensorRT version: the exports use opset-23 ops (Attention, RMSNormalization) that TensorRT's ONNX
+parser imports from 10.15 (PARSER_OP_MIN); an older TensorRT is refused before parsing, in one line.
 
 Plugin vs function (FACTS.md): every G-SWA node carries `plugin_namespace`/`plugin_version`, so
-TensorRT >= 10.7 uses the registered plugin; we also set `OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`.
-TensorRT < 10.7 always inlines a local function, so there the function is removed from the model
-in memory and the bytes are parsed (with the file's path, for external weights). Either way the
-parsed network must hold one plugin layer per G-SWA node, else the build stops.
+the parser (10.7+) uses the registered plugin instead of the model-local function. No parser flag:
+`OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE` applies to every node, and once the standard plugin library
+is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would turn the decode
+graph's ScatterElements nodes into legacy plugin layers that the runner cannot load.
 
 Profiles: prefill batch 1..max_batch x prompt 1..max_seq; decode batch 1..max_batch with the cache
 length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly).
@@ -37,8 +44,16 @@ from . import availability, plan_check
 
 ENGINE_DIR = "tensorrt"
 TIMING_CACHE = "timing.cache"
-PLUGIN_OVERRIDE_MIN = (10, 7)  # first TensorRT whose ONNX parser can prefer a plugin over a local function
 STRONGLY_TYPED_DEFAULT = (11, 0)  # TensorRT 11 networks are always strongly typed
+# Standard ONNX ops of recent opsets the exports use, and the first TensorRT whose ONNX parser imports
+# them (TensorRT's CHANGELOG: Attention in 10.14; RMSNormalization, RotaryEmbedding, TensorScatter in 10.15).
+PARSER_OP_MIN = {"Attention": (10, 14), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15),
+                 "TensorScatter": (10, 15)}
+# onnx-tensorrt docs/operators.md (TensorRT 10.15): opsets 9..24; Attention without past_key /
+# past_value / nonpad_kv_seqlen inputs, only its first output, no softcap or qk_matmul_output_mode.
+PARSER_MAX_OPSET = 24
+ATTENTION_UNSUPPORTED_INPUTS = {4: "past_key", 5: "past_value", 6: "nonpad_kv_seqlen"}
+ATTENTION_UNSUPPORTED_ATTRS = ("softcap", "qk_matmul_output_mode")  # any non-zero value
 
 
 @dataclass
@@ -84,116 +99,155 @@ def profile_shapes(spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> di
     """Input name -> [min, opt, max] shapes, static dims kept, named axes from `axes`."""
     out = {}
     for t in spec.inputs:
-        shapes = []
-        for k in range(3):
-            shape = []
-            for d in t.shape:
-                if isinstance(d, str):
-                    if d not in axes:
-                        raise ArtifactError(f"{spec.name} input {t.name}: dynamic axis {d!r} has no profile range")
-                    shape.append(int(axes[d][k]))
-                else:
-                    shape.append(int(d))
-            shapes.append(shape)
-        out[t.name] = shapes
+        missing = [d for d in t.shape if isinstance(d, str) and d not in axes]
+        if missing:
+            raise ArtifactError(f"{spec.name} input {t.name}: dynamic axis {missing[0]!r} has no profile range")
+        out[t.name] = [list(t.concrete({k: v[i] for k, v in axes.items()})) for i in range(3)]
     return out
 
 
-def needs_function_strip(trt_version: str) -> bool:
-    """TensorRT before 10.7 always inlines a model-local function: remove it to get the plugin."""
-    return availability.version_tuple(trt_version)[:2] < PLUGIN_OVERRIDE_MIN
-
-
-def strip_op_function(model) -> int:
-    """Remove the plt::GatedSlidingWindowAttention FunctionProto from `model` (in place). Returns how many."""
-    keep = [f for f in model.functions if not (f.domain == contract.OP_DOMAIN and f.name == contract.OP_NAME)]
-    removed = len(model.functions) - len(keep)
-    if removed:
-        del model.functions[:]
-        model.functions.extend(keep)
-    return removed
-
-
-def network_flags(trt) -> int:
-    """STRONGLY_TYPED on TensorRT 10.x (11.x: always strongly typed, the flag is deprecated)."""
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if flag is None or availability.version_tuple(trt.__version__)[:2] >= STRONGLY_TYPED_DEFAULT:
-        return 0
-    return 1 << int(flag)
-
-
-def count_plugin_layers(trt, network) -> int:
-    kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN") if hasattr(trt.LayerType, k)}
-    return sum(network.get_layer(i).type in kinds for i in range(network.num_layers))
-
-
-def parse_onnx(trt, builder, logger, onnx_path: Path, expect_plugin_nodes: int):
-    """Network from the ONNX file with the plugin preferred over the local function. Returns (network, how)."""
+def check_parser_support(model, trt_version: str, where: str | Path) -> None:
+    """Refuse, before parsing, a graph this TensorRT's ONNX parser cannot import (PARSER_OP_MIN: the
+    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23)."""
     import onnx
 
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    how = "no custom op"
-    if expect_plugin_nodes and needs_function_strip(trt.__version__):
-        model = onnx.load(str(onnx_path), load_external_data=False)
-        strip_op_function(model)
-        ok = parser.parse(model.SerializeToString(), str(onnx_path))  # path: where external data lives
-        how = "local function stripped (TensorRT < 10.7)"
-    else:
-        flag = getattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE", None)
-        if flag is not None:
-            parser.set_flag(flag)
-        ok = parser.parse_from_file(str(onnx_path))
-        if expect_plugin_nodes:
-            how = "plugin override (node plugin attributes + ENABLE_PLUGIN_OVERRIDE)"
-    if not ok:
-        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
-        first = errors[0].splitlines()[0] if errors else "no error reported"
-        raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed ({len(errors)} error(s)); first: {first}")
-    n_plugin = count_plugin_layers(trt, network)
-    if n_plugin < expect_plugin_nodes:
-        raise ArtifactError(f"{onnx_path}: the parsed network has {n_plugin} plugin layer(s) for {expect_plugin_nodes} "
-                            f"{contract.OP_NAME} node(s): TensorRT inlined the local function instead of using the "
-                            "plugin; is the plugin library loaded and its creator registered?")
-    return network, parser, how, n_plugin
+    have = availability.version_tuple(trt_version)[:2]
+    used = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    missing = sorted(op for op in used & set(PARSER_OP_MIN) if have < PARSER_OP_MIN[op])
+    if missing:
+        need = ".".join(map(str, max(PARSER_OP_MIN[op] for op in missing)))
+        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opset 23), which TensorRT's ONNX parser imports "
+                            f"from TensorRT {need}; this is TensorRT {trt_version}: pip install 'tensorrt>={need}'")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > PARSER_MAX_OPSET:
+        raise ArtifactError(f"{where}: ONNX opset {opset}; TensorRT's ONNX parser imports opsets up to "
+                            f"{PARSER_MAX_OPSET}: re-export with --opset {PARSER_MAX_OPSET}")
+    for n in model.graph.node:
+        if n.op_type != "Attention" or n.domain not in ("", "ai.onnx"):
+            continue
+        bad = [name for i, name in ATTENTION_UNSUPPORTED_INPUTS.items() if i < len(n.input) and n.input[i]]
+        bad += [f"output {i}" for i, o in enumerate(n.output) if i > 0 and o]
+        bad += [a.name for a in n.attribute if a.name in ATTENTION_UNSUPPORTED_ATTRS and onnx.helper.get_attribute_value(a)]
+        if bad:
+            raise ArtifactError(f"{where}: Attention node {n.name or n.output[0]!r} uses {', '.join(bad)}, which "
+                                "TensorRT's ONNX parser does not import (onnx-tensorrt operators.md)")
 
 
-def _timing_cache(trt, config, path: Path, log):
-    """An ITimingCache from `path` (or empty, if absent or built elsewhere)."""
-    data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if data and cache is None:
-        log(f"ignoring unreadable timing cache {path}")
-        cache = config.create_timing_cache(b"")
-    return cache
+def strongly_typed(trt) -> bool:
+    """Ask for STRONGLY_TYPED on TensorRT 10.x; 11.x networks always are (the flag is deprecated there)."""
+    return (hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+            and availability.version_tuple(trt.__version__)[:2] < STRONGLY_TYPED_DEFAULT)
 
 
-def build_plan(trt, builder, logger, onnx_path: Path, spec: GraphSpec, axes: dict, dtype: str, opts: BuildOptions,
-               cache, expect_plugin_nodes: int) -> tuple[bytes, dict, object]:
-    network, _parser, how, n_plugin = parse_onnx(trt, builder, logger, onnx_path, expect_plugin_nodes)
-    config = builder.create_builder_config()
-    if opts.workspace:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace)
-    if opts.opt_level is not None:
-        config.builder_optimization_level = opts.opt_level
-    if dtype == "float32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 parity within 1e-4
-    if not config.set_timing_cache(cache, False):  # built on another GPU/version: start a fresh one
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, True)
+@dataclass(frozen=True)
+class PluginLayer:
+    kind: str  # TensorRT LayerType name: PLUGIN_V3, PLUGIN_V2, PLUGIN
+    name: str
+    version: str
+    namespace: str
+
+
+GSWA_LAYER = PluginLayer("PLUGIN_V3", contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE)
+
+
+def plugin_layers(trt, network) -> list[PluginLayer]:
+    """Every plugin layer of a parsed network, with the plugin it runs."""
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = layer.type.name
+        if kind == "PLUGIN_V3":
+            layer.__class__ = trt.IPluginV3Layer
+            core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+            out.append(PluginLayer(kind, str(core.plugin_name), str(core.plugin_version), str(core.plugin_namespace)))
+        elif kind in ("PLUGIN_V2", "PLUGIN"):
+            layer.__class__ = trt.IPluginV2Layer
+            p = layer.plugin
+            out.append(PluginLayer(kind, str(p.plugin_type), str(p.plugin_version), str(p.plugin_namespace)))
+    return out
+
+
+def check_plugin_layers(layers: list[PluginLayer], expected: int, where: str | Path) -> None:
+    """Exactly `expected` G-SWA PLUGIN_V3 layers (one per G-SWA node) and no other plugin layer."""
+    others = [f"{p.kind} {p.name} v{p.version} ns {p.namespace!r}" for p in layers if p != GSWA_LAYER]
+    if others:
+        raise ArtifactError(f"{where}: the parsed network holds plugin layers that are not G-SWA ({', '.join(others)}); "
+                            "TensorRT turned ONNX nodes into plugins (was OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE set, "
+                            "or a creator registered under the G-SWA name?); such a plan would need TensorRT's "
+                            "standard plugin library at load time")
+    n = len(layers)
+    if n != expected:
+        why = ("TensorRT inlined the local function instead of using the plugin; is the plugin library loaded "
+               "and its creator registered under namespace 'plt'?") if n < expected else "more layers than nodes"
+        raise ArtifactError(f"{where}: the parsed network has {n} {contract.OP_NAME} plugin layer(s) for {expected} "
+                            f"{contract.OP_NAME} node(s): {why}")
+
+
+def _one_line(exc: Exception) -> str:
+    """The first non-empty line of a Polygraphy error (details went to the log above it)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def parse_network(trt, onnx_path: Path, expect_plugin_nodes: int):
+    """(builder, network, parser) from Polygraphy's NetworkFromOnnxPath, plugin layers checked."""
+    import onnx
+    from polygraphy.backend.trt import NetworkFromOnnxPath
+    from polygraphy.exception import PolygraphyException
+
+    check_parser_support(onnx.load(str(onnx_path), load_external_data=False), trt.__version__, onnx_path)
+    how = "plugin (node plugin_namespace)" if expect_plugin_nodes else "no custom op"
+    try:
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed(trt))()
+    except PolygraphyException as exc:
+        raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed: {_one_line(exc)}") from None
+    layers = plugin_layers(trt, network)
+    check_plugin_layers(layers, expect_plugin_nodes, onnx_path)
+    return (builder, network, parser), how, len(layers)
+
+
+def build_plan(trt, onnx_path: Path, spec: GraphSpec, axes: dict, dtype: str, opts: BuildOptions,
+               cache: bytes, expect_plugin_nodes: int) -> tuple[bytes, dict, bytes]:
+    """One plan through Polygraphy's loaders. `cache` is the timing cache's bytes (b"": none); returns
+    (plan, manifest info, updated timing cache bytes)."""
+    import io
+
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile
+    from polygraphy.exception import PolygraphyException
+
+    network, how, n_plugin = parse_network(trt, onnx_path, expect_plugin_nodes)
     shapes = profile_shapes(spec, axes)
-    profile = builder.create_optimization_profile()
+    profile = Profile()
     for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+        profile.add(name, min=lo, opt=opt, max=hi)
+    config = CreateConfig(
+        tf32=dtype != "float32",  # fp32 parity within 1e-4
+        profiles=[profile],
+        load_timing_cache=io.BytesIO(cache) if cache else None,  # file-like: no lock files
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: opts.workspace} if opts.workspace else None,
+        builder_optimization_level=opts.opt_level,
+    )
+    saved = io.BytesIO()
     t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine (see the log above; try a larger "
-                            "--workspace or smaller --max-batch/--max-seq)")
+    try:
+        plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=saved)()
+    except PolygraphyException as exc:
+        raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine ({_one_line(exc)}); try a larger "
+                            "--workspace or smaller --max-batch/--max-seq (--verbose shows the build log)") from None
     info = {"profile": shapes, "plugin_layers": n_plugin, "function_handling": how,
             "build_seconds": round(time.perf_counter() - t0, 2)}
-    return bytes(plan), info, config.get_timing_cache() or cache
+    return bytes(plan), info, saved.getvalue() or cache
+
+
+def timing_cache_bytes(path: Path, previous: dict | None, version: str, cc: str, log) -> bytes:
+    """The timing cache to start from: empty if absent or recorded for another TensorRT version or GPU."""
+    if not path.is_file():
+        return b""
+    if previous and (str(previous.get("version")) != version or str(previous.get("compute_capability")) != cc):
+        log(f"ignoring timing cache {path}: built with TensorRT {previous.get('version')} on compute capability "
+            f"{previous.get('compute_capability')}")
+        return b""
+    return path.read_bytes()
 
 
 def build_engines(export_dir: str | Path, plugin: str | Path | None = None, options: BuildOptions | None = None,
@@ -219,29 +273,31 @@ def build_engines(export_dir: str | Path, plugin: str | Path | None = None, opti
         loaded = load_plugin(trt, plugin)
         log(f"plugin: {loaded.path} (sha256 {loaded.sha256[:12]}..., {loaded.how})")
 
-    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.VERBOSE if opts.verbose else G_LOGGER.WARNING
     out_dir = export_dir / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else out_dir / TIMING_CACHE
-    cache_config = builder.create_builder_config()  # kept alive: it created the shared timing cache
-    cache = _timing_cache(trt, cache_config, cache_path, log)
+    version, cc = availability.trt_version(trt), availability.compute_capability()
+    cache = timing_cache_bytes(cache_path, manifest.data.get(plan_check.SECTION), version, cc, log)
     engines = {}
     for graph in GRAPHS:
         axes = profile_axes(graph, max_batch, max_seq, opts.opt_batch, opts.opt_prompt)
         log(f"building {graph} engine: " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, _, hi) in axes.items()))
-        plan, info, cache = build_plan(trt, builder, logger, manifest.graph_path(graph), manifest.graphs[graph], axes,
-                                       manifest.dtype, opts, cache, op_nodes[graph])
+        plan, info, cache = build_plan(trt, manifest.graph_path(graph), manifest.graphs[graph], axes, manifest.dtype,
+                                       opts, cache, op_nodes[graph])
         path = out_dir / f"{graph}.plan"
         atomic_write_bytes(path, plan)
         engines[graph] = {"file": f"{ENGINE_DIR}/{path.name}", "sha256": sha256_file(path), "bytes": path.stat().st_size,
                           "axes": {k: list(v) for k, v in axes.items()}, **info}
         log(f"  wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {info['build_seconds']} s)")
-    atomic_write_bytes(cache_path, bytes(cache.serialize()))
+    if cache:
+        atomic_write_bytes(cache_path, cache)
     section = {
         "format": plan_check.SECTION_FORMAT,
-        "version": availability.trt_version(trt),
-        "compute_capability": availability.compute_capability(),
+        "version": version,
+        "compute_capability": cc,
         "device": availability.device_name(),
         "plugin": None if loaded is None else {"path": str(loaded.path), "sha256": loaded.sha256},
         "engines": engines,

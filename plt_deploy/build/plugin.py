@@ -4,14 +4,12 @@ Where it comes from, first match wins: `--plugin PATH`, env `PLT_TRT_PLUGIN`, th
 folders `plugins/build/` and `build/plugins/` under the repository root and the working directory.
 An explicit path that does not exist is an error naming that path (no silent fallback).
 
-How it is loaded (see plugins/common/pluginEntryPoints.cpp and FACTS.md): the library does not
-link libnvinfer, its `getPluginRegistry` resolves at load time from the process. Python loads
-libnvinfer through an extension module, i.e. RTLD_LOCAL, so its symbols are not visible to a later
-dlopen; `_promote_libnvinfer` re-opens the already loaded libnvinfer with RTLD_NOLOAD|RTLD_GLOBAL
-first. Then `ctypes.CDLL` runs the library's static registration (REGISTER_TENSORRT_PLUGIN); if the
-library was built with -DPLT_STATIC_PLUGIN_REGISTRATION=OFF, `IPluginRegistry.load_library` calls
-its `getCreators` instead (doing both would register the creator twice). Finally the creator
-GatedSlidingWindowAttention / "1" / "plt" must be in the registry.
+How it is loaded (plugins/README.md): `ctypes.CDLL` after `import tensorrt`. On dlopen the library
+registers its one creator under namespace "plt" in this process's registry (it finds the registry
+itself: no libnvinfer link, no RTLD_GLOBAL step). Only if that did not happen (a library built with
+-DPLT_STATIC_PLUGIN_REGISTRATION=OFF) `IPluginRegistry.load_library` registers it through
+`getCreators`: one mechanism per load, never both. Success means the exact lookup
+`get_creator(GatedSlidingWindowAttention, OP_VERSION, "plt")`, the one the ONNX parser does.
 """
 
 from __future__ import annotations
@@ -73,54 +71,17 @@ def plugin_sha256(path: Path) -> str:
 class LoadedPlugin:
     path: Path
     sha256: str
-    how: str  # "static-registration" | "load_library" | "already-loaded"
+    how: str  # "dlopen" | "load_library" | "already-registered"
 
 
 _LOADED: dict[Path, LoadedPlugin] = {}
 
 
-def loaded_libraries(name_prefix: str) -> list[str]:
-    """Paths of shared objects mapped in this process whose file name starts with `name_prefix`."""
-    seen: list[str] = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6:
-                    path = parts[5].strip()
-                    if os.path.basename(path).startswith(name_prefix) and path not in seen:
-                        seen.append(path)
-    except OSError:
-        pass
-    return seen
-
-
-def promote_global(name_prefix: str) -> list[str]:
-    """Re-open already loaded libraries `name_prefix*` with RTLD_GLOBAL so later dlopens see their symbols."""
-    done = []
-    for path in loaded_libraries(name_prefix):
-        try:
-            ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
-            done.append(path)
-        except OSError:
-            continue
-    return done
-
-
-def creator_registered(trt) -> bool:
-    """Is GatedSlidingWindowAttention / version / namespace in TensorRT's plugin registry?"""
-    registry = trt.get_plugin_registry()
-    version = str(contract.OP_VERSION)
-    try:
-        if registry.get_creator(contract.OP_NAME, version, contract.PLUGIN_NAMESPACE) is not None:
-            return True
-    except Exception:  # noqa: BLE001  (older bindings raise instead of returning None)
-        pass
-    for creator in getattr(registry, "all_creators", []):
-        if (getattr(creator, "name", None) == contract.OP_NAME and str(getattr(creator, "plugin_version", "")) == version
-                and getattr(creator, "plugin_namespace", None) == contract.PLUGIN_NAMESPACE):
-            return True
-    return False
+def creator_registered(registry) -> bool:
+    """Does `registry` (trt.get_plugin_registry()) resolve the exact (name, version, namespace) the
+    ONNX parser looks up? A creator registered under another namespace (e.g. "", whatever the
+    creator itself reports) does not count."""
+    return registry.get_creator(contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE) is not None
 
 
 def load_plugin(trt, explicit: str | os.PathLike | None = None) -> LoadedPlugin:
@@ -129,23 +90,22 @@ def load_plugin(trt, explicit: str | os.PathLike | None = None) -> LoadedPlugin:
     if path in _LOADED:
         return _LOADED[path]
     sha = plugin_sha256(path)
-    if creator_registered(trt):  # e.g. loaded by a host application or an earlier path
-        how = "already-loaded"
+    registry = trt.get_plugin_registry()
+    if creator_registered(registry):  # registered by the host application before us
+        how = "already-registered"
     else:
-        promote_global("libnvinfer.so")
         try:
-            ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
+            ctypes.CDLL(str(path))  # registers the creator on dlopen (namespace "plt")
         except OSError as exc:
             raise BackendUnavailable(f"{path}: cannot load the plugin library ({str(exc).splitlines()[0]}); "
                                      "rebuild it against this TensorRT and CUDA") from None
-        how = "static-registration"
-        if not creator_registered(trt):
-            handle = trt.get_plugin_registry().load_library(str(path))
-            how = "load_library"
-            if handle is None:
+        how = "dlopen"
+        if not creator_registered(registry):  # built without registration on dlopen: getCreators route
+            if registry.load_library(str(path)) is None:
                 raise BackendUnavailable(f"{path}: IPluginRegistry.load_library failed; rebuild the plugin against "
                                          f"TensorRT {trt.__version__}")
-    if not creator_registered(trt):
+            how = "load_library"
+    if not creator_registered(registry):
         raise ArtifactError(f"{path}: loaded, but no plugin creator {contract.OP_NAME!r} version "
                             f"{contract.OP_VERSION} namespace {contract.PLUGIN_NAMESPACE!r} is registered; is this "
                             "the PLT plugin library built from plugins/?")

@@ -20,6 +20,8 @@ from polygraphy.common import TensorMetadata
 
 from ..backends.base import Backend
 
+# This runner's own feed names (it drives a Backend, which reads the export's tensor names from the
+# manifest): not ONNX tensors.
 FEED_NAMES = ("input_ids", "lengths", "phase")
 PREFILL, DECODE = 0, 1
 

@@ -8,9 +8,9 @@ Two levels of comparison use TensorRT:
     inputs to ONNX Runtime's OnnxrtRunner and to TensorRT and compares every output (logits and
     every present_* cache), which localises a mismatch to one graph and one tensor.
 
-The plugin is loaded by `build.plugin.load_plugin` (ctypes + registry check, libnvinfer promoted to
-RTLD_GLOBAL) rather than Polygraphy's LoadPlugins, which only dlopens the library: ours does not
-link libnvinfer. Plans are refused by `build.plan_check` when built for another TensorRT, GPU or
+The plugin is loaded by `build.plugin.load_plugin` (dlopen, which registers the creator under
+namespace "plt", then an exact registry lookup) rather than Polygraphy's LoadPlugins, which only
+dlopens the library and checks nothing. Plans are refused by `build.plan_check` when built for another TensorRT, GPU or
 plugin library. Everything TensorRT is imported lazily.
 """
 
@@ -86,8 +86,7 @@ def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 
     for it in range(iterations):
         feed = {}
         for t in spec.inputs:
-            shape = [batch if d == "batch" else cache_len if d == "max_seq" else prompt if d == "prompt" else d
-                     for d in t.shape]
+            shape = t.concrete({"batch": batch, "max_seq": cache_len, "prompt": prompt})
             if t.role == "tokens":
                 feed[t.name] = g.integers(3, vocab, size=shape, dtype=np.int64)
             elif t.role == "lengths":

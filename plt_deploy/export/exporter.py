@@ -75,7 +75,7 @@ def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dt
     out = []
     g = torch.Generator().manual_seed(0)
     for t in spec.inputs:
-        shape = [sizes[d] if isinstance(d, str) else d for d in t.shape]
+        shape = list(t.concrete(sizes))
         if t.role == "tokens":
             out.append(torch.randint(3, 200, shape, generator=g))
         elif t.role == "lengths":
@@ -273,7 +273,7 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
                "meaning": "loop 1 keys/values (the shared cache)" if cfg.mode != "looped"
                else "every loop's own cache, index = loop * n_layers + layer"},
         "in_place": "decode present_key.i/present_value.i/present_local_* are the past_* buffers with one slot "
-                    "written: bind each present_* output to the SAME buffer as its past_* input (see alias_of)",
+                    "written: bind each output with in_place to the SAME buffer as the input its alias_of names",
         "attention_reads": "the decode graph's causal attention reads the whole max_seq buffer with a position "
                            "mask (a read, no copy); per-step cost grows with max_seq, not with a cache copy",
         "position": "tokens already cached per sequence (next position); kept by the runner, per sequence",

@@ -2,7 +2,11 @@
 
 Everything that touches ONNX tensor names reads them from here (through the manifest at run
 time): the exporter's dummy inputs and dynamic axes, the manifest, validation, the ONNX Runtime
-runner and the Polygraphy check. Derived from PLTConfig only.
+and TensorRT runners, the engine profiles and the Polygraphy check. Derived from PLTConfig only.
+
+Runners never spell or derive a tensor name: they find tensors by `role` (`GraphSpec.one`), pair
+them through `alias_of` (every cache/carry output names the decode input it becomes the next value
+of, in both graphs) and turn named axes into sizes with `IOTensor.concrete`, the one resolver.
 
 Graphs (two, see export/README.md for why):
 
@@ -16,15 +20,22 @@ Graphs (two, see export/README.md for why):
            plt only: past_local_key.n / past_local_value.n, past_carry
            -> logits [batch, vocab], present_* of the SAME shapes as past_*.
            present_key.i / present_value.i / present_local_* are ScatterElements of past_* at
-           `position`: runners bind each present_* to the memory of its past_* (in place).
+           `position` (`in_place`: a runner may bind each to the memory of its past_*); the carry
+           is recomputed from itself, so it needs its own buffer.
+
+Pairing (`alias_of`, every output but logits): a decode output names the decode input it replaces
+for the next step; a prefill output names the decode input it initialises (prefill's
+[batch, kv_heads, prompt, head_dim] keys fill slots 0..prompt-1 of that input's max_seq axis).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..cache import ring_len
 from ..config import PLTConfig
+from ..errors import ArtifactError
 
 PREFILL, DECODE = "prefill", "decode"
 GRAPHS = (PREFILL, DECODE)
@@ -37,7 +48,20 @@ class IOTensor:
     dtype: str  # "float32" | "float16" | "bfloat16" | "int64"
     role: str  # tokens | lengths | position | logits | key | value | local_key | local_value | carry
     index: int = 0  # layer / cache index for cache roles
-    alias_of: str | None = None  # decode outputs: the input whose buffer this output is written into
+    alias_of: str | None = None  # outputs: the decode input this output is the next value of (see module doc)
+    in_place: bool = False  # decode outputs: may share its alias_of input's buffer (one-slot scatter)
+
+    def concrete(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The shape with every named axis replaced by sizes[axis]: the one named-axis resolver."""
+        out = []
+        for d in self.shape:
+            if isinstance(d, str):
+                if sizes.get(d) is None:
+                    raise ArtifactError(f"{self.name}: no size for dynamic axis {d!r} (have {sorted(sizes)})")
+                out.append(int(sizes[d]))
+            else:
+                out.append(int(d))
+        return tuple(out)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,6 +86,26 @@ class GraphSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    def one(self, role: str, io: str = "inputs") -> IOTensor:
+        """The single input (or output, io="outputs") with this role: tokens, position, lengths, logits, carry."""
+        found = [t for t in getattr(self, io) if t.role == role]
+        if len(found) != 1:
+            raise ArtifactError(f"{self.name} graph: expected one {io[:-1]} with role {role!r}, found {len(found)}")
+        return found[0]
+
+    def maybe(self, role: str, io: str = "inputs") -> IOTensor | None:
+        """Like `one`, but None when no tensor has the role (e.g. no carry in vanilla exports)."""
+        found = [t for t in getattr(self, io) if t.role == role]
+        return self.one(role, io) if found else None
+
+    def state_outputs(self) -> tuple[IOTensor, ...]:
+        """Outputs that carry decoder state (everything but logits), each paired through alias_of."""
+        out = tuple(t for t in self.outputs if t.role != "logits")
+        missing = [t.name for t in out if not t.alias_of]
+        if missing:
+            raise ArtifactError(f"{self.name} graph: outputs {missing} name no decode input in alias_of; re-export")
+        return out
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
@@ -93,18 +137,25 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
     return out
 
 
+def _paired(outputs: list[IOTensor], inputs: list[IOTensor], in_place: bool) -> list[IOTensor]:
+    """outputs[i] with alias_of = inputs[i].name (same role and index, cache_tensors order)."""
+    assert [(o.role, o.index) for o in outputs] == [(i.role, i.index) for i in inputs]
+    return [IOTensor(o.name, o.shape, o.dtype, o.role, o.index, alias_of=i.name, in_place=in_place and o.role != "carry")
+            for o, i in zip(outputs, inputs)]
+
+
 def prefill_spec(cfg: PLTConfig, max_seq: int, dtype: str) -> GraphSpec:
     inputs = (IOTensor("input_ids", ("batch", "prompt"), "int64", "tokens"),
               IOTensor("lengths", ("batch",), "int64", "lengths"))
+    past = cache_tensors(cfg, "past_", "max_seq", max_seq, dtype)
     outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"),  # last real token only
-               *cache_tensors(cfg, "present_", "prompt", max_seq, dtype))
+               *_paired(cache_tensors(cfg, "present_", "prompt", max_seq, dtype), past, in_place=False))
     return GraphSpec(PREFILL, inputs, outputs)
 
 
 def decode_spec(cfg: PLTConfig, max_seq: int, dtype: str) -> GraphSpec:
     past = cache_tensors(cfg, "past_", "max_seq", max_seq, dtype)
-    present = [IOTensor(t.name.replace("past_", "present_", 1), t.shape, t.dtype, t.role, t.index,
-                        alias_of=t.name if t.role != "carry" else None) for t in past]
+    present = _paired(cache_tensors(cfg, "present_", "max_seq", max_seq, dtype), past, in_place=True)
     inputs = (IOTensor("input_ids", ("batch",), "int64", "tokens"),
               IOTensor("position", ("batch",), "int64", "position"), *past)
     outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"), *present)

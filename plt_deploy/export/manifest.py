@@ -22,7 +22,7 @@ from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "plt-deploy.onnx-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every state output has alias_of (prefill too) and in_place
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,5 +1,7 @@
 #include "pluginLogging.h"
 
+#include "pluginRegistry.h"
+
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -39,7 +41,7 @@ void logMessage(nvinfer1::ILogger::Severity severity, char const* msg) noexcept
     }
     else if (severity <= nvinfer1::ILogger::Severity::kWARNING)
     {
-        std::fprintf(stderr, "[plt_trt_plugins] %s\n", msg);
+        std::fprintf(stderr, "%s\n", msg); // messages carry the "[plt_trt_plugins]" prefix already
     }
 }
 
@@ -49,8 +51,7 @@ void reportError(char const* where, char const* msg, nvinfer1::ErrorCode code) n
     {
         std::string const text = std::string("[plt_trt_plugins] ") + where + ": " + msg;
         logMessage(nvinfer1::ILogger::Severity::kERROR, text.c_str());
-        // getPluginRegistry() is resolved from libnvinfer at load time (this library does not link it).
-        if (nvinfer1::IPluginRegistry* registry = getPluginRegistry())
+        if (nvinfer1::IPluginRegistry* registry = findPluginRegistry())
         {
             if (nvinfer1::IErrorRecorder* recorder = registry->getErrorRecorder())
             {

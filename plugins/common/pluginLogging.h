@@ -21,7 +21,7 @@ namespace plugin
 //! Stores the logger finder passed to the library's setLoggerFinder entry point (first one wins).
 void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
-//! Logs a message at the given severity.
+//! Logs a message at the given severity (messages start with "[plt_trt_plugins]").
 void logMessage(nvinfer1::ILogger::Severity severity, char const* msg) noexcept;
 
 //! Reports an error (logger at kERROR + registry error recorder). `where` names the API method.

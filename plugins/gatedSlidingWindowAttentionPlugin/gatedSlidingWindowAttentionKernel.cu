@@ -1,19 +1,21 @@
 /*
- * G-SWA CUDA kernels. The math (masks, split ranges, online softmax, merge, gate, conversions)
- * is in gswaMath.h and shared with the host harness; this file adds the parallel decomposition.
+ * G-SWA CUDA kernels, op version 2. The math (masks, split ranges, online softmax, merge, gate,
+ * conversions, shared-memory sizes) is in gswaMath.h; this file adds the parallel decomposition.
  *
- *   decode  (S small): gswaDecodeSplitKernel  grid (numSplits, B*Hkv, query groups)
- *                        each block: up to 16 query vectors of one KV group (all R rows, the nRep
- *                        query heads and S queries share the cache slice) x one slice of cache slots;
+ *   decode  (S small): gswaDecodeSplitKernel  grid (numSplits, B*Hkv, query groups), block 32 * ceil(nq / 4)
+ *                        each block: the nq query vectors of one KV group (all R rows x nRep query
+ *                        heads x S queries; one group unless more than decodeQueriesPerBlock) x one
+ *                        slice of cache slots; each K/V tile is loaded once and used by all of them;
  *                        writes a partial (m, l, acc[D]) per query vector and split to the workspace.
  *                      gswaDecodeCombineKernel grid (ceil(B*R*Hq*S / 4)), one warp per query vector:
- *                        merges the partials, adds the local window part and the gate, writes out.
- *   prefill (S large): gswaPrefillKernel       grid (ceil(nRep*S / 16), B*R*Hkv)
+ *                        merges the partials; rows >= G add the local window part and the gate.
+ *   prefill (S large): gswaPrefillKernel       grid (ceil(nRep*S / 16), B*R*Hkv), block 128
  *                        each block: 16 consecutive query vectors of one (b, r, kv group); loops over
- *                        32-key tiles of the cache up to the block's last causal slot, then over
- *                        tiles of local slots, skipping tiles outside the block's windows.
- * Block = 4 warps; a warp owns 4 query vectors; lane = key within a tile for scores, and dims
- * lane + 32 * i (i < DPL = ceil(D / 32)) for accumulators.
+ *                        32-key tiles of the cache up to the block's last causal slot, then (rows >= G)
+ *                        over tiles of local slots, skipping tiles outside the block's windows.
+ * A warp owns 4 query vectors; lane = key within a tile for scores, and dims lane + 32 * i
+ * (i < DPL = ceil(D / 32)) for accumulators. A tile is processed in two phases through one shared
+ * buffer: K (scores, softmax update), then V (accumulate), so D = 256 fits sm_75's 64 KiB.
  */
 #include "gatedSlidingWindowAttentionKernel.h"
 #include "gswaMath.h"
@@ -23,6 +25,15 @@
 
 #include <type_traits>
 
+// The two spellings a host compiler cannot parse go through these macros, so that the CPU execution
+// model (plugins/tests/cuda_cpu_model.h, which defines them first) runs these kernels unchanged.
+#ifndef PLT_DYNAMIC_SHARED
+#define PLT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+#ifndef PLT_LAUNCH
+#define PLT_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
 namespace plt
 {
 namespace gswa
@@ -31,7 +42,9 @@ namespace
 {
 
 constexpr unsigned kFullMask = 0xffffffffU;
-constexpr int kThreads = kWarpsPerBlock * 32;
+constexpr int kPrefillThreads = kPrefillWarps * 32;
+constexpr int kCombineThreads = kCombineWarps * 32;
+constexpr int kDecodeMaxThreads = kDecodeMaxQueriesPerBlock / kQueriesPerWarp * 32;
 
 template <typename T>
 struct GswaParams
@@ -50,6 +63,7 @@ struct GswaParams
     GswaDims dims;
     int32_t nRep;
     int32_t numSplits;
+    int32_t queriesPerBlock; // decode: nq
 };
 
 __device__ __forceinline__ float warpMax(float x)
@@ -70,29 +84,34 @@ __device__ __forceinline__ float warpSum(float x)
     return x;
 }
 
-//! Shared memory of an attention block: positions first (8-byte aligned), then fp32 tiles.
+//! Shared memory of an attention block (size: attentionSmemBytes(nq, D)): positions first (8-byte
+//! aligned), then fp32 queries and one tile buffer that holds the K rows, then the V rows of a tile.
 struct BlockSmem
 {
-    int64_t* keyPos; // [kKeyTile]        position of each key of the tile, -1 = masked
-    int64_t* qPos;   // [kQueriesPerBlock] position of each query
-    float* q;        // [kQueriesPerBlock][D]
-    float* k;        // [kKeyTile][D + 1] (padded: lane-per-key reads hit distinct banks)
-    float* v;        // [kKeyTile][D]
+    int64_t* keyPos; // [kKeyTile]  position of each key of the tile, -1 = masked
+    int64_t* qPos;   // [nq]        position of each query
+    float* q;        // [nq][D]
+    float* kv;       // [kKeyTile][D + 1] (padded: lane-per-key reads hit distinct banks)
 
-    __device__ BlockSmem(unsigned char* base, int D)
+    __device__ BlockSmem(unsigned char* base, int nq, int D)
     {
         keyPos = reinterpret_cast<int64_t*>(base);
         qPos = keyPos + kKeyTile;
-        q = reinterpret_cast<float*>(qPos + kQueriesPerBlock);
-        k = q + kQueriesPerBlock * D;
-        v = k + kKeyTile * (D + 1);
+        q = reinterpret_cast<float*>(qPos + nq);
+        kv = q + nq * D;
     }
 };
 
-size_t blockSmemBytes(int D)
+//! Loads rows [0, tileLen) of a K or V tile into sm.kv (fp32). rowOf(k) = row index in [.., D].
+template <typename T, typename RowOf>
+__device__ void loadTile(BlockSmem& sm, T const* src, int tileLen, int D, RowOf rowOf)
 {
-    return sizeof(int64_t) * (kKeyTile + kQueriesPerBlock)
-        + sizeof(float) * (static_cast<size_t>(kQueriesPerBlock) * D + kKeyTile * (D + 1) + kKeyTile * D);
+    for (int idx = threadIdx.x; idx < tileLen * D; idx += blockDim.x)
+    {
+        int const kk = idx / D;
+        int const d = idx - kk * D;
+        sm.kv[kk * (D + 1) + d] = toFloat(src[rowOf(kk) * D + d]);
+    }
 }
 
 //! Per-warp state: online softmax of its kQueriesPerWarp queries over one key set.
@@ -101,6 +120,7 @@ struct WarpAttention
 {
     SoftmaxState st[kQueriesPerWarp];
     float acc[kQueriesPerWarp][DPL]; // acc[qi][i] = dim lane + 32 * i
+    float w[kQueriesPerWarp];        // this lane's key weight in the current tile
 
     __device__ void init()
     {
@@ -108,6 +128,7 @@ struct WarpAttention
         for (int qi = 0; qi < kQueriesPerWarp; ++qi)
         {
             st[qi] = emptyState();
+            w[qi] = 0.0F;
 #pragma unroll
             for (int i = 0; i < DPL; ++i)
             {
@@ -116,11 +137,10 @@ struct WarpAttention
         }
     }
 
-    //! Update with the tile in shared memory (keys [0, tileLen) of sm.k / sm.v / sm.keyPos).
+    //! Phase 1, sm.kv holding the tile's keys: scores, running max and sum, accumulator rescale.
     //! qFirst = block-local index of the warp's first query, nQ = number of valid queries in the block.
     template <bool kLocal>
-    __device__ void attendTile(
-        BlockSmem const& sm, int qFirst, int nQ, int tileLen, int D, float scale, int32_t window)
+    __device__ void scoreTile(BlockSmem const& sm, int qFirst, int nQ, int tileLen, int D, float scale, int32_t window)
     {
         int const lane = threadIdx.x & 31;
 #pragma unroll
@@ -138,8 +158,8 @@ struct WarpAttention
             float score = negInf();
             if (valid)
             {
-                float const* qv = sm.q + q * D;   // [D]
-                float const* kr = sm.k + lane * (D + 1); // key row of this lane
+                float const* qv = sm.q + q * D;            // [D]
+                float const* kr = sm.kv + lane * (D + 1); // key row of this lane
                 float dot = 0.0F;
                 for (int d = 0; d < D; ++d)
                 {
@@ -148,27 +168,42 @@ struct WarpAttention
                 score = scale * dot;
             }
             float const alpha = onlineRescale(st[qi], warpMax(score));
-            float const w = onlineWeight(st[qi], score, valid);
-            onlineAddTileSum(st[qi], warpSum(w));
+            w[qi] = onlineWeight(st[qi], score, valid);
+            onlineAddTileSum(st[qi], warpSum(w[qi]));
 #pragma unroll
             for (int i = 0; i < DPL; ++i)
             {
                 acc[qi][i] *= alpha;
             }
+        }
+    }
+
+    //! Phase 2, sm.kv holding the tile's values: acc += w_k * v_k.
+    __device__ void accumulateTile(BlockSmem const& sm, int qFirst, int nQ, int tileLen, int D)
+    {
+        int const lane = threadIdx.x & 31;
+#pragma unroll
+        for (int qi = 0; qi < kQueriesPerWarp; ++qi)
+        {
+            if (qFirst + qi >= nQ)
+            {
+                break; // warp-uniform
+            }
             for (int kk = 0; kk < tileLen; ++kk)
             {
-                float const wk = __shfl_sync(kFullMask, w, kk);
+                float const wk = __shfl_sync(kFullMask, w[qi], kk);
                 if (wk == 0.0F)
                 {
                     continue; // warp-uniform: masked key
                 }
+                float const* vr = sm.kv + kk * (D + 1);
 #pragma unroll
                 for (int i = 0; i < DPL; ++i)
                 {
                     int const d = lane + 32 * i;
                     if (d < D)
                     {
-                        acc[qi][i] += wk * sm.v[kk * D + d];
+                        acc[qi][i] += wk * vr[d];
                     }
                 }
             }
@@ -176,35 +211,42 @@ struct WarpAttention
     }
 };
 
-//! Loads rows [0, tileLen) of a K/V tile into shared memory (fp32). rowOf(k) = row index in [.., D].
-template <typename T, typename RowOf>
-__device__ void loadKvTile(BlockSmem& sm, T const* key, T const* value, int tileLen, int D, RowOf rowOf)
+//! One tile through both phases; every thread of the block calls it (four barriers).
+//! keyPosOf(k) = position of key k for sm.keyPos, rowOf(k) = its row in key/value.
+template <bool kLocal, typename T, int DPL, typename KeyPos, typename RowOf>
+__device__ void attendTile(WarpAttention<DPL>& att, BlockSmem& sm, T const* key, T const* value, int tileLen, int nQ,
+    int D, float scale, int32_t window, KeyPos keyPosOf, RowOf rowOf)
 {
-    for (int idx = threadIdx.x; idx < tileLen * D; idx += blockDim.x)
+    int const qFirst = static_cast<int>(threadIdx.x / 32) * kQueriesPerWarp;
+    loadTile(sm, key, tileLen, D, rowOf);
+    if (threadIdx.x < kKeyTile)
     {
-        int const kk = idx / D;
-        int const d = idx - kk * D;
-        int64_t const off = rowOf(kk) * D + d;
-        sm.k[kk * (D + 1) + d] = toFloat(key[off]);
-        sm.v[kk * D + d] = toFloat(value[off]);
+        sm.keyPos[threadIdx.x] = threadIdx.x < tileLen ? keyPosOf(threadIdx.x) : -1;
     }
+    __syncthreads();
+    att.template scoreTile<kLocal>(sm, qFirst, nQ, tileLen, D, scale, window);
+    __syncthreads();
+    loadTile(sm, value, tileLen, D, rowOf);
+    __syncthreads();
+    att.accumulateTile(sm, qFirst, nQ, tileLen, D);
+    __syncthreads();
 }
 
 // ---- decode: split-K partials ---------------------------------------------------------------------
 
 template <typename T, int DPL>
-__global__ void __launch_bounds__(kThreads) gswaDecodeSplitKernel(GswaParams<T> p)
+__global__ void __launch_bounds__(kDecodeMaxThreads) gswaDecodeSplitKernel(GswaParams<T> p)
 {
-    extern __shared__ __align__(16) unsigned char smemRaw[];
+    PLT_DYNAMIC_SHARED(unsigned char, smemRaw);
     GswaDims const& g = p.dims;
     int const D = g.headDim;
-    BlockSmem sm(smemRaw, D);
+    BlockSmem sm(smemRaw, p.queriesPerBlock, D);
     int const split = blockIdx.x;
     int const b = blockIdx.y / g.kvHeads;
     int const kvh = blockIdx.y % g.kvHeads;
     int const nU = g.rows * p.nRep * g.queries; // query vectors sharing this KV group
-    int const uBase = blockIdx.z * kQueriesPerBlock;
-    int const nQ = min(kQueriesPerBlock, nU - uBase);
+    int const uBase = blockIdx.z * p.queriesPerBlock;
+    int const nQ = min(p.queriesPerBlock, nU - uBase);
     int const warp = threadIdx.x / 32;
     int const lane = threadIdx.x & 31;
 
@@ -215,11 +257,11 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeSplitKernel(GswaParams<T> 
         decodeUnpack(uBase + q, p.nRep, g.queries, kvh, r, h, s);
         sm.q[idx] = toFloat(p.query[queryVector(b, r, h, s, g.rows, g.heads, g.queries) * D + (idx - q * D)]);
     }
-    if (threadIdx.x < nQ)
+    for (int q = threadIdx.x; q < nQ; q += blockDim.x)
     {
         int r, h, s;
-        decodeUnpack(uBase + threadIdx.x, p.nRep, g.queries, kvh, r, h, s);
-        sm.qPos[threadIdx.x] = p.queryPos[static_cast<int64_t>(b) * g.queries + s];
+        decodeUnpack(uBase + q, p.nRep, g.queries, kvh, r, h, s);
+        sm.qPos[q] = p.queryPos[static_cast<int64_t>(b) * g.queries + s];
     }
     __syncthreads();
 
@@ -237,16 +279,9 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeSplitKernel(GswaParams<T> 
     att.init();
     for (int32_t tile = begin; tile < end; tile += kKeyTile)
     {
-        int const tileLen = min(kKeyTile, end - tile);
-        loadKvTile(sm, p.keyGlobal, p.valueGlobal, tileLen, D,
+        attendTile<false>(att, sm, p.keyGlobal, p.valueGlobal, min(kKeyTile, end - tile), nQ, D, g.scale, g.window,
+            [&](int kk) { return static_cast<int64_t>(tile + kk); },
             [&](int kk) { return globalRow(b, kvh, tile + kk, g.kvHeads, g.cacheLen); });
-        if (threadIdx.x < kKeyTile)
-        {
-            sm.keyPos[threadIdx.x] = tile + threadIdx.x;
-        }
-        __syncthreads();
-        att.template attendTile<false>(sm, warp * kQueriesPerWarp, nQ, tileLen, D, g.scale, g.window);
-        __syncthreads();
     }
 
     // Partial of each query vector: (m, l, acc[D]) unnormalised.
@@ -281,13 +316,13 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeSplitKernel(GswaParams<T> 
 // ---- decode: combine partials + local window + gate ------------------------------------------------
 
 template <typename T, int DPL>
-__global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T> p)
+__global__ void __launch_bounds__(kCombineThreads) gswaDecodeCombineKernel(GswaParams<T> p)
 {
     GswaDims const& g = p.dims;
     int const D = g.headDim;
     int const lane = threadIdx.x & 31;
     int64_t const numQv = static_cast<int64_t>(g.batch) * g.rows * g.heads * g.queries;
-    int64_t const qv = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+    int64_t const qv = static_cast<int64_t>(blockIdx.x) * kCombineWarps + threadIdx.x / 32;
     if (qv >= numQv)
     {
         return; // whole warp; no block barrier below
@@ -298,14 +333,6 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
     int const r = static_cast<int>((qv / (static_cast<int64_t>(g.queries) * g.heads)) % g.rows);
     int const b = static_cast<int>(qv / (static_cast<int64_t>(g.queries) * g.heads * g.rows));
     int const kvh = h / p.nRep;
-
-    float q[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i)
-    {
-        int const d = lane + 32 * i;
-        q[i] = d < D ? toFloat(p.query[qv * D + d]) : 0.0F;
-    }
 
     // Global part: merge the split partials.
     SoftmaxState gst = emptyState();
@@ -327,9 +354,32 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
             accG[i] = ca * accG[i] + (d < D ? cb * part[2 + d] : 0.0F);
         }
     }
+    float const fG = finalizeFactor(gst);
+    if (r < g.globalRows)
+    {
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) // global-only row: g = 0
+        {
+            int const d = lane + 32 * i;
+            if (d < D)
+            {
+                p.output[qv * D + d] = fromFloat<T>(accG[i] * fG);
+            }
+        }
+        return;
+    }
+
+    float q[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i)
+    {
+        int const d = lane + 32 * i;
+        q[i] = d < D ? toFloat(p.query[qv * D + d]) : 0.0F;
+    }
 
     // Local part: one slot at a time (W is small in decode), dot product across the warp.
     int64_t const t = p.queryPos[static_cast<int64_t>(b) * g.queries + s];
+    int32_t const localRows = g.rows - g.globalRows;
     SoftmaxState lst = emptyState();
     float accL[DPL];
 #pragma unroll
@@ -343,7 +393,7 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
         {
             continue; // warp-uniform
         }
-        int64_t const row = localRow(b, r, kvh, slot, g.rows, g.kvHeads, g.localSlots);
+        int64_t const row = localRow(b, r - g.globalRows, kvh, slot, localRows, g.kvHeads, g.localSlots);
         float part = 0.0F;
 #pragma unroll
         for (int i = 0; i < DPL; ++i)
@@ -372,7 +422,6 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
         gl += d < D ? q[i] * toFloat(p.gateWeight[static_cast<int64_t>(h) * D + d]) : 0.0F;
     }
     float const gate = gateFromLogit(warpSum(gl) + toFloat(p.gateBias[h]));
-    float const fG = finalizeFactor(gst);
     float const fL = finalizeFactor(lst);
 #pragma unroll
     for (int i = 0; i < DPL; ++i)
@@ -388,18 +437,18 @@ __global__ void __launch_bounds__(kThreads) gswaDecodeCombineKernel(GswaParams<T
 // ---- prefill: tiled over queries and keys ---------------------------------------------------------
 
 template <typename T, int DPL>
-__global__ void __launch_bounds__(kThreads) gswaPrefillKernel(GswaParams<T> p)
+__global__ void __launch_bounds__(kPrefillThreads) gswaPrefillKernel(GswaParams<T> p)
 {
-    extern __shared__ __align__(16) unsigned char smemRaw[];
+    PLT_DYNAMIC_SHARED(unsigned char, smemRaw);
     GswaDims const& g = p.dims;
     int const D = g.headDim;
-    BlockSmem sm(smemRaw, D);
+    BlockSmem sm(smemRaw, kPrefillQueriesPerBlock, D);
     int const b = blockIdx.y / (g.rows * g.kvHeads);
     int const r = (blockIdx.y / g.kvHeads) % g.rows;
     int const kvh = blockIdx.y % g.kvHeads;
     int const nU = p.nRep * g.queries;
-    int const uBase = blockIdx.x * kQueriesPerBlock;
-    int const nQ = min(kQueriesPerBlock, nU - uBase);
+    int const uBase = blockIdx.x * kPrefillQueriesPerBlock;
+    int const nQ = min(kPrefillQueriesPerBlock, nU - uBase);
     int const warp = threadIdx.x / 32;
     int const lane = threadIdx.x & 31;
 
@@ -432,49 +481,39 @@ __global__ void __launch_bounds__(kThreads) gswaPrefillKernel(GswaParams<T> p)
     int32_t const end = globalKeyCount(tMax, g.cacheLen);
     for (int32_t tile = 0; tile < end; tile += kKeyTile)
     {
-        int const tileLen = min(kKeyTile, end - tile);
-        loadKvTile(sm, p.keyGlobal, p.valueGlobal, tileLen, D,
+        attendTile<false>(glob, sm, p.keyGlobal, p.valueGlobal, min(kKeyTile, end - tile), nQ, D, g.scale, g.window,
+            [&](int kk) { return static_cast<int64_t>(tile + kk); },
             [&](int kk) { return globalRow(b, kvh, tile + kk, g.kvHeads, g.cacheLen); });
-        if (threadIdx.x < kKeyTile)
-        {
-            sm.keyPos[threadIdx.x] = tile + threadIdx.x;
-        }
-        __syncthreads();
-        glob.template attendTile<false>(sm, warp * kQueriesPerWarp, nQ, tileLen, D, g.scale, g.window);
-        __syncthreads();
     }
 
-    // Local part: tiles of slots; a tile whose positions miss every query's window is skipped.
+    // Local part (rows >= G): tiles of slots. Every thread reads the tile's positions itself (the
+    // same values, so the skip is block-uniform): a tile missing every query's window costs no barrier.
     WarpAttention<DPL> loc;
     loc.init();
-    for (int32_t tile = 0; tile < g.localSlots; tile += kKeyTile)
+    bool const mixed = r >= g.globalRows; // block-uniform
+    int32_t const localRows = g.rows - g.globalRows;
+    int64_t const* lpos = p.localPos + static_cast<int64_t>(b) * g.localSlots;
+    for (int32_t tile = 0; mixed && tile < g.localSlots; tile += kKeyTile)
     {
         int const tileLen = min(kKeyTile, g.localSlots - tile);
-        if (threadIdx.x < kKeyTile)
-        {
-            sm.keyPos[threadIdx.x]
-                = threadIdx.x < tileLen ? p.localPos[static_cast<int64_t>(b) * g.localSlots + tile + threadIdx.x] : -1;
-        }
-        __syncthreads();
         int64_t pMin = INT64_MAX;
         int64_t pMax = -1;
         for (int kk = 0; kk < tileLen; ++kk)
         {
-            int64_t const pos = sm.keyPos[kk];
+            int64_t const pos = lpos[tile + kk];
             if (pos >= 0)
             {
                 pMin = min(pMin, pos);
                 pMax = max(pMax, pos);
             }
         }
-        if (localTileMayBeValid(pMin, pMax, tMin, tMax, g.window)) // block-uniform
+        if (!localTileMayBeValid(pMin, pMax, tMin, tMax, g.window))
         {
-            loadKvTile(sm, p.keyLocal, p.valueLocal, tileLen, D,
-                [&](int kk) { return localRow(b, r, kvh, tile + kk, g.rows, g.kvHeads, g.localSlots); });
-            __syncthreads();
-            loc.template attendTile<true>(sm, warp * kQueriesPerWarp, nQ, tileLen, D, g.scale, g.window);
+            continue; // block-uniform
         }
-        __syncthreads();
+        attendTile<true>(loc, sm, p.keyLocal, p.valueLocal, tileLen, nQ, D, g.scale, g.window,
+            [&](int kk) { return lpos[tile + kk]; },
+            [&](int kk) { return localRow(b, r - g.globalRows, kvh, tile + kk, localRows, g.kvHeads, g.localSlots); });
     }
 
     // Gate, blend, store.
@@ -488,14 +527,18 @@ __global__ void __launch_bounds__(kThreads) gswaPrefillKernel(GswaParams<T> p)
         int h, s;
         prefillUnpack(uBase + q, p.nRep, g.queries, kvh, h, s);
         int64_t const qv = queryVector(b, r, h, s, g.rows, g.heads, g.queries);
-        float gl = 0.0F;
-#pragma unroll
-        for (int i = 0; i < DPL; ++i)
+        float gate = 0.0F; // global-only rows: g = 0
+        if (mixed)
         {
-            int const d = lane + 32 * i;
-            gl += d < D ? sm.q[q * D + d] * toFloat(p.gateWeight[static_cast<int64_t>(h) * D + d]) : 0.0F;
+            float gl = 0.0F;
+#pragma unroll
+            for (int i = 0; i < DPL; ++i)
+            {
+                int const d = lane + 32 * i;
+                gl += d < D ? sm.q[q * D + d] * toFloat(p.gateWeight[static_cast<int64_t>(h) * D + d]) : 0.0F;
+            }
+            gate = gateFromLogit(warpSum(gl) + toFloat(p.gateBias[h]));
         }
-        float const gate = gateFromLogit(warpSum(gl) + toFloat(p.gateBias[h]));
         float const fG = finalizeFactor(glob.st[qi]);
         float const fL = finalizeFactor(loc.st[qi]);
 #pragma unroll
@@ -504,7 +547,8 @@ __global__ void __launch_bounds__(kThreads) gswaPrefillKernel(GswaParams<T> p)
             int const d = lane + 32 * i;
             if (d < D)
             {
-                p.output[qv * D + d] = fromFloat<T>(gateBlend(gate, loc.acc[qi][i] * fL, glob.acc[qi][i] * fG));
+                float const yG = glob.acc[qi][i] * fG;
+                p.output[qv * D + d] = fromFloat<T>(mixed ? gateBlend(gate, loc.acc[qi][i] * fL, yG) : yG);
             }
         }
     }
@@ -518,7 +562,7 @@ GswaParams<T> makeParams(T const* query, T const* keyGlobal, T const* valueGloba
     T* output, GswaDims const& dims)
 {
     return GswaParams<T>{query, keyGlobal, valueGlobal, keyLocal, valueLocal, queryPos, localPos, gateWeight,
-        gateBias, output, nullptr, dims, dims.heads / dims.kvHeads, 1};
+        gateBias, output, nullptr, dims, dims.heads / dims.kvHeads, 1, 1};
 }
 
 //! Calls f(std::integral_constant<int, DPL>) with DPL = ceil(D / 32) rounded up to 1, 2, 4 or 8.
@@ -540,20 +584,29 @@ cudaError_t dispatchDpl(int D, F&& f)
     return f(std::integral_constant<int, 8>{});
 }
 
-template <typename Kernel>
-cudaError_t allowSmem(Kernel kernel, size_t bytes)
-{
-    constexpr size_t kDefaultLimit = 48 * 1024;
-    if (bytes <= kDefaultLimit)
-    {
-        return cudaSuccess;
-    }
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
-
 int64_t numQueryVectors(GswaDims const& d)
 {
     return static_cast<int64_t>(d.batch) * d.rows * d.heads * d.queries;
+}
+
+size_t prefillSmemBytes(int D)
+{
+    return attentionSmemBytes(kPrefillQueriesPerBlock, D);
+}
+
+template <typename T>
+cudaError_t preparePrefill(int D)
+{
+    size_t const smem = prefillSmemBytes(D);
+    if (smem <= kDefaultSmemBytes)
+    {
+        return cudaSuccess;
+    }
+    return dispatchDpl(D, [&](auto dpl) -> cudaError_t {
+        constexpr int DPL = decltype(dpl)::value;
+        return cudaFuncSetAttribute(
+            gswaPrefillKernel<T, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    });
 }
 
 } // namespace
@@ -563,6 +616,10 @@ char const* gswaCheckDims(GswaDims const& d)
     if (d.batch < 0 || d.rows < 0 || d.queries < 0 || d.cacheLen < 0 || d.localSlots < 0)
     {
         return "negative tensor dimension";
+    }
+    if (d.globalRows < 0 || d.globalRows > d.rows)
+    {
+        return "global_rows G must be in [0, R]";
     }
     if (d.headDim < 1 || d.headDim > kMaxHeadDim)
     {
@@ -581,6 +638,24 @@ char const* gswaCheckDims(GswaDims const& d)
         return "B * R * Hkv must be <= 65535 (grid.y limit)";
     }
     return nullptr;
+}
+
+cudaError_t gswaPrepareKernels(int32_t headDim)
+{
+    if (headDim < 1 || headDim > kMaxHeadDim)
+    {
+        return cudaErrorInvalidValue;
+    }
+    cudaError_t err = preparePrefill<float>(headDim);
+    if (err == cudaSuccess)
+    {
+        err = preparePrefill<__half>(headDim);
+    }
+    if (err == cudaSuccess)
+    {
+        err = preparePrefill<__nv_bfloat16>(headDim);
+    }
+    return err;
 }
 
 size_t gswaDecodeWorkspaceBytes(GswaDims const& d)
@@ -614,23 +689,24 @@ cudaError_t launchGswaDecode(T const* query, T const* keyGlobal, T const* valueG
         return cudaErrorInvalidValue;
     }
     p.partials = static_cast<float*>(workspace);
-    int const groups = (dims.rows * p.nRep * dims.queries + kQueriesPerBlock - 1) / kQueriesPerBlock;
-    size_t const smem = blockSmemBytes(dims.headDim);
+    int32_t const numU = dims.rows * p.nRep * dims.queries; // query vectors per KV group
+    p.queriesPerBlock = decodeQueriesPerBlock(numU, dims.headDim);
+    int const groups = (numU + p.queriesPerBlock - 1) / p.queriesPerBlock;
+    int const threads = 32 * ((p.queriesPerBlock + kQueriesPerWarp - 1) / kQueriesPerWarp);
+    size_t const smem = attentionSmemBytes(p.queriesPerBlock, dims.headDim); // <= 48 KiB by construction
     return dispatchDpl(dims.headDim, [&](auto dpl) -> cudaError_t {
         constexpr int DPL = decltype(dpl)::value;
-        cudaError_t err = allowSmem(gswaDecodeSplitKernel<T, DPL>, smem);
+        auto const splitKernel = gswaDecodeSplitKernel<T, DPL>;
+        auto const combineKernel = gswaDecodeCombineKernel<T, DPL>;
+        dim3 const splitGrid(p.numSplits, dims.batch * dims.kvHeads, groups);
+        PLT_LAUNCH(splitKernel, splitGrid, threads, smem, stream, p);
+        cudaError_t const err = cudaGetLastError();
         if (err != cudaSuccess)
         {
             return err;
         }
-        dim3 const splitGrid(p.numSplits, dims.batch * dims.kvHeads, groups);
-        gswaDecodeSplitKernel<T, DPL><<<splitGrid, kThreads, smem, stream>>>(p);
-        if ((err = cudaGetLastError()) != cudaSuccess)
-        {
-            return err;
-        }
-        auto const combineBlocks = static_cast<unsigned>((numQueryVectors(dims) + kWarpsPerBlock - 1) / kWarpsPerBlock);
-        gswaDecodeCombineKernel<T, DPL><<<combineBlocks, kThreads, 0, stream>>>(p);
+        auto const combineBlocks = static_cast<unsigned>((numQueryVectors(dims) + kCombineWarps - 1) / kCombineWarps);
+        PLT_LAUNCH(combineKernel, combineBlocks, kCombineThreads, 0, stream, p);
         return cudaGetLastError();
     });
 }
@@ -650,17 +726,13 @@ cudaError_t launchGswaPrefill(T const* query, T const* keyGlobal, T const* value
     }
     GswaParams<T> p = makeParams(query, keyGlobal, valueGlobal, keyLocal, valueLocal, queryPos, localPos,
         gateWeight, gateBias, output, dims);
-    int const tiles = (p.nRep * dims.queries + kQueriesPerBlock - 1) / kQueriesPerBlock;
-    size_t const smem = blockSmemBytes(dims.headDim);
+    int const tiles = (p.nRep * dims.queries + kPrefillQueriesPerBlock - 1) / kPrefillQueriesPerBlock;
+    size_t const smem = prefillSmemBytes(dims.headDim); // > 48 KiB (D > 253) needs gswaPrepareKernels
     return dispatchDpl(dims.headDim, [&](auto dpl) -> cudaError_t {
         constexpr int DPL = decltype(dpl)::value;
-        cudaError_t err = allowSmem(gswaPrefillKernel<T, DPL>, smem);
-        if (err != cudaSuccess)
-        {
-            return err;
-        }
+        auto const prefillKernel = gswaPrefillKernel<T, DPL>;
         dim3 const grid(tiles, dims.batch * dims.rows * dims.kvHeads);
-        gswaPrefillKernel<T, DPL><<<grid, kThreads, smem, stream>>>(p);
+        PLT_LAUNCH(prefillKernel, grid, kPrefillThreads, smem, stream, p);
         return cudaGetLastError();
     });
 }

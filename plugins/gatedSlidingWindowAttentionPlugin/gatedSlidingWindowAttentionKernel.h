@@ -1,11 +1,11 @@
 /*
- * CUDA launchers of the G-SWA op (contract: plt_deploy/ops/contract.py, gatedSlidingWindowAttention.yaml).
- * Raw pointers and ints only: no TensorRT type crosses into the kernels.
+ * CUDA launchers of the G-SWA op, version 2 (contract: plt_deploy/ops/contract.py,
+ * gatedSlidingWindowAttention.yaml). Raw pointers and ints only: no TensorRT type crosses into the kernels.
  *
  * Layouts (contiguous, row-major):
- *   query, output             [B, R, Hq, S, D]   T
+ *   query, output             [B, R, Hq, S, D]   T   (rows 0..G-1 global-only)
  *   keyGlobal, valueGlobal    [B, Hkv, Tc, D]    T   (slot j holds position j)
- *   keyLocal, valueLocal      [B, R, Hkv, W, D]  T
+ *   keyLocal, valueLocal      [B, R-G, Hkv, W, D] T  (row r >= G uses keyLocal[:, r - G])
  *   queryPos                  [B, S]             int64
  *   localPos                  [B, W]             int64 (-1 = empty slot)
  *   gateWeight [Hq, D], gateBias [Hq]            T
@@ -27,7 +27,8 @@ namespace gswa
 struct GswaDims
 {
     int32_t batch;      // B
-    int32_t rows;       // R (loop rows)
+    int32_t rows;       // R (loop rows, all of them)
+    int32_t globalRows; // G, 0 <= G <= R: rows 0..G-1 attend to the shared keys only (g = 0)
     int32_t heads;      // Hq
     int32_t kvHeads;    // Hkv, Hq % Hkv == 0
     int32_t queries;    // S
@@ -44,6 +45,12 @@ size_t gswaDecodeWorkspaceBytes(GswaDims const& dims);
 
 //! Checks the sizes the kernels support; returns a message or nullptr when they are fine.
 char const* gswaCheckDims(GswaDims const& dims);
+
+//! Call once per head dim at configure time (not in enqueue, not under stream capture), before any
+//! launch: raises the dynamic shared-memory limit of the kernels that need more than 48 KiB for this
+//! D (only the prefill kernel at D > 253; decode never does). Returns the CUDA error if the device's
+//! opt-in limit is too small. Idempotent and cheap; covers every dtype.
+cudaError_t gswaPrepareKernels(int32_t headDim);
 
 //! Runs the op: the split-K decode path (partials in `workspace`, then a combine kernel) when
 //! S <= kDecodeMaxQueries and the workspace is large enough, else the tiled prefill kernel.

@@ -88,14 +88,21 @@ int32_t toInt32(int64_t v, char const* name)
 
 template <typename T>
 cudaError_t launchTyped(void const* const* in, void* out, gswa::GswaDims const& dims, void* workspace,
-    cudaStream_t stream)
+    size_t wsBytes, cudaStream_t stream)
 {
-    size_t const wsBytes = workspace != nullptr ? gswa::gswaDecodeWorkspaceBytes(dims) : 0;
     return gswa::launchGswa<T>(static_cast<T const*>(in[kQUERY]), static_cast<T const*>(in[kKEY_GLOBAL]),
         static_cast<T const*>(in[kVALUE_GLOBAL]), static_cast<T const*>(in[kKEY_LOCAL]),
         static_cast<T const*>(in[kVALUE_LOCAL]), static_cast<int64_t const*>(in[kQUERY_POS]),
         static_cast<int64_t const*>(in[kLOCAL_POS]), static_cast<T const*>(in[kGATE_WEIGHT]),
         static_cast<T const*>(in[kGATE_BIAS]), static_cast<T*>(out), dims, workspace, wsBytes, stream);
+}
+
+//! gswaPrepareKernels for head dim D (kernel attributes: configure time, never in enqueue or under
+//! stream capture). Throws PluginError naming the CUDA error.
+void prepareKernels(int32_t headDim)
+{
+    cudaError_t const err = gswa::gswaPrepareKernels(headDim);
+    check(err == cudaSuccess, "gswaPrepareKernels(D = " + std::to_string(headDim) + "): " + cudaGetErrorString(err));
 }
 
 } // namespace
@@ -107,19 +114,21 @@ void GswaAttributes::validate() const
     check(numHeads >= 1 && numKvHeads >= 1 && numHeads % numKvHeads == 0,
         "num_heads (" + std::to_string(numHeads) + ") must be a positive multiple of num_kv_heads ("
             + std::to_string(numKvHeads) + ")");
+    check(globalRows >= 0, "global_rows must be >= 0, got " + std::to_string(globalRows));
 }
 
 // ---- plugin ----------------------------------------------------------------------------------------
 
-GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs)
+GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs, int64_t workspaceBytes)
     : mAttrs(attrs)
+    , mWorkspaceBytes(workspaceBytes)
 {
     mAttrs.validate();
 }
 
 GatedSlidingWindowAttentionPlugin::GatedSlidingWindowAttentionPlugin(GatedSlidingWindowAttentionPlugin const& other)
     : mAttrs(other.mAttrs)
-    , mDims(other.mDims)
+    , mWorkspaceBytes(other.mWorkspaceBytes)
 {
     // mFields / mFieldCollection point into the object that owns them: rebuilt on demand.
 }
@@ -252,7 +261,12 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     {
         check(d[i].nbDims == kRANKS[i], std::string(kINPUT_NAMES[i]) + " must have rank " + std::to_string(kRANKS[i]));
     }
-    gswa::GswaDims g{-1, -1, -1, -1, -1, -1, -1, -1, mAttrs.window, mAttrs.scale};
+    gswa::GswaDims g{}; // by member name: the field order of GswaDims is the kernels' business
+    g.batch = g.rows = g.heads = g.kvHeads = g.queries = g.headDim = g.cacheLen = g.localSlots = -1;
+    g.globalRows = mAttrs.globalRows;
+    g.window = mAttrs.window;
+    g.scale = mAttrs.scale;
+    int32_t localRows = -1; // R - G
     unify(g.batch, d[kQUERY].d[0], "B");
     unify(g.rows, d[kQUERY].d[1], "R");
     unify(g.heads, d[kQUERY].d[2], "Hq");
@@ -265,10 +279,10 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
         unify(g.cacheLen, d[i].d[2], "Tc (key/value_global dim 2)");
         unify(g.headDim, d[i].d[3], "D");
     }
-    for (int32_t i : {kKEY_LOCAL, kVALUE_LOCAL}) // [B, R, Hkv, W, D]
+    for (int32_t i : {kKEY_LOCAL, kVALUE_LOCAL}) // [B, R-G, Hkv, W, D]
     {
         unify(g.batch, d[i].d[0], "B");
-        unify(g.rows, d[i].d[1], "R");
+        unify(localRows, d[i].d[1], "R-G (key_local/value_local dim 1)");
         unify(g.kvHeads, d[i].d[2], "Hkv");
         unify(g.localSlots, d[i].d[3], "W (key/value_local dim 3)");
         unify(g.headDim, d[i].d[4], "D");
@@ -280,6 +294,11 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     unify(g.heads, d[kGATE_WEIGHT].d[0], "Hq");
     unify(g.headDim, d[kGATE_WEIGHT].d[1], "D");
     unify(g.heads, d[kGATE_BIAS].d[0], "Hq");
+    check(g.rows < 0 || g.globalRows <= g.rows,
+        "global_rows (" + std::to_string(g.globalRows) + ") exceeds the query's " + std::to_string(g.rows) + " rows");
+    check(g.rows < 0 || localRows < 0 || localRows == g.rows - g.globalRows,
+        "key_local/value_local hold " + std::to_string(localRows) + " rows, expected R - global_rows = "
+            + std::to_string(g.rows) + " - " + std::to_string(g.globalRows));
     check(g.heads < 0 || g.heads == mAttrs.numHeads,
         "query has " + std::to_string(g.heads) + " heads but num_heads = " + std::to_string(mAttrs.numHeads));
     check(g.kvHeads < 0 || g.kvHeads == mAttrs.numKvHeads,
@@ -289,21 +308,51 @@ gswa::GswaDims GatedSlidingWindowAttentionPlugin::dimsFrom(Dims const* d, int32_
     return g;
 }
 
+size_t GatedSlidingWindowAttentionPlugin::workspaceFor(DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const
+{
+    check(inputs != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
+    Dims maxDims[kNB_INPUTS];
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        maxDims[i] = inputs[i].max;
+    }
+    // Decode partials for the largest shapes of the profile (S clamped to the decode limit): a bound
+    // for every runtime shape of the profile, since the requirement grows with each size.
+    gswa::GswaDims const dims = dimsFrom(maxDims, nbInputs);
+    check(dims.batch >= 0 && dims.rows >= 0 && dims.heads >= 0 && dims.kvHeads >= 0 && dims.queries >= 0
+            && dims.headDim >= 0 && dims.cacheLen >= 0 && dims.localSlots >= 0,
+        "the profile's max shapes must all be known to size the workspace");
+    if (char const* msg = gswa::gswaCheckDims(dims))
+    {
+        throw PluginError(std::string("profile max shapes: ") + msg);
+    }
+    size_t const bytes = gswa::gswaDecodeWorkspaceBytes(dims);
+    check(bytes > 0 || static_cast<int64_t>(dims.batch) * dims.rows * dims.heads * dims.queries == 0,
+        "workspace computation returned 0 bytes for non-empty max shapes");
+    check(bytes <= static_cast<size_t>(std::numeric_limits<int64_t>::max()), "workspace size overflows int64");
+    return bytes;
+}
+
 int32_t GatedSlidingWindowAttentionPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     try
     {
         check(nbOutputs == 1, "expects 1 output");
+        check(in != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
         Dims desc[kNB_INPUTS];
-        Dims maxDims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
             desc[i] = in[i].desc.dims;
-            maxDims[i] = in[i].max;
         }
-        dimsFrom(desc, nbInputs);
-        dimsFrom(maxDims, nbInputs); // also bounds the largest D of the profile
+        gswa::GswaDims const g = dimsFrom(desc, nbInputs);
+        // The size getWorkspaceSize reports for these descs, i.e. what TensorRT gives enqueue; a failure
+        // here fails the build instead of running without a workspace.
+        mWorkspaceBytes = static_cast<int64_t>(workspaceFor(in, nbInputs));
+        if (g.headDim > 0)
+        {
+            prepareKernels(g.headDim); // the builder times tactics with these kernels
+        }
         return 0;
     }
     catch (std::exception const& e)
@@ -318,17 +367,7 @@ size_t GatedSlidingWindowAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDe
 {
     try
     {
-        Dims maxDims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
-        {
-            maxDims[i] = inputs[i].max;
-        }
-        // Decode partials for the largest shapes of the profile (S clamped to the decode limit).
-        gswa::GswaDims const dims = dimsFrom(maxDims, nbInputs);
-        check(dims.batch >= 0 && dims.rows >= 0 && dims.heads >= 0 && dims.queries >= 0 && dims.headDim >= 0
-                && dims.cacheLen >= 0,
-            "max shapes of the profile must be known");
-        return gswa::gswaDecodeWorkspaceBytes(dims);
+        return workspaceFor(inputs, nbInputs);
     }
     catch (std::exception const& e)
     {
@@ -342,17 +381,20 @@ int32_t GatedSlidingWindowAttentionPlugin::onShapeChange(
 {
     try
     {
+        // Validation and kernel preparation; enqueue derives the sizes itself.
         check(nbOutputs == 1, "expects 1 output");
+        check(in != nullptr && nbInputs == kNB_INPUTS, "expects 9 inputs, got " + std::to_string(nbInputs));
         Dims dims[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS && i < nbInputs; ++i)
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
             dims[i] = in[i].dims;
         }
-        mDims = dimsFrom(dims, nbInputs);
-        if (char const* msg = gswa::gswaCheckDims(mDims))
+        gswa::GswaDims const g = dimsFrom(dims, nbInputs);
+        if (char const* msg = gswa::gswaCheckDims(g))
         {
             throw PluginError(msg);
         }
+        prepareKernels(g.headDim); // runtime's configure point: before enqueue, outside capture
         return 0;
     }
     catch (std::exception const& e)
@@ -368,12 +410,33 @@ int32_t GatedSlidingWindowAttentionPlugin::enqueue(PluginTensorDesc const* input
 {
     try
     {
+        check(inputDesc != nullptr && inputs != nullptr && outputs != nullptr, "null tensor descriptors or pointers");
+        // Sizes from this call's descriptors (a few integer ops): no dependence on onShapeChange having
+        // run on this object, or on which shapes it last saw.
+        Dims dims[kNB_INPUTS];
+        for (int32_t i = 0; i < kNB_INPUTS; ++i)
+        {
+            dims[i] = inputDesc[i].dims;
+        }
+        gswa::GswaDims const g = dimsFrom(dims, kNB_INPUTS);
+        if (char const* msg = gswa::gswaCheckDims(g))
+        {
+            throw PluginError(msg);
+        }
+        // The decode path needs gswaDecodeWorkspaceBytes(g); TensorRT gave mWorkspaceBytes (the
+        // profile's bound, from the plan). Less than needed means the plan and the plugin disagree.
+        size_t const needed = gswa::gswaDecodeWorkspaceBytes(g);
+        check(mWorkspaceBytes >= 0, std::string("no ") + kWORKSPACE_FIELD + " in the plugin's fields: rebuild the engine");
+        auto const given = static_cast<size_t>(mWorkspaceBytes);
+        check(needed <= given && (needed == 0 || workspace != nullptr),
+            "workspace of " + std::to_string(given) + " bytes" + (workspace == nullptr ? " (null)" : "")
+                + " is smaller than the " + std::to_string(needed) + " bytes these shapes need");
         cudaError_t err = cudaErrorInvalidValue;
         switch (inputDesc[kQUERY].type)
         {
-        case DataType::kFLOAT: err = launchTyped<float>(inputs, outputs[0], mDims, workspace, stream); break;
-        case DataType::kHALF: err = launchTyped<__half>(inputs, outputs[0], mDims, workspace, stream); break;
-        case DataType::kBF16: err = launchTyped<__nv_bfloat16>(inputs, outputs[0], mDims, workspace, stream); break;
+        case DataType::kFLOAT: err = launchTyped<float>(inputs, outputs[0], g, workspace, given, stream); break;
+        case DataType::kHALF: err = launchTyped<__half>(inputs, outputs[0], g, workspace, given, stream); break;
+        case DataType::kBF16: err = launchTyped<__nv_bfloat16>(inputs, outputs[0], g, workspace, given, stream); break;
         default: throw PluginError("query type must be float32, float16 or bfloat16");
         }
         if (err != cudaSuccess)
@@ -406,6 +469,8 @@ PluginFieldCollection const* GatedSlidingWindowAttentionPlugin::getFieldsToSeria
         mFields.emplace_back("scale", &mAttrs.scale, PluginFieldType::kFLOAT32, 1);
         mFields.emplace_back("num_heads", &mAttrs.numHeads, PluginFieldType::kINT32, 1);
         mFields.emplace_back("num_kv_heads", &mAttrs.numKvHeads, PluginFieldType::kINT32, 1);
+        mFields.emplace_back("global_rows", &mAttrs.globalRows, PluginFieldType::kINT32, 1);
+        mFields.emplace_back(kWORKSPACE_FIELD, &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
         mFieldCollection.fields = mFields.data();
         return &mFieldCollection;
@@ -425,6 +490,7 @@ GatedSlidingWindowAttentionPluginCreator::GatedSlidingWindowAttentionPluginCreat
     mFieldNames.emplace_back("scale", nullptr, PluginFieldType::kFLOAT32, 1);
     mFieldNames.emplace_back("num_heads", nullptr, PluginFieldType::kINT32, 1);
     mFieldNames.emplace_back("num_kv_heads", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.emplace_back("global_rows", nullptr, PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
 }
@@ -450,12 +516,12 @@ PluginFieldCollection const* GatedSlidingWindowAttentionPluginCreator::getFieldN
 }
 
 nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
-    char const* /*name*/, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
+    char const* /*name*/, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept
 {
     try
     {
         check(fc != nullptr && (fc->nbFields == 0 || fc->fields != nullptr), "null PluginFieldCollection");
-        std::optional<int64_t> window, numHeads, numKvHeads;
+        std::optional<int64_t> window, numHeads, numKvHeads, globalRows, workspaceBytes;
         std::optional<double> scale;
         for (int32_t i = 0; i < fc->nbFields; ++i)
         {
@@ -478,20 +544,34 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
             {
                 numKvHeads = readIntField(f);
             }
+            else if (name == "global_rows")
+            {
+                globalRows = readIntField(f);
+            }
+            else if (name == kWORKSPACE_FIELD)
+            {
+                workspaceBytes = readIntField(f);
+            }
             else
             {
-                std::string const msg = "GatedSlidingWindowAttention: ignoring unknown attribute " + std::string(name);
+                std::string const msg
+                    = "[plt_trt_plugins] GatedSlidingWindowAttention: ignoring unknown attribute " + std::string(name);
                 logMessage(nvinfer1::ILogger::Severity::kWARNING, msg.c_str());
             }
         }
-        check(window && scale && numHeads && numKvHeads,
-            "required attributes: window (INT), scale (FLOAT), num_heads (INT), num_kv_heads (INT)");
+        check(window && scale && numHeads && numKvHeads && globalRows,
+            "required attributes: window (INT), scale (FLOAT), num_heads (INT), num_kv_heads (INT), global_rows (INT)");
         GswaAttributes attrs;
         attrs.window = toInt32(*window, "window");
         attrs.scale = static_cast<float>(*scale);
         attrs.numHeads = toInt32(*numHeads, "num_heads");
         attrs.numKvHeads = toInt32(*numKvHeads, "num_kv_heads");
-        return std::make_unique<GatedSlidingWindowAttentionPlugin>(attrs).release(); // validates
+        attrs.globalRows = toInt32(*globalRows, "global_rows");
+        // Deserializing (kRUNTIME): the plan's workspace size is required. Building: set by configurePlugin.
+        check(phase != nvinfer1::TensorRTPhase::kRUNTIME || (workspaceBytes && *workspaceBytes >= 0),
+            std::string("the plan holds no valid ") + kWORKSPACE_FIELD + " for this layer: rebuild the engine");
+        int64_t const ws = phase == nvinfer1::TensorRTPhase::kRUNTIME ? *workspaceBytes : -1;
+        return std::make_unique<GatedSlidingWindowAttentionPlugin>(attrs, ws).release(); // validates
     }
     catch (std::exception const& e)
     {

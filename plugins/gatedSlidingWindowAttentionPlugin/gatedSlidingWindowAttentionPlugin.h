@@ -1,11 +1,17 @@
 /*
- * TensorRT IPluginV3 of the G-SWA op: plugin "GatedSlidingWindowAttention", version "1", namespace "plt".
+ * TensorRT IPluginV3 of the G-SWA op: plugin "GatedSlidingWindowAttention", version "2", namespace "plt".
+ * Version 2 (issue 10): attribute global_rows G; rows 0..G-1 are global-only and key_local /
+ * value_local hold the R-G other rows. Version 1 is not kept (exports of op version 1 are refused).
  * Contract: plt_deploy/ops/contract.py (rendered to gatedSlidingWindowAttention.yaml next to this file).
  *
  * State, in three parts:
- *   serialized attributes  window, scale, num_heads, num_kv_heads (getFieldsToSerialize, no byte blobs)
- *   shape-derived values   mDims, set in onShapeChange
- *   device properties      none needed (shared-memory opt-in is done by the launcher)
+ *   serialized attributes  window, scale, num_heads, num_kv_heads, global_rows (getFieldsToSerialize,
+ *                          no byte blobs),
+ *                          plus workspace_bytes: the workspace TensorRT allocates for this layer, fixed
+ *                          at build time (getWorkspaceSize) and known at run time only from the plan
+ *   shape-derived values   none kept: enqueue derives the sizes from its inputDesc on every call
+ *   device properties      none kept; kernel attributes (shared-memory opt-in for large D) are set by
+ *                          gswaPrepareKernels in configurePlugin (build) and onShapeChange (runtime)
  */
 #ifndef PLT_GATED_SLIDING_WINDOW_ATTENTION_PLUGIN_H
 #define PLT_GATED_SLIDING_WINDOW_ATTENTION_PLUGIN_H
@@ -22,7 +28,7 @@ namespace plugin
 {
 
 constexpr char const* kGSWA_PLUGIN_NAME{"GatedSlidingWindowAttention"}; // = contract.OP_NAME
-constexpr char const* kGSWA_PLUGIN_VERSION{"1"};                        // = contract.OP_VERSION
+constexpr char const* kGSWA_PLUGIN_VERSION{"2"};                        // = contract.OP_VERSION
 constexpr char const* kGSWA_PLUGIN_NAMESPACE{"plt"};                    // = contract.PLUGIN_NAMESPACE
 
 //! Input indices, in contract order.
@@ -31,8 +37,8 @@ enum GswaInput : int32_t
     kQUERY = 0,        // [B, R, Hq, S, D]   T
     kKEY_GLOBAL = 1,   // [B, Hkv, Tc, D]    T
     kVALUE_GLOBAL = 2, // [B, Hkv, Tc, D]    T
-    kKEY_LOCAL = 3,    // [B, R, Hkv, W, D]  T
-    kVALUE_LOCAL = 4,  // [B, R, Hkv, W, D]  T
+    kKEY_LOCAL = 3,    // [B, R-G, Hkv, W, D] T  (row r >= G uses key_local[:, r - G])
+    kVALUE_LOCAL = 4,  // [B, R-G, Hkv, W, D] T
     kQUERY_POS = 5,    // [B, S]             int64
     kLOCAL_POS = 6,    // [B, W]             int64
     kGATE_WEIGHT = 7,  // [Hq, D]            T
@@ -40,17 +46,21 @@ enum GswaInput : int32_t
     kNB_INPUTS = 9,
 };
 
-//! The op's attributes (ONNX attribute names: window, scale, num_heads, num_kv_heads).
+//! The op's attributes (ONNX attribute names: window, scale, num_heads, num_kv_heads, global_rows).
 struct GswaAttributes
 {
     int32_t window{};
     float scale{};
     int32_t numHeads{};
     int32_t numKvHeads{};
+    int32_t globalRows{}; // G
 
     //! Throws PluginError on values the contract rejects (contract.check_attributes).
     void validate() const;
 };
+
+//! Name of the serialized workspace size (not an ONNX attribute: the parser never passes it).
+constexpr char const* kWORKSPACE_FIELD{"workspace_bytes"};
 
 class GatedSlidingWindowAttentionPlugin : public nvinfer1::IPluginV3,
                                           public nvinfer1::IPluginV3OneCore,
@@ -58,7 +68,8 @@ class GatedSlidingWindowAttentionPlugin : public nvinfer1::IPluginV3,
                                           public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    explicit GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs);
+    //! workspaceBytes: the size TensorRT gives enqueue (-1 at build time, until configurePlugin).
+    GatedSlidingWindowAttentionPlugin(GswaAttributes const& attrs, int64_t workspaceBytes);
     GatedSlidingWindowAttentionPlugin(GatedSlidingWindowAttentionPlugin const& other);
     GatedSlidingWindowAttentionPlugin& operator=(GatedSlidingWindowAttentionPlugin const&) = delete;
     ~GatedSlidingWindowAttentionPlugin() override = default;
@@ -99,8 +110,11 @@ private:
     //! and the dims shared between inputs, throws PluginError on a mismatch.
     gswa::GswaDims dimsFrom(nvinfer1::Dims const* inputDims, int32_t nbInputs) const;
 
-    GswaAttributes mAttrs;                     // serialized
-    gswa::GswaDims mDims{};                    // shape-derived (onShapeChange)
+    //! Workspace bytes for the profile's max shapes in `inputs` (throws if any is unknown).
+    size_t workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const;
+
+    GswaAttributes mAttrs;                      // serialized
+    int64_t mWorkspaceBytes{-1};                // serialized (kWORKSPACE_FIELD), set by configurePlugin
     std::vector<nvinfer1::PluginField> mFields; // getFieldsToSerialize storage (points into mAttrs)
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };

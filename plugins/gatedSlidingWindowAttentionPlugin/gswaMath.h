@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -30,14 +31,17 @@ namespace gswa
 {
 
 // Tiling constants shared by kernels and harness.
-constexpr int kKeyTile = 32;          // keys per shared-memory tile = one key per lane
-constexpr int kWarpsPerBlock = 4;     // warps per attention block
-constexpr int kQueriesPerWarp = 4;    // query vectors owned by one warp (registers)
-constexpr int kQueriesPerBlock = kWarpsPerBlock * kQueriesPerWarp;
-constexpr int kMaxHeadDim = 256;      // D <= 256: each lane keeps ceil(D / 32) <= 8 dims
-constexpr int kDecodeMaxQueries = 4;  // S <= 4 uses the split-K decode path, larger S the prefill path
-constexpr int kMinKeysPerSplit = 128; // decode: a split covers at least this many cache slots
-constexpr int kMaxSplits = 32;        // decode: at most this many splits per query
+constexpr int kKeyTile = 32;                    // keys per shared-memory tile = one key per lane
+constexpr int kQueriesPerWarp = 4;              // query vectors owned by one warp (registers)
+constexpr int kPrefillWarps = 4;                // prefill block: 4 warps ...
+constexpr int kPrefillQueriesPerBlock = kPrefillWarps * kQueriesPerWarp; // ... of 16 query vectors
+constexpr int kDecodeMaxQueriesPerBlock = 64;   // decode block: up to 16 warps, all rows x heads of a KV group
+constexpr int kCombineWarps = 4;                // combine block: one warp per query vector
+constexpr int kMaxHeadDim = 256;                // D <= 256: each lane keeps ceil(D / 32) <= 8 dims
+constexpr int kDecodeMaxQueries = 4;            // S <= 4 uses the split-K decode path, larger S the prefill path
+constexpr int kMinKeysPerSplit = 128;           // decode: a split covers at least this many cache slots
+constexpr int kMaxSplits = 32;                  // decode: at most this many splits per query
+constexpr size_t kDefaultSmemBytes = 48 * 1024; // dynamic shared memory without the opt-in attribute
 
 // ---- dtype conversions (fp32 accumulation for every input type) ---------------------------------
 
@@ -211,14 +215,15 @@ GSWA_HD int64_t globalRow(int32_t b, int32_t kvh, int32_t j, int32_t Hkv, int32_
     return (static_cast<int64_t>(b) * Hkv + kvh) * T + j;
 }
 
-//! Row of key/value_local [B, R, Hkv, W, D] for (b, r, kvh, i).
-GSWA_HD int64_t localRow(int32_t b, int32_t r, int32_t kvh, int32_t i, int32_t R, int32_t Hkv, int32_t W)
+//! Row of key/value_local [B, R - G, Hkv, W, D] for (b, local row lr = r - G, kvh, i); localRows = R - G.
+GSWA_HD int64_t localRow(int32_t b, int32_t lr, int32_t kvh, int32_t i, int32_t localRows, int32_t Hkv, int32_t W)
 {
-    return ((static_cast<int64_t>(b) * R + r) * Hkv + kvh) * W + i;
+    return ((static_cast<int64_t>(b) * localRows + lr) * Hkv + kvh) * W + i;
 }
 
 //! Decode packing: the u-th query vector of KV group (b, kvh), u in [0, R * nRep * S), s fastest.
-//! All of them read the same shared-cache slice, so one block serves up to kQueriesPerBlock of them.
+//! All of them read the same shared-cache slice, so one block serves all of them (up to
+//! decodeQueriesPerBlock) and loads each K/V tile once for all rows and heads.
 GSWA_HD void decodeUnpack(int32_t u, int32_t nRep, int32_t S, int32_t kvh, int32_t& r, int32_t& h, int32_t& s)
 {
     s = u % S;
@@ -238,6 +243,26 @@ GSWA_HD void prefillUnpack(int32_t u, int32_t nRep, int32_t S, int32_t kvh, int3
 GSWA_HD int64_t decodeWorkspaceFloats(int64_t numQueryVectors, int32_t numSplits, int32_t headDim)
 {
     return numQueryVectors * numSplits * (2 + static_cast<int64_t>(headDim));
+}
+
+//! Dynamic shared memory of an attention block with nq query vectors (layout: BlockSmem in the .cu):
+//! key positions [32] and query positions [nq] (int64), queries [nq][D] and one K-or-V tile [32][D + 1] (fp32).
+GSWA_HD size_t attentionSmemBytes(int32_t nq, int32_t headDim)
+{
+    return sizeof(int64_t) * static_cast<size_t>(kKeyTile + nq)
+        + sizeof(float) * (static_cast<size_t>(nq) * headDim + static_cast<size_t>(kKeyTile) * (headDim + 1));
+}
+
+//! Query vectors per decode block for U query vectors per KV group: all of them if they fit in
+//! kDecodeMaxQueriesPerBlock and the default 48 KiB of shared memory (no opt-in needed for decode).
+GSWA_HD int32_t decodeQueriesPerBlock(int32_t numU, int32_t headDim)
+{
+    int32_t nq = numU < kDecodeMaxQueriesPerBlock ? numU : kDecodeMaxQueriesPerBlock;
+    while (nq > 1 && attentionSmemBytes(nq, headDim) > kDefaultSmemBytes)
+    {
+        --nq;
+    }
+    return nq < 1 ? 1 : nq;
 }
 
 } // namespace gswa
