@@ -50,7 +50,7 @@ def backends(tmp_path_factory):
     cache row would go unnoticed; scaled up, every greedy token depends on the whole context.
     """
     from plt_deploy.checkpoint import save_checkpoint
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
     from plt_deploy.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("serve_engine")
@@ -61,7 +61,7 @@ def backends(tmp_path_factory):
                 p.mul_(6.0)
     ck = save_checkpoint(model, root / "sharp")
     ex = export_model(ck, root / "export", max_batch=4, max_seq=64, progress=False, validate=False)
-    return {"torch": load_torch(ck), "onnxruntime": OrtBackend(ex)}
+    return {"torch": load_torch(ck), "onnxruntime": OrtBackend(ex, spinning=False)}  # as plt-deploy serve runs it
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
@@ -168,3 +168,35 @@ def test_chat_template_plain_and_checkpoint(tmp_path):
     assert tok.apply_chat_template(msgs) == "system: Be brief.\nuser: Hi\nassistant:"
     (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<bot>"}')
     assert load_serve_tokenizer(tmp_path, 259).apply_chat_template(msgs) == "<system>Be brief.<user>Hi<bot>"
+
+
+def test_a_failing_prefill_ends_only_the_joining_request(backends):
+    be = backends["torch"]
+    want = generate(be, [PROMPTS[2]], SamplingParams(max_new_tokens=24))[0]
+    engine = Engine(be, ByteTokenizer(), slots=2, max_context=64).start()
+    engine.wait_ready(60)
+    decode = engine.session.decode
+
+    def slow_decode(tokens):  # 5 ms a step, so the request is still running when the other joins
+        time.sleep(0.005)
+        return decode(tokens)
+    engine.session.decode = slow_decode
+    running = engine.submit(PROMPTS[2], SamplingParams(max_new_tokens=24))
+    it = iter(running)
+    first = [next(it).token_id for _ in range(3)]
+    real = engine.session.prefill_slots
+
+    seen = []
+
+    def broken(slots, tokens, lengths):
+        engine.session.prefill_slots = real  # fails once
+        seen.append(running.done)
+        raise RuntimeError("injected prefill failure")
+    engine.session.prefill_slots = broken
+    bad = list(engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=5)))
+    assert bad[-1].finish_reason == "error" and "injected prefill failure" in bad[-1].error
+    rest = [e.token_id for e in it]
+    assert seen == [False] and first + rest == want  # it was running, and never noticed
+    ok = [e.token_id for e in engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=5))]
+    assert ok == generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=5))[0]
+    engine.stop(timeout=30)

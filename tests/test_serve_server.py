@@ -60,7 +60,7 @@ class ServerThread:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from plt_deploy.checkpoint import save_checkpoint
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
 
     root = tmp_path_factory.mktemp("serve_server")
     model = load_torch(init_checkpoint("tiny", root / "init", mode="plt", seed=5)).model

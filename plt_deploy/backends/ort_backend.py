@@ -130,18 +130,18 @@ class OrtSession(DecoderSession):
         return torch.from_numpy(self._logits.numpy().astype(np.float32))
 
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers."""
+        """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers
+        (for the carry: the buffer the next decode reads), the other rows untouched."""
         self.check_slots(slots, tokens, lengths)
         k, S = tokens.shape
         spec = self.be.manifest.graphs["prefill"]
-        feeds = {"input_ids": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
-        outs = dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, _by_role(spec, feeds))))
+        feeds = {spec.one("tokens").name: tokens.numpy().astype(np.int64),
+                 spec.one("lengths").name: lengths.numpy().astype(np.int64)}
+        outs = dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, feeds)))
         rows = np.asarray(slots, dtype=np.int64)
-        for t in spec.outputs:
-            if t.role == "logits":
-                continue
-            past = t.name.replace("present_", "past_", 1)
-            host = self._host[past]  # for the carry: the buffer the next decode reads
+        for t in spec.state_outputs():
+            past = t.alias_of  # the decode input this prefill output initialises
+            host = self._host[past]
             if self.device != "cpu":  # the device copy is the current one
                 host[...] = self._bufs[past].numpy()
             if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
@@ -153,10 +153,7 @@ class OrtSession(DecoderSession):
                 self._bufs[past].update_inplace(host)
         self._lengths[torch.from_numpy(rows)] = lengths.to(torch.int64)
         self._prefilled = True
-        logits = torch.from_numpy(outs["logits"].astype(np.float32))
-        if logits.dim() == 3:  # [k, S, V] graphs: the last real token of each prompt
-            logits = torch.gather(logits, 1, (lengths.to(torch.int64) - 1)[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
-        return logits  # [k, V]
+        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [k, V]
 
     def cache_arrays(self) -> dict[str, np.ndarray]:
         """Host views of the cache buffers (CPU provider): for tests and debugging."""
@@ -167,7 +164,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, export_dir: str | Path, threads: int | None = None, provider: str | None = None,
-                 inter_threads: int | None = None, verify_hashes: bool = True):
+                 inter_threads: int | None = None, verify_hashes: bool = True, spinning: bool | None = None):
         import onnxruntime as ort
 
         from ..export.manifest import read_manifest
@@ -186,6 +183,8 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
         if inter_threads:
             opts.inter_op_num_threads = inter_threads
+        if spinning is not None:  # False: intra-op threads sleep between runs instead of busy-waiting
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
         self.sessions = {}
         for g in ("prefill", "decode"):
@@ -209,6 +208,7 @@ class OrtBackend(Backend):
         self.sessions.clear()
 
 
-def load(path, threads: int | None = None, provider: str | None = None, **_ignored) -> OrtBackend:
-    """An export folder on ONNX Runtime."""
-    return OrtBackend(path, threads=threads, provider=provider)
+def load(path, threads: int | None = None, provider: str | None = None, spinning: bool | None = None,
+         **_ignored) -> OrtBackend:
+    """An export folder on ONNX Runtime (spinning: None = ONNX Runtime's default, busy-waiting)."""
+    return OrtBackend(path, threads=threads, provider=provider, spinning=spinning)

@@ -147,15 +147,16 @@ class TrtSession(DecoderSession):
         return logits
 
     # -- slots (serving): prefill k prompts into rows of the running session ----------------------
-    def _run_prefill_engine(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The prefill engine on tokens [k, S]: name -> output tensor on the device (on self.stream)."""
+    def _run_prefill_engine(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """Enqueue the prefill engine on tokens [k, S] (on self.stream) -> (outputs by name, the
+        input tensors, which must stay alive until the stream has run)."""
         be, spec = self.be, self.be.manifest.graphs["prefill"]
         if self._prefill_ctx is None:
             self._prefill_ctx = be.engines["prefill"].create_execution_context()
             self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
         ctx = self._prefill_ctx
-        feeds = {"input_ids": tokens.to(self.device, torch.int64).contiguous(),
-                 "lengths": lengths.to(self.device, torch.int64).contiguous()}
+        feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64).contiguous(),
+                 spec.one("lengths").name: lengths.to(self.device, torch.int64).contiguous()}
         for t in spec.inputs:
             x = feeds[t.name]
             if not ctx.set_input_shape(t.name, tuple(x.shape)):
@@ -167,33 +168,26 @@ class TrtSession(DecoderSession):
             ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
         if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
-        outs["__feeds__"] = feeds["lengths"]  # keep the inputs alive until the stream has run
-        return outs
+        return outs, feeds
 
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Prefill k prompts; their caches are written into rows `slots` of the live buffers (the
         set the next decode reads), the other rows untouched -> last-token logits [k, V]."""
         self.check_slots(slots, tokens, lengths)
-        k, S = tokens.shape
+        _, S = tokens.shape
         spec = self.be.manifest.graphs["prefill"]
         with torch.cuda.stream(self.stream):
-            outs = self._run_prefill_engine(tokens, lengths)
+            outs, _feeds = self._run_prefill_engine(tokens, lengths)
             rows = torch.tensor(slots, dtype=torch.int64, device=self.device)
             live = self._sets[self._cur]
-            for t in spec.outputs:
-                if t.role == "logits":
-                    continue
-                buf = live[t.name.replace("present_", "past_", 1)]
+            for t in spec.state_outputs():
+                buf = live[t.alias_of]  # the decode input this prefill output initialises
                 if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
                     buf[rows] = 0
                     buf[rows, :, :S] = outs[t.name]
                 else:
                     buf[rows] = outs[t.name]
-            logits = outs["logits"]
-            if logits.dim() == 3:  # [k, S, V] engines: the last real token of each prompt
-                idx = (lengths.to(self.device, torch.int64) - 1).clamp(min=0)
-                logits = logits[torch.arange(k, device=self.device), idx]
-            logits = logits.float().cpu()  # [k, V]; synchronises the stream
+            logits = outs[spec.one("logits", "outputs").name].float().cpu()  # [k, V]; synchronises the stream
         self._lengths[torch.tensor(slots, dtype=torch.int64)] = lengths.to(torch.int64)
         self._prefilled = True
         return logits

@@ -43,4 +43,6 @@ def command(url, n_requests, concurrency, prompt_lens, output_lens, seed, api_ke
         atomic_write_bytes(Path(json_path), (json.dumps(report, indent=2) + "\n").encode())
         click.echo(f"wrote {json_path}")
     if report["errors"]:
-        raise click.ClickException(f"{report['errors']} requests failed")
+        from ..errors import PLTError
+
+        raise PLTError(f"{report['errors']} of {report['requests_sent']} requests failed")

@@ -29,6 +29,8 @@ from ..backends import LOADERS
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 @click.option("--plugin", help="TensorRT plugin library (tensorrt backend).")
+@click.option("--ort-spinning/--no-ort-spinning", default=False, show_default=True,
+              help="ONNX Runtime threads busy-wait between runs (off: they leave the CPU to the server).")
 @click.option("--replicas", type=click.IntRange(min=1), help="Run as a Ray Serve deployment with N replicas.")
 @click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale between --replicas and this many.")
 @click.option("--ray-address", help="Existing Ray cluster (default: a local one on 127.0.0.1).")
@@ -37,21 +39,21 @@ from ..backends import LOADERS
               show_default=True)
 def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, host, port, api_key,
             served_model_name, max_body_bytes, max_tokens_limit, shutdown_timeout, threads, provider, plugin,
-            replicas, max_replicas, ray_address, ray_cpus, log_level):
+            ort_spinning, replicas, max_replicas, ray_address, ray_cpus, log_level):
     """Serve --model over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
                    max_prefill_tokens=max_prefill_tokens, host=host, port=port, api_key=api_key, threads=threads,
                    plugin=plugin, provider=provider, model_name=served_model_name, max_body_bytes=max_body_bytes,
-                   max_tokens_limit=max_tokens_limit)
+                   max_tokens_limit=max_tokens_limit, ort_spinning=ort_spinning)
     if replicas:
         from ..serve.ray_app import run_ray
 
-        click.echo(f"serving {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
-                   f"on http://{host}:{port}", err=True)
+        click.echo(f"loading {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
+                   f"to serve on http://{host}:{port}", err=True)
         run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
         return
     from ..serve.server import serve_forever
 
-    click.echo(f"serving {model} ({backend}, {slots} slots) on http://{host}:{port}", err=True)
+    click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
     serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
     click.echo("stopped", err=True)

@@ -9,10 +9,13 @@ from pathlib import Path
 def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = 256,
                 max_queue: int = 64, max_prefill_tokens: int = 512, threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
-                metrics=None):
+                metrics=None, ort_spinning: bool | None = False):
     """An Engine over `model_dir` (checkpoint folder for torch, export folder for onnxruntime/tensorrt).
 
-    Not started: call `engine.start()` (loads the session and warms up in a background thread).
+    Not started: call `engine.start()` (warms up, then steps in a background thread).
+    ort_spinning (onnxruntime): False by default here. Between two decode runs the engine and the
+    HTTP server need the CPU; ONNX Runtime's busy-waiting intra-op threads would hold it
+    (docs/serving.md measures the difference). None keeps ONNX Runtime's default.
     """
     from ..backends import load_backend
     from .chat import load_serve_tokenizer
@@ -23,6 +26,8 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
         options["plugin"] = plugin
     if provider:
         options["provider"] = provider
+    if backend == "onnxruntime":
+        options["spinning"] = ort_spinning
     be = load_backend(backend, str(model_dir), **options)
     tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size)
     return Engine(be, tok, slots=slots, max_context=max_context, max_queue=max_queue,

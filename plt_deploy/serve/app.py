@@ -50,6 +50,24 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+class ReplicaHeader:
+    """Pure ASGI middleware adding X-Replica-Id to every response (Starlette's BaseHTTPMiddleware
+    would pass each streamed chunk through an extra task and memory stream)."""
+
+    def __init__(self, app, replica_id: str):
+        self.app, self.header = app, (b"x-replica-id", replica_id.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+        await self.app(scope, receive, send_with_header)
+
+
 def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | None = None,
               manage_engine: bool = True):
     """The FastAPI app. `engine` is an Engine or a callable returning it (Ray replicas build theirs
@@ -87,11 +105,7 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
     async def on_bad_method(request, exc):
         return _error_response(405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error")
 
-    @app.middleware("http")
-    async def replica_header(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Replica-Id"] = settings.replica_id
-        return response
+    app.add_middleware(ReplicaHeader, replica_id=settings.replica_id)
 
     def check_auth(request: Request) -> None:
         if not settings.api_key:

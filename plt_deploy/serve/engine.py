@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -68,16 +69,16 @@ class EngineRequest:
         self._events: deque[TokenEvent] = deque()
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._on_cancel: Callable[[EngineRequest], None] | None = None  # the engine's hook
 
     # -- caller side -----------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop this request; its slot is freed at the next step boundary."""
-        if not self.cancelled and self._on_cancel is not None:
-            self.cancelled = True
-            self._on_cancel(self)
+        if self.cancelled:
+            return
         self.cancelled = True
-
-    _on_cancel = None
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     @property
     def done(self) -> bool:
@@ -145,7 +146,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.metrics = metrics
         self.pad_id = getattr(tokenizer, "pad_id", 0) or 0
-        self.session = None
+        self.session = backend.start(slots, max_context)  # here, so that a session too big fails at once
         self.ready = False
         self.steps = 0
         self.load_error: str | None = None
@@ -160,7 +161,7 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------------
     def start(self) -> "Engine":
-        """Start the step loop in a background thread (it allocates the session and warms up)."""
+        """Start the step loop in a background thread (it warms the session up first)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="plt-engine", daemon=True)
             self._thread.start()
@@ -240,7 +241,6 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self.session = self.backend.start(self.slots, self.max_context)
             self._warm_up()
         except Exception as exc:  # noqa: BLE001  (reported through /health and wait_ready)
             self.load_error = f"engine failed to start: {exc}"
@@ -337,11 +337,15 @@ class Engine:
 
     def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
         """logits [k, V], row i for reqs[i]: sample, stream, finish."""
-        greedy = logits.argmax(dim=-1)  # [k]; one call for every greedy request
+        greedy = logits.argmax(dim=-1).tolist()  # [k]; one call (and one conversion) for every greedy request
         now = time.monotonic()
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [k]; sample() refuses NaN rows, greedy too
         for i, r in enumerate(reqs):
             p = r.params
-            tok = int(greedy[i]) if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
+            if not finite[i]:
+                self._finish(r, TokenEvent(None, "", "error", error="the model produced NaN or infinite logits"))
+                continue
+            tok = greedy[i] if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
             r.generated.append(tok)
             if self.metrics:
                 self.metrics.on_token(r, now)

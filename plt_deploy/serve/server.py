@@ -1,12 +1,17 @@
 """`plt-deploy serve` as a library call: load the engine, run the app under uvicorn.
 
-SIGTERM / SIGINT (handled by uvicorn): the listener closes, open streams get up to
-`shutdown_timeout` seconds to finish, then they are cancelled; the engine stops; exit code 0.
+SIGTERM (handled by uvicorn): the listener closes, open streams get up to `shutdown_timeout`
+seconds to finish, then they are cancelled; the engine stops; exit code 0. SIGINT does the same,
+then uvicorn re-raises it (KeyboardInterrupt: the CLI exits 130).
 """
 
 from __future__ import annotations
 
 import signal
+import sys
+import threading
+
+from ..errors import PLTError
 
 from .app import ServerSettings, api_key_from_env, build_app
 
@@ -31,8 +36,8 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
-                  log_level: str = "warning") -> None:
-    """Serve until SIGTERM/SIGINT (then exit normally)."""
+                  log_level: str = "warning", ort_spinning: bool | None = False) -> None:
+    """Serve until SIGTERM (then return) or SIGINT (then KeyboardInterrupt)."""
     import uvicorn
 
     from . import load_engine
@@ -40,7 +45,7 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
 
     engine = load_engine(model, backend, slots=slots, max_context=max_context, max_queue=max_queue,
                          max_prefill_tokens=max_prefill_tokens, threads=threads, plugin=plugin, provider=provider,
-                         model_name=model_name)
+                         model_name=model_name, ort_spinning=ort_spinning)
     engine.metrics = Metrics(engine.model_name)
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
                               max_tokens_limit=max_tokens_limit)
@@ -48,8 +53,14 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
     server = _server_class()(config)
+
+    def announce():  # one line once the engine has warmed up (the app then answers /health with 200)
+        try:
+            if engine.wait_ready(None):
+                print(f"ready on http://{host}:{port}", file=sys.stderr, flush=True)
+        except PLTError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+    threading.Thread(target=announce, daemon=True).start()
     server.run()
     if not server.started:
-        from ..errors import PLTError
-
         raise PLTError(f"could not serve on {host}:{port} (address in use or not allowed)")
