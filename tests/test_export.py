@@ -49,7 +49,7 @@ def test_greedy_tokens_identical(exports, mode):
 def test_plt3_greedy_tokens_identical(tmp_path):
     """Issue 10: torch and ONNX Runtime agree token for token over 64 greedy tokens for plt-3 too
     (three rows per G-SWA call: the body's two-local-row path, R = 3, G = 1)."""
-    from plt_deploy.cli.init_cmd import init_checkpoint
+    from plt_deploy.checkpoint import init_checkpoint
 
     ck = init_checkpoint("tiny", tmp_path / "ck", mode="plt", seed=2, loops=3)
     ex = export_model(ck, tmp_path / "ex", max_batch=8, progress=False, validate=False)  # 3 x 8 rows > 16: the

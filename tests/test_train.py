@@ -4,14 +4,14 @@ import json
 import random
 
 from plt_deploy.checkpoint import load_checkpoint
-from plt_deploy.training import train_variants as run_train
+from plt_deploy.training import train_variants
 from plt_deploy.tasks import TASKS
 from plt_deploy.tokenizer import ByteTokenizer
 from plt_deploy.training import make_batch
 
 
 def test_train_writes_checkpoints_and_results(tmp_path):
-    results = run_train(tmp_path, "addition", ("plt", "vanilla"), steps=3, batch=8, eval_examples=8)
+    results = train_variants(tmp_path, "addition", ("plt", "vanilla"), steps=3, batch=8, eval_examples=8)
     assert [r["variant"] for r in results] == ["plt", "vanilla"]
     saved = json.loads((tmp_path / "train_results.json").read_text())
     assert saved["results"] == results
