@@ -6,23 +6,14 @@ import click
 
 from ..backends import LOADERS
 from ..config import PRESETS
-
-
-def _ints(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
-    return out
+from .options import positive_ints
 
 
 @click.command("bench")
 @click.option("--model", type=click.Path(exists=True, file_okay=False), help="Checkpoint folder to derive the variants from.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Build random-init variants from a preset.")
 @click.option("--backend", type=click.Choice(list(LOADERS)), default="torch", show_default=True)
-@click.option("--batch", "batches", default="1", show_default=True, callback=_ints, help="Batch sizes, e.g. 1,8.")
+@click.option("--batch", "batches", default="1", show_default=True, callback=positive_ints, help="Batch sizes, e.g. 1,8.")
 @click.option("--prompt-len", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Decode steps timed per run.")
@@ -31,7 +22,7 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds (every variant runs once per round).")
 @click.option("--warmup-tokens", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--contexts", default="128,2048", show_default=True, callback=_ints,
+@click.option("--contexts", default="128,2048", show_default=True, callback=positive_ints,
               help="Short and long context for the decode-latency scaling check.")
 @click.option("--ctx-steps", type=click.IntRange(min=1), default=32, show_default=True,
               help="Decode steps timed per context-scaling run.")

@@ -6,23 +6,15 @@ import json
 
 import click
 
-
-def _ints(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
-    return out
+from .options import positive_ints
 
 
 @click.command("loadtest")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The server's base URL.")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Streaming clients.")
-@click.option("--prompt-lens", default="16,64,128", show_default=True, callback=_ints, help="Prompt characters.")
-@click.option("--output-lens", default="32,64,128", show_default=True, callback=_ints, help="max_tokens values.")
+@click.option("--prompt-lens", default="16,64,128", show_default=True, callback=positive_ints, help="Prompt characters.")
+@click.option("--output-lens", default="32,64,128", show_default=True, callback=positive_ints, help="max_tokens values.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--api-key", envvar="PLT_API_KEY", help="Bearer key (default: $PLT_API_KEY).")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=1800, show_default=True,
