@@ -266,3 +266,10 @@ def test_bad_config_fails_before_torch_loads(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, timeout=60)
     assert proc.stdout.decode().split() == ["1", "1", "False"], proc.stdout + proc.stderr
     assert b"norm_eps must be a number" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_bf16_export_warns_that_onnxruntime_cpu_cannot_run_it(ckpt, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "export", "--model", str(ckpt), "--out", str(tmp_path / "bf16"), "--dtype",
+                             "bf16", "--no-validate")
+    assert code == 0, err
+    assert "warning: ONNX Runtime's CPU provider cannot run a bfloat16 export" in err
