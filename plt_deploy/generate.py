@@ -122,11 +122,14 @@ def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams,
         raise InputError("stop strings need the tokenizer's decode function")
     texts = [TextStream(decode, params.stop_strings) for _ in prompts] if params.stop_strings else None
     tokens, lengths = pad_prompts(prompts, pad_id)
-    limit = backend.config.max_seq_len
+    limit, what = backend.config.max_seq_len, "the model's max_seq_len"
+    manifest = getattr(backend, "manifest", None)
+    if manifest is not None and manifest.max_seq < limit:
+        limit, what = manifest.max_seq, "the export's --max-seq"
     longest = int(lengths.max())
     if longest + params.max_new_tokens > limit:
-        raise InputError(f"prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds the model's "
-                         f"max_seq_len of {limit}; shorten the prompt or lower --max-new-tokens")
+        raise InputError(f"prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds {what} of "
+                         f"{limit}; shorten the prompt or lower --max-new-tokens")
     out: list[list[int]] = [[] for _ in prompts]
     if params.max_new_tokens == 0:
         return out

@@ -110,6 +110,7 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training: the checkpoint of the last finished step was saved."""
 
     def __init__(self, variant: str, step: int, steps: int, checkpoint: Path):
+        self.variant, self.step, self.checkpoint = variant, step, checkpoint
         super().__init__(f"interrupted: {variant} at step {step} of {steps}; its checkpoint of step {step} "
                          f"is in {checkpoint}")
 
@@ -146,16 +147,25 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
             overrides["window"] = window
         configs[name] = PLTConfig.from_name(preset, **overrides)
     results = []
+
+    def write_results():
+        atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "steps": steps,
+                                                           "results": results}, indent=2) + "\n").encode())
+
     saved_threads = torch.get_num_threads()
     try:
         for name, cfg in configs.items():
             torch.set_num_threads(threads or (1 if cfg.parameter_count() < SMALL_MODEL_PARAMETERS else saved_threads))
             results.append(_train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
                                       max_minutes, save_every, progress, should_stop))
+    except TrainingInterrupted as exc:  # record how far it got beside the kept checkpoint
+        results.append({"variant": exc.variant, "steps": exc.step, "interrupted": True,
+                        "checkpoint": str(exc.checkpoint)})
+        write_results()
+        raise
     finally:
         torch.set_num_threads(saved_threads)
-    atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "results": results},
-                                                       indent=2) + "\n").encode())
+    write_results()
     return results
 
 

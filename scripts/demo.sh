@@ -25,7 +25,7 @@ echo "[4/5] check" >&2
 plt-deploy check --model runs/demo --onnx export/demo --report runs/demo/check.json
 echo "[5/5] generate" >&2
 echo "The model was trained to add two 3-digit numbers and write the sum least-significant digit first"
-echo "(123+456=579 is answered 975):"
+echo "(123+456=579 is answered 975), prompt then answer:"
 plt-deploy generate --backend onnxruntime --model export/demo --max-new-tokens 6 \
     --prompt "123+456=" --prompt "505+505=" --prompt "999+001="
 echo "demo finished in $((SECONDS - start)) s"

@@ -176,8 +176,12 @@ def test_edited_manifest_refused(tiny_exports, tmp_path, capsys, edit):
 
 # --- helpful errors for mix-ups -------------------------------------------------------------
 
-def test_backend_and_folder_mixups(tiny_exports, capsys):
+def test_backend_and_folder_mixups(tiny_exports, tmp_path, capsys):
     ck, ex = tiny_exports["plt"]
+    code, _, err = run_cli(capsys, "export", "--model", str(ex), "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "--model", "is an export folder", "takes a checkpoint folder")
+    code, _, err = run_cli(capsys, "check", "--model", str(ex), "--onnx", str(ck))
+    assert_one_line_error(code, err, "--model", "is an export folder")
     code, _, err = run_cli(capsys, "generate", "--backend", "onnxruntime", "--model", str(ck), "--prompt", "a")
     assert_one_line_error(code, err, "is a checkpoint folder", "plt-deploy export")
     code, _, err = run_cli(capsys, "generate", "--model", str(ex), "--prompt", "a")
@@ -234,6 +238,8 @@ def test_ctrl_c_during_train_keeps_the_last_checkpoint(tmp_path):
     from plt_deploy.checkpoint import load_checkpoint
 
     load_checkpoint(out)  # complete and loadable
+    record = json.loads((out / "train_results.json").read_text())["results"][-1]
+    assert record["interrupted"] and record["steps"] >= 10
 
 
 # --- readable when piped; fast --help -------------------------------------------------------
@@ -273,3 +279,28 @@ def test_bf16_export_warns_that_onnxruntime_cpu_cannot_run_it(ckpt, tmp_path, ca
                              "bf16", "--no-validate")
     assert code == 0, err
     assert "warning: ONNX Runtime's CPU provider cannot run a bfloat16 export" in err
+
+
+def test_closed_pipe_is_not_a_failure(ckpt):
+    code = "from plt_deploy.cli import main; main()"
+    proc = subprocess.run(f"{sys.executable} -c '{code}' generate --model {ckpt} --prompt ab --max-new-tokens 40 "
+                          "--temperature 1 --seed 1 --stream | head -c 1", shell=True, env=ENV, capture_output=True,
+                          timeout=120, executable="/bin/bash")
+    assert b"Traceback" not in proc.stderr and b"error" not in proc.stderr, proc.stderr
+
+
+def test_checkpoint_files_are_readable_like_exports(ckpt):
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in ("config.json", "model.safetensors"):
+        assert (ckpt / f).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_serve_refuses_a_busy_port_in_one_line(ckpt, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        code, _, err = run_cli(capsys, "serve", "--model", str(ckpt), "--port", str(s.getsockname()[1]))
+    assert_one_line_error(code, err, "cannot listen on 127.0.0.1:", "choose another --port")

@@ -55,3 +55,15 @@ def preflight(backend: str, path: str | Path) -> None:
         raise (CheckpointError if kind == "checkpoint" else ArtifactError)(str(exc)) from None
     except (ValueError, KeyError, TypeError, AttributeError):
         pass  # a malformed manifest: read_manifest reports it with the details
+
+
+def require_kind(path: str | Path, kind: str, flag: str) -> None:
+    """For commands that take a folder of one kind under a flag (export --model, check --onnx, ...)."""
+    have = folder_kind(path)
+    if not Path(path).is_dir():
+        raise InputError(f"{flag} {path}: no such {kind} folder")
+    if have is not None and have != kind:
+        other = {"checkpoint": "export", "export": "checkpoint"}[kind]
+        raise InputError(f"{flag} {path} is {'an' if other == 'export' else 'a'} {other} folder; {flag} takes a {kind} folder"
+                         + (" (config.json + model.safetensors)" if kind == "checkpoint" else
+                            " (manifest.json + ONNX, from `plt-deploy export`)"))

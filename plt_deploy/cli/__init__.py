@@ -6,6 +6,7 @@ own usage errors exit 2. A traceback means a bug in plt-deploy.
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import import_module
 
@@ -65,6 +66,11 @@ def main(argv=None):
     except PLTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except BrokenPipeError:  # the reader went away (`| head`): not a failure of the command
+        try:
+            sys.stdout = open(os.devnull, "w")  # nothing more to flush into the closed pipe at exit
+        finally:
+            sys.exit(141)
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)

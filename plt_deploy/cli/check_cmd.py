@@ -21,9 +21,11 @@ import click
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
     """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
-    from ..backends.folders import preflight
+    from ..backends.folders import preflight, require_kind
 
-    preflight("torch", model)  # cheap checks of both folders before torch and onnx load
+    require_kind(model, "checkpoint", "--model")  # cheap checks of both folders before torch and onnx load
+    require_kind(onnx_dir, "export", "--onnx")
+    preflight("torch", model)
     preflight("onnxruntime", onnx_dir)
     from ..check.report import run_check
     from ..progress import console

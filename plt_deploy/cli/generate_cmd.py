@@ -39,6 +39,8 @@ def command(model, prompts, backend, max_new_tokens, temperature, top_k, top_p, 
     if provider:
         options["provider"] = provider
     streaming = stream and len(prompts) == 1
+    if stream and not streaming:
+        click.echo("note: --stream streams one prompt; with several, each is printed when done", err=True)
 
     def streamer(text):
         sys.stdout.write(text)
@@ -51,5 +53,5 @@ def command(model, prompts, backend, max_new_tokens, temperature, top_k, top_p, 
     if streaming:
         click.echo()
         return
-    for prompt, text in zip(prompts, outs):
-        click.echo(printable(prompt) + text if len(prompts) == 1 else f"[{printable(prompt)!r}] {text}")
+    for prompt, text in zip(prompts, outs):  # one line per prompt: the prompt, then its continuation
+        click.echo(printable(prompt) + text)

@@ -13,7 +13,8 @@ from .options import positive_ints
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The server's base URL.")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Streaming clients.")
-@click.option("--prompt-lens", default="16,64,128", show_default=True, callback=positive_ints, help="Prompt characters.")
+@click.option("--prompt-lens", default="16,64,96", show_default=True, callback=positive_ints,
+              help="Prompt characters (the defaults fit serve's default --max-context 256 with --output-lens).")
 @click.option("--output-lens", default="32,64,128", show_default=True, callback=positive_ints, help="max_tokens values.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--api-key", envvar="PLT_API_KEY", help="Bearer key (default: $PLT_API_KEY).")

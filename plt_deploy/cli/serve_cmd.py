@@ -41,6 +41,15 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
             served_model_name, max_body_bytes, max_tokens_limit, shutdown_timeout, threads, provider, plugin,
             ort_spinning, replicas, max_replicas, ray_address, ray_cpus, log_level):
     """Serve --model over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
+    from ..backends.folders import preflight
+    from ..serve.deps import require_serve_packages
+
+    require_serve_packages(ray=bool(replicas))  # one line naming the extra, before anything loads
+    preflight(backend, model)
+    if not replicas:
+        from ..serve.deps import claim_port
+
+        port = claim_port(host, port)  # a busy port fails now, in one line; port 0 becomes the real one
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
                    max_prefill_tokens=max_prefill_tokens, host=host, port=port, api_key=api_key, threads=threads,
                    plugin=plugin, provider=provider, model_name=served_model_name, max_body_bytes=max_body_bytes,

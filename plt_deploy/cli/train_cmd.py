@@ -65,7 +65,8 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        print("\nstopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        print(("\n" if sys.stderr.isatty() else "") + "stopping after this step (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     shown = {"name": None, "stack": ExitStack(), "report": None}

@@ -11,9 +11,9 @@ from ..triton.config import BACKENDS
 @click.option("--model", required=True, type=click.Path(file_okay=False),
               help="Export folder (onnxruntime, tensorrt) or checkpoint folder (torch).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Repository folder to write.")
-@click.option("--backend", default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
               help=f"Runtime inside the Python backend: {', '.join(BACKENDS)}.")
-@click.option("--slots", type=int, default=4, show_default=True, help="Concurrent sequences the engine batches.")
+@click.option("--slots", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent sequences the engine batches.")
 @click.option("--name", default="plt", show_default=True, help="Triton model name (the URL's /v2/models/NAME).")
 @click.option("--max-context", type=click.IntRange(min=2), help="Longest prompt + completion (default: the engine's).")
 @click.option("--plugin", type=click.Path(dir_okay=False),

@@ -342,9 +342,8 @@ class _Progress:
         return self
 
     def _line(self):
-        stage = self.stages[min(self.i, len(self.stages) - 1)]
-        done = " done" if self.i >= len(self.stages) else ""
-        print(f"export: {min(self.i, len(self.stages))}/{len(self.stages)} {stage}{done} "
+        stage = self.stages[self.i] if self.i < len(self.stages) else "done"
+        print(f"export: {min(self.i, len(self.stages))}/{len(self.stages)} {stage} "
               f"({time.monotonic() - self.start:.0f} s)", file=sys.stderr, flush=True)
 
     def advance(self):
