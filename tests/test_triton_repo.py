@@ -110,8 +110,16 @@ def test_existing_repository_is_kept_unless_force(ckpt, tmp_path, capsys):
 def test_refusals_are_one_line_and_write_nothing(tiny_exports, ckpt, tmp_path, capsys):
     ex = shutil.copytree(tiny_exports["plt"][1], tmp_path / "ex")
     repo = tmp_path / "repo"
+    code, _, err = run_cli(capsys, "triton-repo", "--out", repo, "--model", ex, "--backend", "onnx")
+    assert code == 2 and "Traceback" not in err and "'onnx' is not one of 'onnxruntime', 'tensorrt', 'torch'" in err
+    assert not repo.exists()  # a usage error, like every command's bad flag value
+    from plt_deploy.errors import InputError
+    from plt_deploy.triton.repository import write_repository
+
+    with pytest.raises(InputError, match="unknown backend 'onnx'; choose one of onnxruntime, tensorrt, torch"):
+        write_repository(ex, repo, backend="onnx")  # the library call refuses it too
+    assert not repo.exists()
     cases = [
-        (("--model", ex, "--backend", "onnx"), ["unknown backend 'onnx'", "onnxruntime, tensorrt, torch"]),
         (("--model", ckpt, "--backend", "onnxruntime"), ["is a checkpoint folder", "plt-deploy export"]),
         (("--model", ex, "--backend", "tensorrt", "--plugin", tmp_path / "missing.so"),
          [f"--plugin {tmp_path / 'missing.so'}: file not found"]),
