@@ -209,3 +209,26 @@ def _size(n: int) -> str:
         if n < 1024 or unit == "PiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
+
+
+def variant_configs(preset: str, variants, loops: int = 2, window: int | None = None,
+                    extra: dict | None = None) -> dict[str, PLTConfig]:
+    """`train --variants`: name -> validated config of the preset (vanilla always L = 1)."""
+    configs = {}
+    for name in check_variants(variants):
+        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops, extra=dict(extra or {}))
+        if window is not None:
+            overrides["window"] = window
+        configs[name] = PLTConfig.from_name(preset, **overrides)
+    return configs
+
+
+def numpy_dtype(name: str):
+    """numpy dtype of a dtype name (DTYPES or "int64"); bfloat16 through ml_dtypes (onnx's dependency)."""
+    import numpy as np
+
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return {"float32": np.float32, "float16": np.float16, "int64": np.int64}[name]

@@ -128,7 +128,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     its matrices are too small to split) and torch's default otherwise.
     """
     from .checkpoint import CONFIG_FILE, atomic_write_bytes
-    from .config import VARIANTS, PLTConfig, check_variants
+    from .config import check_variants, variant_configs
     from .errors import CheckpointError, InputError
 
     out = Path(out)
@@ -140,12 +140,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     for d in dirs.values():
         if (d / CONFIG_FILE).exists() and not force:
             raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
-    configs = {}
-    for name in variants:  # every config is validated before any training starts
-        overrides = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops, extra={"task": task})
-        if window is not None:
-            overrides["window"] = window
-        configs[name] = PLTConfig.from_name(preset, **overrides)
+    configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
     results = []
 
     def write_results():

@@ -34,16 +34,22 @@ def check_folder_fits(backend: str, path: str | Path) -> None:
 def preflight(backend: str, path: str | Path) -> None:
     """Cheap checks before any heavy import: the folder exists, is the kind `backend` runs, and its
     model config is valid (a bad config fails in milliseconds, not after torch has loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        kind = "export" if backend in EXPORT_BACKENDS else "checkpoint"
+        raise InputError(f"{path}: no such {kind} folder")
+    check_folder_fits(backend, path)
+    check_config(path)
+
+
+def check_config(path: str | Path) -> None:
+    """The model config of a checkpoint (config.json) or an export (manifest.json) is valid."""
     import json
 
     from ..config import PLTConfig
     from ..errors import ArtifactError, CheckpointError, ConfigError
 
     path = Path(path)
-    if not path.is_dir():
-        kind = "export" if backend in EXPORT_BACKENDS else "checkpoint"
-        raise InputError(f"{path}: no such {kind} folder")
-    check_folder_fits(backend, path)
     kind = folder_kind(path)
     try:
         if kind == "checkpoint":
@@ -64,6 +70,7 @@ def require_kind(path: str | Path, kind: str, flag: str) -> None:
         raise InputError(f"{flag} {path}: no such {kind} folder")
     if have is not None and have != kind:
         other = {"checkpoint": "export", "export": "checkpoint"}[kind]
-        raise InputError(f"{flag} {path} is {'an' if other == 'export' else 'a'} {other} folder; {flag} takes a {kind} folder"
-                         + (" (config.json + model.safetensors)" if kind == "checkpoint" else
-                            " (manifest.json + ONNX, from `plt-deploy export`)"))
+        article = "an" if other == "export" else "a"
+        what = " (config.json + model.safetensors)" if kind == "checkpoint" else \
+            " (manifest.json + ONNX, from `plt-deploy export`)"
+        raise InputError(f"{flag} {path} is {article} {other} folder; {flag} takes a {kind} folder{what}")

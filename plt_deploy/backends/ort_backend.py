@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import numpy_dtype
 from ..errors import BackendUnavailable, InputError
 from .base import Backend, DecoderSession
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
 def resolve_providers(provider: str | None) -> list[str]:
@@ -50,7 +50,7 @@ class OrtSession(DecoderSession):
         self.device = backend.device
         spec = backend.manifest.graphs["decode"]
         self._spec = spec
-        self._np_dtype = _NP[backend.manifest.dtype]
+        self._np_dtype = numpy_dtype(backend.manifest.dtype)
         self._host: dict[str, np.ndarray] = {}  # CPU: numpy arrays sharing memory with the OrtValues
         self._bufs: dict[str, ort.OrtValue] = {}
         sizes = {"batch": batch, "max_seq": max_seq}

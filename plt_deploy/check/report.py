@@ -70,7 +70,6 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     for note in notes:
         log(f"note: {note}")
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
-    atol_rtol = {}
     out = {"model": str(model), "export": str(onnx), "dtype": dtype, "export_versions": manifest.data["versions"],
            "reference": "torch", "rule": RULE, "notes": notes, "backends": {}, "passed": True}
     for name in tested:
@@ -84,7 +83,6 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
             log(f"check {name}: {new_tokens} greedy tokens for {batch} prompts")
             greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size, PROMPT_LENGTHS[:batch]),
                                     new_tokens)
-        atol_rtol[name] = (parity["atol"], parity["rtol"])
         entry = {"parity": parity, "greedy": greedy, "passed": parity["passed"] and greedy["passed"]}
         if name == "tensorrt":  # graph level: Polygraphy TrtRunner per engine (plugin loaded) vs OnnxrtRunner
             from .trt import compare_graphs

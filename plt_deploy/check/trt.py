@@ -20,16 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
-
-
-def numpy_dtype(name: str):
-    """numpy dtype of a manifest dtype name; bfloat16 through ml_dtypes (a dependency of onnx)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return _NP[name]
+from ..config import numpy_dtype
 
 
 def trt_loaders(export_dir: str | Path, plugin: str | Path | None = None, verify_hashes: bool = True) -> dict:

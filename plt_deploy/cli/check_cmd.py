@@ -21,12 +21,11 @@ import click
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provider):
     """Compare backends on prefill, decode steps and greedy generations; exit 1 on any failure."""
-    from ..backends.folders import preflight, require_kind
+    from ..backends.folders import check_config, require_kind
 
-    require_kind(model, "checkpoint", "--model")  # cheap checks of both folders before torch and onnx load
-    require_kind(onnx_dir, "export", "--onnx")
-    preflight("torch", model)
-    preflight("onnxruntime", onnx_dir)
+    for path, kind, flag in ((model, "checkpoint", "--model"), (onnx_dir, "export", "--onnx")):
+        require_kind(path, kind, flag)  # cheap checks of both folders before torch and onnx load
+        check_config(path)
     from ..check.report import run_check
     from ..progress import console
 

@@ -19,10 +19,10 @@ import click
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
 def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
     """Export a checkpoint to ONNX with the G-SWA custom op, then validate it against PyTorch."""
-    from ..backends.folders import preflight, require_kind
+    from ..backends.folders import check_config, require_kind
 
     require_kind(model, "checkpoint", "--model")
-    preflight("torch", model)  # a bad config fails before torch loads
+    check_config(model)  # a bad config fails before torch loads
     from ..export.exporter import export_model
 
     dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)

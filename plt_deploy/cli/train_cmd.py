@@ -43,17 +43,13 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
         names = check_variants(v.strip() for v in variants.split(","))
     except InputError as exc:
         raise click.BadParameter(str(exc), param_hint="--variants") from None
-    from ..config import VARIANTS, PLTConfig
+    from ..config import variant_configs
     from ..errors import ConfigError
 
-    for name in names:  # validate every variant's config before torch loads
-        changes = dict(VARIANTS[name], loops=1 if name == "vanilla" else loops)
-        if window is not None:
-            changes["window"] = window
-        try:
-            PLTConfig.from_name(preset, **changes)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
+    try:
+        variant_configs(preset, names, loops, window)  # every variant's config, before torch loads
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     from contextlib import ExitStack
 
     from ..training import TrainingInterrupted, train_variants
