@@ -27,9 +27,8 @@ def _key(t) -> tuple:
     return (t.role, t.index)
 
 
-def check_manifest_matches_graphs(manifest, manifest_path: Path) -> None:
-    import onnx
-
+def check_manifest_matches_graphs(manifest, manifest_path: Path, protos: dict) -> None:
+    """protos: graph -> its ModelProto, loaded without external data (read_manifest reads each once)."""
     cfg = manifest.config
     implied = graph_specs(cfg, manifest.max_seq, manifest.dtype)
     for graph, spec in manifest.graphs.items():
@@ -42,7 +41,7 @@ def check_manifest_matches_graphs(manifest, manifest_path: Path) -> None:
                                     f"manifest's model config implies {implied_shape}; the manifest was edited or "
                                     "belongs to another export: re-export the model")
         path = manifest.graph_path(graph)
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = protos[graph]
         actual = {v.name: v for v in (*proto.graph.input, *proto.graph.output)}
         for t in (*spec.inputs, *spec.outputs):
             v = actual.get(t.name)

@@ -112,9 +112,8 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
                                 "the file is damaged or from another export")
         if verify_hashes and sha256_file(fpath) != entry["sha256"]:
             raise ArtifactError(f"{fpath}: sha256 does not match {path}; the file is damaged or from another export")
-    for graph in GRAPHS:
-        check_op_version(manifest.graph_path(graph))
-    check_manifest_matches_graphs(manifest, path)
+    protos = {graph: check_op_version(manifest.graph_path(graph)) for graph in GRAPHS}  # each file read once
+    check_manifest_matches_graphs(manifest, path, protos)
     if expect_model is not None:
         want = model_identity(Path(expect_model))
         have = data["model"].get("sha256", {})
@@ -124,8 +123,10 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
     return manifest
 
 
-def check_op_version(onnx_path: Path) -> None:
-    """The file imports domain plt at exactly the contract's version (if it uses the op at all)."""
+def check_op_version(onnx_path: Path):
+    """The file imports domain plt at exactly the contract's version (if it uses the op at all).
+
+    Returns the loaded ModelProto (without external data) for the other load-time checks."""
     import onnx
 
     try:
@@ -142,3 +143,4 @@ def check_op_version(onnx_path: Path) -> None:
         if any(n.domain == contract.OP_DOMAIN for n in model.graph.node):
             raise ArtifactError(f"{onnx_path}: uses {contract.OP_DOMAIN}::{contract.OP_NAME} but carries no "
                                 "local function for it; re-export the model")
+    return model
