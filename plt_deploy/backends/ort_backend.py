@@ -209,6 +209,7 @@ class OrtBackend(Backend):
 
 
 def load(path, threads: int | None = None, provider: str | None = None, spinning: bool | None = None,
-         **_ignored) -> OrtBackend:
-    """An export folder on ONNX Runtime (spinning: None = ONNX Runtime's default, busy-waiting)."""
-    return OrtBackend(path, threads=threads, provider=provider, spinning=spinning)
+         verify_hashes: bool = True, **_ignored) -> OrtBackend:
+    """An export folder on ONNX Runtime (spinning: None = ONNX Runtime's default, busy-waiting).
+    verify_hashes=False only when the caller has just verified the export's files itself."""
+    return OrtBackend(path, threads=threads, provider=provider, spinning=spinning, verify_hashes=verify_hashes)

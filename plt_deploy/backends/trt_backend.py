@@ -322,6 +322,8 @@ class TrtBackend(Backend):
 
 
 def load(path, plugin: str | None = None, build_missing: bool = True, cuda_graph: bool = True,
-         **_ignored) -> TrtBackend:
-    """An export folder (with engines from `plt-deploy build`, built now if absent) on TensorRT."""
-    return TrtBackend(path, plugin=plugin, build_missing=build_missing, cuda_graph=cuda_graph)
+         verify_hashes: bool = True, **_ignored) -> TrtBackend:
+    """An export folder (with engines from `plt-deploy build`, built now if absent) on TensorRT.
+    verify_hashes=False only when the caller has just verified the export's files itself."""
+    return TrtBackend(path, plugin=plugin, build_missing=build_missing, cuda_graph=cuda_graph,
+                      verify_hashes=verify_hashes)

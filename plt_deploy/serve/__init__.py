@@ -9,19 +9,20 @@ from pathlib import Path
 def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = 256,
                 max_queue: int = 64, max_prefill_tokens: int = 512, threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
-                metrics=None, ort_spinning: bool | None = False):
+                metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True):
     """An Engine over `model_dir` (checkpoint folder for torch, export folder for onnxruntime/tensorrt).
 
     Not started: call `engine.start()` (warms up, then steps in a background thread).
     ort_spinning (onnxruntime): False by default here. Between two decode runs the engine and the
     HTTP server need the CPU; ONNX Runtime's busy-waiting intra-op threads would hold it
     (docs/serving.md measures the difference). None keeps ONNX Runtime's default.
+    verify_hashes=False skips re-hashing an export the caller has just verified (Triton's model load).
     """
     from ..backends import load_backend
     from .chat import load_serve_tokenizer
     from .engine import Engine
 
-    options = {"threads": threads}
+    options = {"threads": threads, "verify_hashes": verify_hashes}
     if plugin:
         options["plugin"] = plugin
     if provider:

@@ -133,7 +133,8 @@ class Served:
 
         options = {"max_context": params.max_context} if params.max_context else {}
         engine = load_engine(str(version_dir / params.artifact), backend=params.backend, slots=params.slots,
-                             threads=params.threads, plugin=str(checked.plugin) if checked.plugin else None, **options)
+                             threads=params.threads, plugin=str(checked.plugin) if checked.plugin else None,
+                             verify_hashes=False, **options)  # check_artifact has just hashed every file
         engine.start()
         try:
             ready = engine.wait_ready(ready_timeout)  # PLTError with the load error, if any
