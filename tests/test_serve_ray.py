@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -22,28 +23,37 @@ def test_two_replicas_spread_stream_and_shut_down(checkpoint):  # noqa: F811
            "--port", str(port), "--max-context", "128", "--slots", "2", "--replicas", "2", "--ray-cpus", "2",
            "--threads", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, stderr_tail = threading.Event(), []
+
+    def read_stdout():  # `serve` prints "ready:" once serve.run returned: every replica RUNNING
+        for line in proc.stdout:
+            if line.startswith("ready:"):
+                ready.set()
+
+    def drain_stderr():  # never let Ray's stderr fill the pipe; keep the end for a failure message
+        for line in proc.stderr:
+            stderr_tail[:] = (stderr_tail + [line])[-20:]
+
+    for target in (read_stdout, drain_stderr):
+        threading.Thread(target=target, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     try:
+        # Not /health: the proxy answers it as soon as the FIRST replica is up, while the second
+        # may still be loading its engine (then every request lands on the first).
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"Ray Serve did not come up in 180 s (exit {proc.poll()})")
+        while not ready.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        if not ready.is_set():
+            pytest.fail(f"Ray Serve did not print ready in 180 s (exit {proc.poll()}): {''.join(stderr_tail)[-2000:]}")
         replicas, texts = set(), set()
-        for _ in range(40):  # Ray's router picks between the two; bounded
+        deadline = time.monotonic() + 60
+        while len(replicas) < 2 and time.monotonic() < deadline:  # Ray's router picks between the two
             r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "temperature": 0,
                                                           "ignore_eos": True}, timeout=30)
             assert r.status_code == 200, r.text
             replicas.add(r.headers["x-replica-id"])
             assert r.json()["system_fingerprint"] == r.headers["x-replica-id"]
             texts.add(r.json()["choices"][0]["text"])
-            if len(replicas) == 2:
-                break
         assert len(replicas) == 2 and len(texts) == 1  # two replicas, the same greedy answer
         with httpx.stream("POST", url + "/v1/completions", timeout=30,
                           json={"prompt": "Hi", "max_tokens": 8, "stream": True, "ignore_eos": True,
