@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,8 +25,8 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -122,10 +123,7 @@ def generate(backend: Backend, prompts: list[list[int]], params: SamplingParams,
         raise InputError("stop strings need the tokenizer's decode function")
     texts = [TextStream(decode, params.stop_strings) for _ in prompts] if params.stop_strings else None
     tokens, lengths = pad_prompts(prompts, pad_id)
-    limit, what = backend.config.max_seq_len, "the model's max_seq_len"
-    manifest = getattr(backend, "manifest", None)
-    if manifest is not None and manifest.max_seq < limit:
-        limit, what = manifest.max_seq, "the export's --max-seq"
+    limit, what = backend.max_seq, backend.max_seq_source
     longest = int(lengths.max())
     if longest + params.max_new_tokens > limit:
         raise InputError(f"prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds {what} of "
@@ -170,14 +168,9 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
     be = load_backend(backend, model, **backend_options)
     with be:
         tok = load_tokenizer(getattr(be, "tokenizer_dir", model), be.config.vocab_size)
-        stop_ids = [tok.eos_id] if tok.eos_id is not None else []
-        for s in stop:
-            ids = tok.encode(s, add_bos=False)
-            if len(ids) != 1:
-                raise InputError(f"--stop {s!r} is {len(ids)} tokens; a stop string must be exactly one token")
-            stop_ids.append(ids[0])
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids))
-        decoder = TextStream(tok.decode) if stream is not None and len(prompts) == 1 else None
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed,
+                                (tok.eos_id,) if tok.eos_id is not None else (), tuple(stop))
+        decoder = TextStream(tok.decode, params.stop_strings) if stream is not None and len(prompts) == 1 else None
 
         def on_tokens(tokens, active):  # the first prompt's new text, complete characters only
             if active[0]:
@@ -185,7 +178,18 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
                 if piece:
                     stream(piece)
         outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,
-                        on_tokens=on_tokens if decoder is not None else None)
+                        on_tokens=on_tokens if decoder is not None else None, decode=tok.decode)
         if decoder is not None and (rest := decoder.flush()):
             stream(rest)
-    return [tok.decode(o) for o in outs]
+    return [visible_text(tok.decode, o, params.stop_strings) for o in outs]
+
+
+def visible_text(decode: Callable[[list[int]], str], ids: list[int], stop_strings: tuple[str, ...] = ()) -> str:
+    """The text of generated `ids` as a user sees it: cut before the first stop string."""
+    if not stop_strings:
+        return decode(ids)
+    text = TextStream(decode, stop_strings)
+    for token in ids:
+        if text.push(token)[1]:
+            break
+    return text.text

@@ -89,6 +89,21 @@ def test_stream_prints_the_same_text_as_without(ckpt, capsys):
     assert streamed == plain
 
 
+def test_stop_text_of_several_tokens_ends_the_output_before_it(ckpt, capsys):
+    from plt_deploy.generate import generate_text
+
+    full = generate_text(str(ckpt), ["ab"], max_new_tokens=32)[0]
+    k = next(i for i in range(2, len(full) - 1) if "\ufffd" not in full[i:i + 2])
+    stop = full[k:k + 2]  # two characters: at least two byte tokens
+    assert generate_text(str(ckpt), ["ab"], max_new_tokens=32, stop=(stop,))[0] == full[:full.find(stop)]
+    args = ("generate", "--model", str(ckpt), "--prompt", "ab", "--max-new-tokens", "32", "--stop", stop)
+    _, plain, _ = run_cli(capsys, *args)
+    _, streamed, _ = run_cli(capsys, *args, "--stream")
+    assert streamed == plain and plain.rstrip("\n").endswith(full[:full.find(stop)])
+    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "ab", "--temperature", "nan")
+    assert_one_line_error(code, err, "finite temperature")
+
+
 def test_stream_decoder_never_splits_a_character():
     from plt_deploy.generate import TextStream
     from plt_deploy.tokenizer import ByteTokenizer

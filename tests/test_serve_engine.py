@@ -200,3 +200,12 @@ def test_a_failing_prefill_ends_only_the_joining_request(backends):
     ok = [e.token_id for e in engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=5))]
     assert ok == generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=5))[0]
     engine.stop(timeout=30)
+
+
+def test_context_beyond_the_export_names_its_max_seq(backends):
+    be = backends["onnxruntime"]  # exported with --max-seq 64, the model's max_seq_len is 256
+    assert be.max_seq == 64 and be.config.max_seq_len > 64
+    with pytest.raises(InputError, match=r"max_context 65 must be in \[2, 64\] \(the export's --max-seq\)"):
+        Engine(be, ByteTokenizer(), slots=1, max_context=65)
+    with pytest.raises(InputError, match="exceeds the export's --max-seq of 64"):
+        generate(be, [[1] * 60], SamplingParams(max_new_tokens=5))

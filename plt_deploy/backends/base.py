@@ -85,6 +85,16 @@ class Backend(ABC):
     def start(self, batch: int, max_seq: int) -> DecoderSession:
         """A new session for `batch` sequences of up to `max_seq` tokens (prompt + generated)."""
 
+    @property
+    def max_seq(self) -> int:
+        """The longest sequence (prompt + generated tokens) a session of this backend can hold."""
+        return self.config.max_seq_len
+
+    @property
+    def max_seq_source(self) -> str:
+        """What sets `max_seq`, as an error message names it."""
+        return "the model's max_seq_len"
+
     def close(self) -> None:
         """Release runtime resources (sessions, engines, device memory)."""
 

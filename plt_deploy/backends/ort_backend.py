@@ -197,6 +197,14 @@ class OrtBackend(Backend):
                 raise ArtifactError(f"{self.manifest.graph_path(g)}: ONNX Runtime cannot load it "
                                     f"({str(exc).splitlines()[0][:300]})") from None
 
+    @property
+    def max_seq(self) -> int:
+        return min(self.manifest.max_seq, self.config.max_seq_len)
+
+    @property
+    def max_seq_source(self) -> str:
+        return "the export's --max-seq" if self.manifest.max_seq < self.config.max_seq_len else super().max_seq_source
+
     def start(self, batch: int, max_seq: int) -> OrtSession:
         if batch > self.manifest.max_batch:
             raise InputError(f"batch of {batch} exceeds the export's --max-batch {self.manifest.max_batch}")

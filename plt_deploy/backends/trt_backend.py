@@ -308,6 +308,14 @@ class TrtBackend(Backend):
                 raise ArtifactError(f"{path}: {t.name} is {got} in the engine, {t.dtype} in the manifest; rebuild "
                                     "with `plt-deploy build`")
 
+    @property
+    def max_seq(self) -> int:
+        return min(self.cache_len, self.config.max_seq_len)
+
+    @property
+    def max_seq_source(self) -> str:
+        return "the engines' --max-seq" if self.cache_len < self.config.max_seq_len else super().max_seq_source
+
     def start(self, batch: int, max_seq: int) -> TrtSession:
         if not 1 <= batch <= self.max_batch:
             raise InputError(f"batch of {batch} is outside the engines' 1..{self.max_batch} (`plt-deploy build "

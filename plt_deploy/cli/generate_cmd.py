@@ -18,7 +18,7 @@ from ..backends import BACKEND_NAMES
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, help="Sampling seed.")
-@click.option("--stop", multiple=True, help="Extra stop string (one token); EOS always stops.")
+@click.option("--stop", multiple=True, help="Stop when this text appears (not printed; repeatable); EOS always stops.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (one prompt).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")

@@ -138,9 +138,9 @@ class Engine:
         if slots < 1 or max_queue < 0 or max_prefill_tokens < 1:
             raise InputError(f"need slots >= 1, max_queue >= 0, max_prefill_tokens >= 1 "
                              f"(got {slots}, {max_queue}, {max_prefill_tokens})")
-        limit = backend.config.max_seq_len
+        limit = backend.max_seq
         if not 2 <= max_context <= limit:
-            raise InputError(f"max_context {max_context} must be in [2, {limit}] (the model's max_seq_len)")
+            raise InputError(f"max_context {max_context} must be in [2, {limit}] ({backend.max_seq_source})")
         self.backend, self.tokenizer, self.model_name = backend, tokenizer, model_name
         self.slots, self.max_context, self.max_queue = slots, max_context, max_queue
         self.max_prefill_tokens = max_prefill_tokens
