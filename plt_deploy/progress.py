@@ -20,35 +20,68 @@ def console(stderr: bool = False):
     return Console(file=stream, width=None if stream.isatty() else 200, soft_wrap=not stream.isatty())
 
 
+class _Reporter:
+    """report(done, detail), advance(detail), set_total(n): one display, two looks (see the module)."""
+
+    def __init__(self, description: str, total: int | None, every: float, bar=None, task=None):
+        self.description, self.total, self.every = description, total, every
+        self.bar, self.task = bar, task
+        self.done, self.detail = 0, ""
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, detail: str = "") -> None:
+        self.done, self.detail = done, detail
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, detail=detail)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or (self.total is not None and done >= self.total):
+            self.last = now
+            self.line()
+
+    def advance(self, detail: str = "") -> None:
+        self(self.done + 1, detail)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
+
+    def line(self) -> None:
+        detail = f" {self.detail}" if self.detail else ""
+        total = "?" if self.total is None else self.total
+        print(f"{self.description}: {self.done}/{total}{detail} ({time.monotonic() - self.start:.0f} s)",
+              file=sys.stderr, flush=True)
+
+
+class _Silent(_Reporter):
+    def __init__(self, total: int | None):
+        super().__init__("", total, 0.0)
+
+    def __call__(self, done: int, detail: str = "") -> None:
+        self.done, self.detail = done, detail
+
+
 @contextmanager
-def progress_reporter(description: str, total: int, every: float = 10.0):
-    """Yields report(done, detail="") for `total` units of work."""
+def progress_reporter(description: str, total: int | None, every: float = 10.0, enabled: bool = True,
+                      transient: bool = True, detail: str = ""):
+    """Yields report: `report(done, detail="")`, `report.advance(detail="")`, `report.set_total(n)`
+    for `total` units of work (None: not known yet). Plain lines come at most every `every`
+    seconds (0: on every call) and at the end; `detail` is shown until the first report."""
+    if not enabled:
+        yield _Silent(total)
+        return
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console(stderr=True),
-                      transient=True) as bar:
-            task = bar.add_task(description, total=total, detail="")
-            yield lambda done, detail="": bar.update(task, completed=done, detail=detail)
+                      transient=transient) as bar:
+            yield _Reporter(description, total, every, bar, bar.add_task(description, total=total, detail=detail))
         return
-    start = last = time.monotonic()
-    state = {"done": 0, "detail": ""}
-
-    def line():
-        detail = f" {state['detail']}" if state["detail"] else ""
-        print(f"{description}: {state['done']}/{total}{detail} ({time.monotonic() - start:.0f} s)",
-              file=sys.stderr, flush=True)
-
-    def report(done, detail=""):
-        nonlocal last
-        state.update(done=done, detail=detail)
-        now = time.monotonic()
-        if now - last >= every or done >= total:
-            last = now
-            line()
-
-    print(f"{description}: 0/{total}", file=sys.stderr, flush=True)
+    report = _Reporter(description, total, every)
+    report.detail = detail
+    report.line()
     yield report
-    if state["done"] < total:
-        line()
+    if report.total is None or report.done < report.total:
+        report.line()

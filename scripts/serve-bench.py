@@ -1,6 +1,6 @@
 """Serving throughput against raw decode, interleaved in one run on one export (docs/serving.md).
 
-    python scripts/serve-bench.py [--work runs/work-serve] [--rounds 10] [--new 128]
+    python scripts/serve-bench.py [--work runs/work-serve] [--rounds 10] [--new 128] [--threads N]
 
 1. `plt-deploy bench --preset small --backend onnxruntime --batch 1,8 --prompt-len 32
    --new-tokens NEW --variants plt-2,vanilla --workdir WORK` (its table, and the plt-2 export);
@@ -19,6 +19,9 @@
 The servers run ONNX Runtime without thread spinning (serve's default, --no-ort-spinning); bench
 runs it with ONNX Runtime's default (spinning). Each round also times the runner without
 spinning, so the serving overhead at equal runtime settings is printed too.
+
+`--threads N` gives ONNX Runtime N intra-op threads everywhere (bench, both runners, both
+servers); without it each uses ONNX Runtime's default (one per core).
 
 Caches have the same length everywhere: runner sessions hold prompt 32 + NEW tokens, the
 servers' --max-context is 32 + NEW (prompts of up to 31 characters + <bos>, outputs up to NEW).
@@ -46,12 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, slots: int, log: Path, max_context: int):
+def start_server(export: Path, slots: int, log: Path, max_context: int, threads: list[str]):
     import httpx
 
     port = free_port()
     proc = subprocess.Popen([*CLI, "serve", "--model", str(export), "--backend", "onnxruntime", "--slots",
-                             str(slots), "--max-context", str(max_context), "--port", str(port)],
+                             str(slots), "--max-context", str(max_context), "--port", str(port), *threads],
                             stderr=log.open("w"), stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -74,14 +77,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--new", type=int, default=128, help="Runner decode steps; the longest server output.")
     ap.add_argument("--mixed", action="store_true", help="Mixed prompt and output lengths for the 8-slot load.")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads for bench, runners and servers.")
     ap.add_argument("--skip-bench-cli", action="store_true", help="Reuse the export; do not rerun the bench table.")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    threads = ["--threads", str(args.threads)] if args.threads else []
     if not args.skip_bench_cli:
         subprocess.run([*CLI, "bench", "--preset", "small", "--backend", "onnxruntime", "--batch", "1,8",
                         "--prompt-len", "32", "--new-tokens", str(args.new), "--variants", "plt-2,vanilla", "--no-peer",
-                        "--no-contexts", "--repeats", "2", "--no-progress", "--workdir", str(work),
+                        "--no-contexts", "--repeats", "2", "--no-progress", "--workdir", str(work), *threads,
                         "--json", str(work / "bench.json")], check=True)
     export = work / "onnx-plt-2"
 
@@ -89,8 +94,9 @@ def main() -> int:
     from plt_deploy.bench.runner import BackendRunner, prompt_tokens, summary
     from plt_deploy.serve.loadtest import LoadSpec, run_load
 
-    runner = BackendRunner(load_backend("onnxruntime", str(export)))  # as bench runs it
-    runner_quiet = BackendRunner(load_backend("onnxruntime", str(export), spinning=False))  # as serve runs it
+    runner = BackendRunner(load_backend("onnxruntime", str(export), threads=args.threads))  # as bench runs it
+    runner_quiet = BackendRunner(load_backend("onnxruntime", str(export), threads=args.threads,
+                                              spinning=False))  # as serve runs it
     vocab = runner.backend.config.vocab_size
     new = args.new
     if args.mixed:  # prompts of 8..31 characters, outputs of 3/4..1 x NEW: shorter real contexts
@@ -103,7 +109,7 @@ def main() -> int:
         sample = r.run(prompt_tokens(batch, 32, vocab), new)
         return batch * 1e3 / summary(sample.decode_ms)["median"]
 
-    servers = {n: start_server(export, n, work / f"serve-{n}.log", 32 + new) for n in (8, 1)}
+    servers = {n: start_server(export, n, work / f"serve-{n}.log", 32 + new, threads) for n in (8, 1)}
     rounds = []
     try:
         runner.run(prompt_tokens(8, 32, vocab), 8)  # warm-up
@@ -147,7 +153,8 @@ def main() -> int:
     print(f"errors {errors}; 8-slot server RSS MiB after warm-up, then after each round of 8 requests: "
           + ", ".join(f"{v:.1f}" for v in rss))
     print(f"server exit codes after SIGTERM: {codes}")
-    (work / "serve-bench.json").write_text(json.dumps({"rounds": rounds, "rss_mib": rss, "exit_codes": codes},
+    (work / "serve-bench.json").write_text(json.dumps({"threads": args.threads, "rounds": rounds, "rss_mib": rss,
+                                                       "exit_codes": codes},
                                                       indent=2))
     return 0 if errors == 0 else 1
 

@@ -1,14 +1,11 @@
-"""Presenting a benchmark: rich tables, a progress bar, and the JSON file (written atomically)."""
+"""Presenting a benchmark: rich tables and the JSON file (written atomically)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -101,24 +98,3 @@ def write_json(result: dict, path: str | Path) -> Path:
     return path
 
 
-@contextmanager
-def progress_display(enabled: bool = True, console: Console | None = None):
-    """Yields (tick(description), set_total(n)) driving a rich progress bar on stderr."""
-    if not enabled:
-        yield (lambda _d: None), (lambda _n: None)
-        return
-    if console is None and not sys.stderr.isatty():  # piped or logged: one plain line per step
-        state = {"done": 0, "total": "?"}
-
-        def tick(description):
-            state["done"] += 1
-            print(f"bench: {state['done']}/{state['total']} {description}", file=sys.stderr, flush=True)
-
-        yield tick, (lambda n: state.update(total=n))
-        return
-    progress = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.description}"), console=console or Console(stderr=True), transient=True)
-    with progress:
-        task = progress.add_task("starting", total=None)
-        yield (lambda d: progress.update(task, advance=1, description=d)), \
-              (lambda n: progress.update(task, total=n))

@@ -46,20 +46,20 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, variants, r
     """Benchmark decode latency, tokens/s and KV-cache bytes of plt-2, plt-3, looped-2 and vanilla
     built from one preset (or checkpoint), interleaved in one run, plus a Hugging Face peer."""
     from ..bench import print_report, run_bench, write_json
-    from ..bench.report import progress_display
+    from ..progress import progress_reporter
 
     if (model is None) == (preset is None):
         raise click.UsageError("give exactly one of --model or --preset")
     if not no_contexts and len(contexts) != 2:
         raise click.BadParameter("give two contexts, short and long (e.g. 128,2048)", param_hint="--contexts")
-    with progress_display(progress) as (tick, set_total):
+    with progress_reporter("bench", None, every=0, enabled=progress) as report:
         result = run_bench(preset=preset, model=model, backend=backend, batches=batches, prompt_len=prompt_len,
                            new_tokens=new_tokens, repeats=repeats,
                            variants=tuple(variants.split(",")) if variants else None, warmup_tokens=warmup_tokens,
                            contexts=None if no_contexts else contexts, ctx_steps=ctx_steps, peer=peer,
                            floor_preset=floor_preset, bandwidth_bytes=bandwidth_mib << 20, threads=threads, provider=provider, seed=seed,
-                           workdir=workdir, validate_exports=validate_exports, tick=tick,
-                           on_total=set_total)
+                           workdir=workdir, validate_exports=validate_exports, tick=report.advance,
+                           on_total=report.set_total)
     print_report(result)
     if json_path:
         click.echo(f"wrote {write_json(result, json_path)}")

@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from ..cache import PLTCache, ring_len
 from ..config import PLTConfig
 from ..errors import ArtifactError, InputError
 from ..model import PLT
+from ..progress import progress_reporter
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
@@ -182,7 +181,11 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
 
     stages = ["load checkpoint", "trace prefill", "trace decode", "post-process + save", "onnx.checker",
               "validate vs torch", "manifest"]
-    with _Progress(stages, enabled=progress) as bar:
+    with progress_reporter("export", len(stages), every=0, enabled=progress, transient=False,
+                           detail=stages[0]) as bar:
+
+        def advance():  # a stage is done: show the next one
+            bar.advance(stages[bar.done + 1] if bar.done + 1 < len(stages) else "done")
         model = load_checkpoint(model_dir, dtype=dtype)
         cfg: PLTConfig = model.cfg
         dtype = dtype or cfg.dtype
@@ -191,7 +194,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             raise InputError(f"--max-seq must be in [2, {cfg.max_seq_len}] (the model's max_seq_len), got {max_seq}")
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
-        bar.advance()
+        advance()
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -207,11 +210,11 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 protos["prefill"] = _trace(PrefillGraph(model), specs["prefill"],
                                            dummy_inputs(specs["prefill"], sizes, torch_dtype),
                                            {k: limits[k] for k in ("batch", "prompt")}, opset, grouped=False)
-                bar.advance()
+                advance()
                 protos["decode"] = _trace(DecodeGraph(model), specs["decode"],
                                           dummy_inputs(specs["decode"], sizes, torch_dtype),
                                           {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=True)
-                bar.advance()
+                advance()
             identity = manifest_lib.model_identity(model_dir)
             meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype,
                     # what the graph was built for, inside the hashed file: the manifest is checked against it
@@ -226,13 +229,13 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
                                 **specs[name].to_dict()}
             del protos
-            bar.advance()
+            advance()
             for name in graphs:
                 try:
                     onnx.checker.check_model(str(tmp / graphs[name]["file"]), full_check=True)
                 except onnx.checker.ValidationError as exc:
                     raise ArtifactError(f"{graphs[name]['file']}: onnx.checker failed: {str(exc).splitlines()[0]}")
-            bar.advance()
+            advance()
             tok = model_dir / "tokenizer.json"
             if tok.is_file():
                 shutil.copyfile(tok, tmp / tok.name)
@@ -250,8 +253,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             manifest_lib.write_manifest(tmp, manifest)
             if validate:
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
-            bar.advance()
-            bar.advance()
+            advance()
+            advance()
             for f in tmp.iterdir():
                 f.chmod(0o644)
             tmp.chmod(0o755)
@@ -319,40 +322,3 @@ def _version() -> str:
         return "unknown"
 
 
-class _Progress:
-    """Export stages on stderr: a rich bar on a terminal, one plain line per stage otherwise."""
-
-    def __init__(self, stages: list[str], enabled: bool):
-        self.stages, self.enabled, self.i = stages, enabled, 0
-        self.plain = enabled and not sys.stderr.isatty()
-
-    def __enter__(self):
-        self.start = time.monotonic()
-        if self.plain:
-            self._line()
-        elif self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            from ..progress import console
-
-            self.p = Progress(TextColumn("[bold]export[/]"), BarColumn(), TextColumn("{task.description}"),
-                              TimeElapsedColumn(), console=console(stderr=True), transient=False)
-            self.p.__enter__()
-            self.task = self.p.add_task(self.stages[0], total=len(self.stages))
-        return self
-
-    def _line(self):
-        stage = self.stages[self.i] if self.i < len(self.stages) else "done"
-        print(f"export: {min(self.i, len(self.stages))}/{len(self.stages)} {stage} "
-              f"({time.monotonic() - self.start:.0f} s)", file=sys.stderr, flush=True)
-
-    def advance(self):
-        self.i += 1
-        if self.plain and self.i <= len(self.stages):
-            self._line()
-        elif self.enabled and not self.plain:
-            self.p.update(self.task, advance=1, description=self.stages[min(self.i, len(self.stages) - 1)])
-
-    def __exit__(self, *exc):
-        if self.enabled and not self.plain:
-            self.p.__exit__(*exc)
