@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+MIN_EXPORT_SEQ = 3  # the shortest --max-seq an export accepts: a prompt token, one decode step, its output
+
 MODES = ("plt", "looped", "vanilla")
 # `train --variants` names -> config overrides (vanilla also forces loops = 1)
 VARIANTS = {"plt": dict(mode="plt"), "looped": dict(mode="looped"), "vanilla": dict(mode="vanilla")}

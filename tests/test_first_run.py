@@ -137,6 +137,19 @@ def test_check_adapts_to_a_small_export(tmp_path, capsys):
     assert any("--max-seq 24" in n for n in report["notes"]) and "PASSED" in out
 
 
+def test_the_shortest_export_exports_and_checks(tmp_path, capsys):
+    ck = init_checkpoint("tiny", tmp_path / "ck", seed=2)
+    code, _, err = run_cli(capsys, "export", "--model", str(ck), "--out", str(tmp_path / "ex2"), "--max-seq", "2")
+    assert code == 2 and "--max-seq" in err and "Traceback" not in err  # click: 2 is not in the range x>=3
+    code, _, err = run_cli(capsys, "export", "--model", str(ck), "--out", str(tmp_path / "ex"), "--max-seq", "3")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(tmp_path / "ex"), "--report",
+                             str(tmp_path / "r.json"))
+    assert code == 0, out + err
+    parity = json.loads((tmp_path / "r.json").read_text())["backends"]["onnxruntime"]["parity"]
+    assert parity["prompt_lengths"] == [1, 1] and parity["decode_steps"] == 1
+
+
 def test_trained_model_passes_check(tmp_path, capsys):
     """The failing case: a trained model's logits (tens in size) against the fp32 rounding floor."""
     from plt_deploy.export.exporter import export_model

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes
+from ..config import MIN_EXPORT_SEQ
 from ..errors import ArtifactError, InputError
 from ..export.io_spec import DECODE, GRAPHS, PREFILL, GraphSpec
 from ..export.manifest import MANIFEST_FILE, sha256_file, write_manifest
@@ -263,8 +264,9 @@ def build_engines(export_dir: str | Path, plugin: str | Path | None = None, opti
     max_seq = opts.max_seq or manifest.max_seq
     if not 1 <= max_batch <= manifest.max_batch:
         raise InputError(f"--max-batch must be in [1, {manifest.max_batch}] (the export's --max-batch), got {max_batch}")
-    if not 2 <= max_seq <= manifest.max_seq:
-        raise InputError(f"--max-seq must be in [2, {manifest.max_seq}] (the export's --max-seq), got {max_seq}")
+    if not MIN_EXPORT_SEQ <= max_seq <= manifest.max_seq:
+        raise InputError(f"--max-seq must be in [{MIN_EXPORT_SEQ}, {manifest.max_seq}] (the export's --max-seq), "
+                         f"got {max_seq}")
     op_nodes = {g: int(manifest.data["graphs"][g].get("op_nodes", 0)) for g in GRAPHS}
     loaded = None
     if any(op_nodes.values()) or plugin:

@@ -10,10 +10,41 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import Backend
+from ..config import MIN_EXPORT_SEQ
+from ..errors import InputError
 from ..generate import SamplingParams, generate
 from .runners import DECODE, PREFILL, BackendRunner
 from .compare import RULE, compare_run, quiet_polygraphy, summarize
 from .tolerances import tolerance
+
+
+PROMPT_LENGTHS = (9, 5)  # the replay's and the greedy comparison's prompts, one per batch row
+
+
+def fit_workload(max_batch: int, max_seq: int, batch: int = 2, steps: int = 32, new_tokens: int = 64,
+                 prompt_lengths: tuple[int, ...] = PROMPT_LENGTHS) -> tuple[int, list[int], int, int, list[str]]:
+    """Batch, prompt lengths, decode steps and greedy tokens shrunk to fit an export's --max-batch and
+    --max-seq (a replay session holds the longest prompt + steps + 1), with a note per change.
+    The one rule for `check` and the exporter's own validation."""
+    if max_seq < MIN_EXPORT_SEQ:
+        raise InputError(f"the export's --max-seq {max_seq} leaves no room for a prompt and a decode step; "
+                         f"re-export with --max-seq {MIN_EXPORT_SEQ} or more")
+    notes = []
+    if batch > max_batch:
+        notes.append(f"batch {batch} -> {max_batch} (the export's --max-batch)")
+        batch = max_batch
+    prompts = [prompt_lengths[b % len(prompt_lengths)] for b in range(batch)]
+    if max(prompts) > max_seq - 2:
+        notes.append(f"prompts of {max(prompts)} tokens -> {max_seq - 2} (the export's --max-seq {max_seq})")
+        prompts = [min(n, max_seq - 2) for n in prompts]
+    room = max_seq - max(prompts) - 1  # decode steps after the longest prompt
+    if steps > room:
+        notes.append(f"decode steps {steps} -> {room} (the export's --max-seq {max_seq})")
+        steps = room
+    if new_tokens > room + 1:
+        notes.append(f"greedy tokens {new_tokens} -> {room + 1} (the export's --max-seq {max_seq})")
+        new_tokens = room + 1
+    return batch, prompts, steps, new_tokens, notes
 
 
 def make_feeds(vocab: int, batch: int, prompt_lengths: list[int], steps: int, seed: int = 0) -> list[dict]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .compare import RULE
-from .parity import compare_backends, compare_greedy
+from .parity import compare_backends, compare_greedy, fit_workload
 
 KNOWN = ("torch", "onnxruntime", "tensorrt")
 
@@ -17,31 +17,6 @@ KNOWN = ("torch", "onnxruntime", "tensorrt")
 def greedy_prompts(vocab: int, lengths=(9, 5), seed: int = 1) -> list[list[int]]:
     g = np.random.default_rng(seed)
     return [[1] + g.integers(3, min(vocab, 259), size=n - 1).tolist() for n in lengths]
-
-
-PROMPT_LENGTHS = (9, 5)  # the parity replay's prompts; greedy_prompts uses the same lengths
-
-
-def fit_to_export(manifest, batch: int, steps: int, new_tokens: int) -> tuple[int, int, int, list[str]]:
-    """Batch, decode steps and greedy tokens that fit the export's --max-batch / --max-seq, with notes.
-
-    Refuses (InputError naming the flag) an export too short for even one decode step.
-    """
-    notes = []
-    if manifest.max_batch < batch:
-        notes.append(f"batch {batch} -> {manifest.max_batch} (the export's --max-batch)")
-        batch = manifest.max_batch
-    room = manifest.max_seq - max(PROMPT_LENGTHS) - 1  # positions left after the longest prompt
-    if room < 1:
-        raise InputError(f"the export's --max-seq {manifest.max_seq} leaves no room for decode steps after a "
-                         f"{max(PROMPT_LENGTHS)}-token prompt; re-export with --max-seq {max(PROMPT_LENGTHS) + 2} or more")
-    if steps > room:
-        notes.append(f"decode steps {steps} -> {room} (the export's --max-seq {manifest.max_seq})")
-        steps = room
-    if new_tokens > room + 1:
-        notes.append(f"greedy tokens {new_tokens} -> {room + 1} (the export's --max-seq {manifest.max_seq})")
-        new_tokens = room + 1
-    return batch, steps, new_tokens, notes
 
 
 def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), report: str | Path | None = None,
@@ -66,7 +41,8 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
         raise InputError("--backends names nothing to compare: torch is the reference; add onnxruntime or tensorrt")
     manifest = read_manifest(onnx, expect_model=model)  # refuses damaged files or another model's export
     dtype = manifest.dtype
-    batch, steps, new_tokens, notes = fit_to_export(manifest, 2, steps, new_tokens)
+    batch, prompt_lengths, steps, new_tokens, notes = fit_workload(manifest.max_batch, manifest.max_seq, 2, steps,
+                                                                   new_tokens)
     for note in notes:
         log(f"note: {note}")
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
@@ -79,9 +55,9 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
         with load_backend(name, str(onnx), **options) as be:
             log(f"check {name}: prefill + {steps} decode steps, batch {batch}, against torch")
             parity = compare_backends(reference, be, steps=steps, batch=batch, dtype=dtype,
-                                      prompt_lengths=list(PROMPT_LENGTHS[:batch]))
+                                      prompt_lengths=prompt_lengths)
             log(f"check {name}: {new_tokens} greedy tokens for {batch} prompts")
-            greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size, PROMPT_LENGTHS[:batch]),
+            greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size, prompt_lengths),
                                     new_tokens)
         entry = {"parity": parity, "greedy": greedy, "passed": parity["passed"] and greedy["passed"]}
         if name == "tensorrt":  # graph level: Polygraphy TrtRunner per engine (plugin loaded) vs OnnxrtRunner

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..config import MIN_EXPORT_SEQ
+
 
 @click.command("build")
 @click.option("--onnx", "export_dir", required=True, type=click.Path(file_okay=False),
@@ -11,7 +13,7 @@ import click
 @click.option("--plugin", type=click.Path(dir_okay=False),
               help="libplt_trt_plugins.so (default: $PLT_TRT_PLUGIN, then plugins/build/ and build/plugins/).")
 @click.option("--max-batch", type=click.IntRange(min=1), help="Largest batch the engines accept (default: the export's).")
-@click.option("--max-seq", type=click.IntRange(min=2),
+@click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ),
               help="Longest prompt + generation, also the decode cache length (default: the export's).")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size the kernels are tuned for.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..config import MIN_EXPORT_SEQ
+
 
 @click.command("export")
 @click.option("--model", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
@@ -14,7 +16,7 @@ import click
               help="ONNX opset (23..25: ONNX's standard Attention; 24 adds nonpad_kv_seqlen).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
-@click.option("--max-seq", type=click.IntRange(min=2), help="Longest sequence (default: the model's max_seq_len).")
+@click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
 def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):

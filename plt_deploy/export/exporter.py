@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..cache import PLTCache, ring_len
-from ..config import PLTConfig
+from ..config import MIN_EXPORT_SEQ, PLTConfig
 from ..errors import ArtifactError, InputError
 from ..model import PLT
 from ..progress import progress_reporter
@@ -190,8 +190,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         cfg: PLTConfig = model.cfg
         dtype = dtype or cfg.dtype
         max_seq = max_seq or cfg.max_seq_len
-        if not 2 <= max_seq <= cfg.max_seq_len:
-            raise InputError(f"--max-seq must be in [2, {cfg.max_seq_len}] (the model's max_seq_len), got {max_seq}")
+        if not MIN_EXPORT_SEQ <= max_seq <= cfg.max_seq_len:
+            raise InputError(f"--max-seq must be in [{MIN_EXPORT_SEQ}, {cfg.max_seq_len}] (the model's max_seq_len), "
+                             f"got {max_seq}")
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
         advance()
@@ -293,7 +294,7 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
 
 def validate_export(folder: Path, model: PLT, dtype: str, max_batch: int = 2, max_seq: int = 256) -> dict:
     """Run the fresh export on ONNX Runtime against the torch model; ArtifactError past the tolerance."""
-    from ..check.parity import compare_backends
+    from ..check.parity import compare_backends, fit_workload
 
     if dtype == "bfloat16":
         return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for these graphs"}
@@ -301,11 +302,9 @@ def validate_export(folder: Path, model: PLT, dtype: str, max_batch: int = 2, ma
     from ..backends.torch_backend import TorchBackend
 
     with OrtBackend(folder) as ort_be:
-        # 2 prompts of 9 and 5 tokens + 4 decode steps, shrunk to fit --max-batch / --max-seq
-        batch, prompt = min(2, max_batch), min(9, max_seq - 2)
-        steps = max(1, min(4, max_seq - prompt - 1))
-        report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=batch,
-                                  prompt_lengths=[prompt, min(5, prompt)][:batch])
+        # check's prompts + 4 decode steps, shrunk to fit --max-batch / --max-seq like check's
+        batch, prompts, steps, _, _ = fit_workload(max_batch, max_seq, 2, 4)
+        report = compare_backends(TorchBackend(model), ort_be, steps=steps, batch=batch, prompt_lengths=prompts)
     if not report["passed"]:
         worst = max(report["results"], key=lambda r: r["used"])
         raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
