@@ -41,24 +41,44 @@ class TextStream:
     push(token) -> (text delta safe to show, stopped). Text is held back while it ends in an
     incomplete UTF-8 character (shown as U+FFFD by the decoders) or in a prefix of a stop string;
     when a stop string appears, the text before it is released and the sequence stops.
+
+    Each push decodes a short window of ids, not the whole sequence (so a long answer costs O(n),
+    not O(n^2)): the ids from `prefix` on, minus the text of ids[prefix:read], which keeps the
+    decoders' context-dependent pieces right (a SentencePiece word's leading space, bytes of one
+    character split over tokens). `text` equals decode(ids).
     """
 
     def __init__(self, decode: Callable[[list[int]], str], stop_strings: tuple[str, ...] = ()):
         self.decode, self.stops = decode, tuple(stop_strings)
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already released
+        self.prefix = self.read = 0  # ids[:read] are settled into `stable`; ids[prefix:read] give it context
+        self.stable = ""  # text of ids[:read], ends on a complete character
+        self.sent = 0  # characters of the text already released
         self.text = ""
+
+    def _decode_tail(self) -> str:
+        """The text of ids[read:] in the context of ids[prefix:read]; settles it once it is complete."""
+        before = self.decode(self.ids[self.prefix:self.read])
+        after = self.decode(self.ids[self.prefix:])
+        tail = after[len(before):] if len(after) > len(before) and after.startswith(before) else None
+        if tail is None:  # the window's text is not an extension of its context: decode it all once
+            tail = self.decode(self.ids)[len(self.stable):]
+        if tail and not tail.endswith("\ufffd"):
+            self.stable += tail
+            self.prefix, self.read = self.read, len(self.ids)
+            return ""
+        return tail
 
     def push(self, token: int) -> tuple[str, bool]:
         self.ids.append(token)
-        text = self.decode(self.ids)
+        pending = self._decode_tail()
+        self.text = text = self.stable + pending
         hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
         if hits:
             end = min(hits)
             delta, self.sent = text[self.sent:end], end
             self.text = text[:end]
             return delta, True
-        self.text = text
         end = len(text.rstrip("\ufffd"))
         safe = end
         for s in self.stops:  # hold back a tail that could still become a stop string

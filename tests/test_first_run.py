@@ -332,3 +332,49 @@ def test_serve_refuses_a_busy_port_in_one_line(ckpt, capsys):
         s.listen()
         code, _, err = run_cli(capsys, "serve", "--model", str(ckpt), "--port", str(s.getsockname()[1]))
     assert_one_line_error(code, err, "cannot listen on 127.0.0.1:", "choose another --port")
+
+
+def _bpe_tokenizer(kind: str):
+    """A small trained tokenizers BPE: byte-level (GPT-2 style) or SentencePiece-style Metaspace."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=kind == "metaspace", unk_token=None))
+    if kind == "bytelevel":
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Sequence(
+            [decoders.ByteFallback(), decoders.Metaspace()])
+        alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    corpus = ["the quick brown fox jumps over the lazy dog", "déjà vu, naïve café — 😀 ünïcödé", "1 + 2 = 3"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet,
+                                                       special_tokens=["<eos>"], show_progress=False))
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_text_stream_is_incremental_and_equals_decode(kind):
+    import random
+
+    from plt_deploy.generate import TextStream
+
+    tok = _bpe_tokenizer(kind)
+    decoded_ids = []
+
+    def decode(ids):
+        decoded_ids.append(len(ids))
+        return tok.decode(ids, skip_special_tokens=True)
+
+    rng = random.Random(0)
+    for trial in range(20):  # random ids: words, pieces of characters (byte fallback), the special token
+        ids = [rng.randrange(tok.get_vocab_size()) for _ in range(rng.randrange(1, 60))]
+        stream = TextStream(decode)
+        shown = "".join(stream.push(i)[0] for i in ids) + stream.flush()
+        assert shown == tok.decode(ids, skip_special_tokens=True), (kind, ids)
+    decoded_ids.clear()
+    stream = TextStream(decode)
+    text = "the quick brown fox jumps over the lazy dog " * 40
+    for i in tok.encode(text).ids:
+        stream.push(i)
+    assert stream.flush() == "" and stream.text == tok.decode(tok.encode(text).ids)
+    assert sum(decoded_ids) < 8 * len(tok.encode(text).ids)  # O(n): short windows, not the whole sequence
