@@ -49,6 +49,38 @@ def state_dict_for_save(model: PLT) -> dict[str, torch.Tensor]:
     return sd
 
 
+# What each checkpoint tensor is, by name pattern (N = layer index); shapes come from the model.
+TENSOR_ROLES = (
+    ("embed.weight", "token embeddings; with tie_embeddings also the output projection"),
+    ("lm_head.weight", "output projection (tie_embeddings false)"),
+    ("layers.N.attn_norm.weight", "RMSNorm weight before attention"),
+    ("layers.N.attn.wq.weight", "query projection, nn.Linear layout [out, in] (y = x W^T)"),
+    ("layers.N.attn.wk.weight", "key projection (n_kv_heads * head_dim rows: grouped-query attention)"),
+    ("layers.N.attn.wv.weight", "value projection"),
+    ("layers.N.attn.wo.weight", "attention output projection"),
+    ("layers.N.attn.q_norm.weight", "RMSNorm over head_dim on q, before RoPE (qk_norm)"),
+    ("layers.N.attn.k_norm.weight", "RMSNorm over head_dim on k, before RoPE (qk_norm)"),
+    ("layers.N.attn.gate_weight", "G-SWA gate w_h per head: g = sigmoid(q . w_h + b_h), q after RoPE"),
+    ("layers.N.attn.gate_bias", "G-SWA gate bias b_h per head"),
+    ("layers.N.mlp_norm.weight", "RMSNorm weight before the MLP"),
+    ("layers.N.mlp.w1.weight", "SwiGLU gate projection: w2(silu(w1 x) * w3 x)"),
+    ("layers.N.mlp.w3.weight", "SwiGLU up projection"),
+    ("layers.N.mlp.w2.weight", "SwiGLU down projection"),
+    ("norm.weight", "final RMSNorm before the output projection"),
+)
+
+
+def weight_layout(cfg: PLTConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, role) of every tensor model.safetensors must hold for `cfg`, in order.
+    Built on the meta device: nothing is allocated, whatever the model's size."""
+    import re
+
+    with torch.device("meta"):
+        names = {name: tuple(t.shape) for name, t in state_dict_for_save(PLT(cfg)).items()}
+    roles = dict(TENSOR_ROLES)
+    return [(name, shape, roles[re.sub(r"^layers\.\d+\.", "layers.N.", name)]) for name, shape in names.items()]
+
+
 def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
     from safetensors.torch import save
 
@@ -81,6 +113,20 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file not found")
     try:
         return load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in a safetensors file, from its header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
 

@@ -17,6 +17,7 @@ from ..errors import PLTError
 # subcommand -> module under plt_deploy.cli (imported lazily so --help stays fast).
 COMMANDS = {
     "init": "Write a randomly initialised checkpoint.",
+    "layout": "List the tensors a checkpoint needs for a config (and check a checkpoint's weights).",
     "train": "Train a small model on a synthetic task and report held-out accuracy.",
     "generate": "Generate text from a prompt on any backend.",
     "export": "Export a checkpoint to ONNX (prefill + decode graphs) with a manifest.",
