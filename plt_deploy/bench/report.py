@@ -70,9 +70,9 @@ def targets_table(result: dict) -> Table:
 
 def print_report(result: dict, console: Console | None = None) -> None:
     if console is None:
-        console = Console()
-        if not console.is_terminal:  # files and pipes: wide enough that no number is cut
-            console = Console(width=180)
+        from ..progress import console as default_console
+
+        console = default_console()  # files and pipes: wide enough that no number is cut
     for note in result.get("notes") or ():
         console.print(f"note: {note}")
     console.print(results_table(result))
