@@ -77,7 +77,7 @@ def test_generate_and_stream_equal_plt_deploy_generate(served, tiny_exports):
     ({}, "text_input is required"),
     ({"text_input": PROMPT, "max_tokens": 100000}, "exceeds the context"),
     ({"text_input": PROMPT, "top_p": 0.0}, "top_p must be in (0, 1]"),
-    ({"text_input": PROMPT, "temperature": -1.0}, "temperature must be >= 0"),
+    ({"text_input": PROMPT, "temperature": -1.0}, "temperature must be a finite number >= 0"),
 ])
 def test_bad_input_is_one_error_response(served, values, message):
     out = []
