@@ -166,4 +166,4 @@ def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int 
         raise CheckpointError(f"{out}: already holds a checkpoint; pass --force to overwrite it")
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, **overrides).items() if v is not None}
     cfg = PLTConfig.from_name(preset, **changes)
-    return save_checkpoint(PLT(cfg).init_weights(seed), out)
+    return save_checkpoint(PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype)), out)  # weights in cfg.dtype

@@ -100,8 +100,10 @@ def test_stop_text_of_several_tokens_ends_the_output_before_it(ckpt, capsys):
     _, plain, _ = run_cli(capsys, *args)
     _, streamed, _ = run_cli(capsys, *args, "--stream")
     assert streamed == plain and plain.rstrip("\n").endswith(full[:full.find(stop)])
-    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "ab", "--temperature", "nan")
-    assert_one_line_error(code, err, "finite temperature")
+    for flag, value, needle in (("--temperature", "nan", "'--temperature': nan is not a finite number"),
+                                ("--stop", "", "'--stop': must be non-empty text")):
+        code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "ab", flag, value)
+        assert code == 2 and needle in err  # usage errors, before the model loads
 
 
 def test_stream_decoder_never_splits_a_character():

@@ -14,3 +14,17 @@ def positive_ints(ctx, param, value: str) -> tuple[int, ...]:
     if not out or min(out) < 1:
         raise click.BadParameter(f"expected positive integers, got {value!r}")
     return out
+
+
+def finite(ctx, param, value: float | None) -> float | None:
+    """click callback: refuse nan and inf (FloatRange lets them through)."""
+    if value is not None and (value != value or value in (float("inf"), float("-inf"))):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def non_empty(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """click callback for repeatable text options: every value must be non-empty."""
+    if any(not v for v in values):
+        raise click.BadParameter("must be non-empty text")
+    return values
