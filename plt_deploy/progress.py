@@ -13,11 +13,17 @@ from contextlib import contextmanager
 
 
 def console(stderr: bool = False):
-    """A rich Console that never cuts tables to 80 columns when the output is a file or a pipe."""
+    """A rich Console that never cuts tables to 80 columns when the output is a file or a pipe,
+    and lets a closed pipe (`| head`) reach the CLI as BrokenPipeError (exit 141), where rich
+    itself would exit 1, the code of a failed check."""
     from rich.console import Console
 
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
     stream = sys.stderr if stderr else sys.stdout
-    return Console(file=stream, width=None if stream.isatty() else 200, soft_wrap=not stream.isatty())
+    return PipeAwareConsole(file=stream, width=None if stream.isatty() else 200, soft_wrap=not stream.isatty())
 
 
 class _Reporter:

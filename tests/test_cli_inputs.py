@@ -22,3 +22,46 @@ def test_init_writes_weights_in_the_config_dtype(tmp_path, capsys, dtype, stored
 def test_init_loops_follow_the_mode(tmp_path, capsys, args, needle):
     code, _, err = run_cli(capsys, "init", "--out", str(tmp_path / "m"), *args)
     assert code == 2 and needle in err and not (tmp_path / "m").exists()
+
+
+def _cli(*argv):
+    import os
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return [sys.executable, "-c", "from plt_deploy.cli import main; main()", *argv], env
+
+
+def test_a_closed_pipe_exits_141_not_1(tiny_exports):
+    import shlex
+    import subprocess
+
+    ck, ex = tiny_exports["plt"]
+    for argv in (("check", "--model", str(ck), "--onnx", str(ex)),  # rich's table: rich alone would exit 1
+                 ("generate", "--model", str(ck), "--prompt", "ab", "--max-new-tokens", "40", "--stream")):
+        cmd, env = _cli(*argv)
+        proc = subprocess.run(f"{shlex.join(cmd)} | head -c 1; exit ${{PIPESTATUS[0]}}", shell=True, env=env,
+                              capture_output=True, timeout=120, executable="/bin/bash")
+        assert proc.returncode == 141 and b"Traceback" not in proc.stderr, (argv[0], proc.returncode, proc.stderr)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from plt_deploy.checkpoint import init_checkpoint
+
+    ck = init_checkpoint("tiny", tmp_path / "m", seed=1)
+    cmd, env = _cli("export", "--model", str(ck), "--out", str(tmp_path / "ex"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the export is under way (its first stage line)
+        line = proc.stderr.readline()
+        if not line or line.startswith(b"export: 1/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.splitlines()[-1:] == [b"interrupted"] and b"\n\n" not in err, err
+    assert not (tmp_path / "ex").exists()  # nothing half-written

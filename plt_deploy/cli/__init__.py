@@ -30,7 +30,23 @@ COMMANDS = {
 }
 
 
+class ClosedPipe(Exception):
+    """stdout's reader went away (`| head`). Not an OSError, so click does not turn it into exit 1."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C. Not a KeyboardInterrupt, so click neither prints its blank line nor says "Aborted!"."""
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise ClosedPipe() from None
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
     def list_commands(self, ctx):
         return list(COMMANDS)
 
@@ -56,8 +72,8 @@ def cli():
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="plt-deploy", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, Interrupted, KeyboardInterrupt):
+        click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)  # after the terminal's ^C
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -67,7 +83,7 @@ def main(argv=None):
     except PLTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except BrokenPipeError:  # the reader went away (`| head`): not a failure of the command
+    except (ClosedPipe, BrokenPipeError):  # the reader went away (`| head`): not a failure of the command
         try:
             sys.stdout = open(os.devnull, "w")  # nothing more to flush into the closed pipe at exit
         finally:
@@ -76,6 +92,3 @@ def main(argv=None):
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
