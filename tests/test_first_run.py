@@ -441,3 +441,19 @@ def test_onnxruntime_slots_name_the_flag_and_the_memory(tiny_exports, capsys):
     be.manifest.max_batch = 10 ** 8  # as `export --max-batch 100000000`, without a 30 s export
     with pytest.raises(InputError, match=f"--slots 1000000 x --max-context {be.max_seq}: the KV cache needs about"):
         Engine(be, ByteTokenizer(), slots=10 ** 6, max_context=be.max_seq)
+
+
+def test_tensorrt_limits_come_from_the_build_section(tiny_exports):
+    """The engines' limits (pure Python: no TensorRT here) refuse what the ONNX Runtime ones would."""
+    from plt_deploy.backends.trt_backend import engine_limits
+    from plt_deploy.errors import InputError
+    from plt_deploy.export.manifest import read_manifest
+
+    manifest = read_manifest(tiny_exports["plt"][1], verify_hashes=False)
+    limits = engine_limits(manifest, {"decode_cache_len": 64, "max_batch": 2})
+    assert (limits.max_batch, limits.max_seq) == (2, 64)
+    limits.check(2, 64, "--slots", "--max-context")
+    with pytest.raises(InputError, match="--slots 3 exceeds the engines' --max-batch 2"):
+        limits.check(3, 64, "--slots", "--max-context")
+    with pytest.raises(InputError, match="--max-context 65 exceeds the engines' --max-seq of 64"):
+        limits.check(2, 65, "--slots", "--max-context")

@@ -161,7 +161,8 @@ def test_slots_and_context_beyond_the_export_refused_at_write_time(tiny_exports,
     assert_one_line_error(code, err, "--slots 5 exceeds the export's --max-batch 4")
     with pytest.raises(InputError, match="--slots 5 exceeds the export's --max-batch 4"):
         Engine(OrtBackend(ex), ByteTokenizer(), slots=5)  # serve's refusal of the same value
-    code, _, err = run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "4", "--max-context", "100000")
+    code, _, err = run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "4",
+                           "--max-context", "100000")
     assert_one_line_error(code, err, "--max-context 100000 exceeds")
     assert not repo.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "4")[0] == 0

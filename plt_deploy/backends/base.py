@@ -24,7 +24,8 @@ class SessionLimits:
     """What one decoder session of a model can hold: the one check behind generate, serve and triton-repo.
 
     Backends build theirs from what they loaded (`Backend.limits`); `plt-deploy triton-repo` builds
-    the same from the files (backends.limits_of_folder), so both refuse the same values.
+    the same from the files alone (triton.artifact.check_artifact: `SessionLimits.of_config`,
+    ort_backend.export_limits, trt_backend.engine_limits), so both refuse the same values.
     """
 
     config: PLTConfig
@@ -148,13 +149,8 @@ class Backend(ABC):
     @property
     def limits(self) -> SessionLimits:
         """max_seq, max_batch and the KV-cache memory check of a session, with their sources."""
-        return SessionLimits(self.config, self.elem_bytes, self.max_seq, self.max_seq_source, self.max_batch,
-                             self.max_batch_source)
-
-    @property
-    def elem_bytes(self) -> int:
-        """Bytes of one cache element."""
-        return DTYPE_BYTES[self.config.dtype]
+        return SessionLimits(self.config, DTYPE_BYTES[self.config.dtype], self.max_seq, self.max_seq_source,
+                             self.max_batch, self.max_batch_source)
 
     @property
     def max_batch(self) -> int | None:
