@@ -2,6 +2,7 @@
 ModelConfig proto (tritonclient's model_config_pb2), and its refusals (one line, REPO untouched)."""
 
 import ast
+import json
 import shutil
 
 import pytest

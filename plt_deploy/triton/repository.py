@@ -51,7 +51,8 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     model = Path(model)
     checked = check_artifact(model, backend, plugin=plugin)
     # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
-    checked.limits.check(slots, max_context or DEFAULT_MAX_CONTEXT, "--slots", "--max-context", memory=False)
+    checked.limits.check(slots, max_context or DEFAULT_MAX_CONTEXT, "--slots",
+                         "--max-context" if max_context else "the default --max-context", memory=False)
     params = ModelParams(artifact=ARTIFACT_DIR, backend=backend, slots=slots, max_context=max_context,
                          plugin=f"{PLUGIN_DIR}/{checked.plugin.name}" if checked.plugin else None,
                          plugin_sha256=checked.plugin_sha256,
