@@ -110,11 +110,46 @@ class PLTConfig:
 
     def check_memory(self) -> None:
         """Refuse a config whose weights cannot fit this machine's memory, before allocating anything."""
-        need, have = self.estimated_bytes(), machine_memory_bytes()
-        if have and need > have:
-            raise ConfigError(f"invalid config: the model needs about {_size(need)} "
-                              f"({self.parameter_count():,} parameters, {self.dtype}; max_seq_len "
-                              f"{self.max_seq_len}) but this machine has {_size(have)} of memory")
+        check_fits(self.estimated_bytes(), "invalid config: the model",
+                   f"{self.parameter_count():,} parameters, {self.dtype}; max_seq_len {self.max_seq_len}")
+
+    def training_bytes(self, batch: int, seq: int) -> int:
+        """Peak bytes of `training.train` on `batch` sequences of `seq` tokens (fp32, AdamW).
+
+        weights + gradients + AdamW's two moments (4 copies of the parameters: the gradients of
+        step n are still alive during step n+1's forward, zero_grad runs after it), plus what
+        autograd keeps per token for the backward pass, counted from model.py / ops/gswa.py:
+          every layer, every loop: the two RMSNorms' input, x * rstd and output (6 d), SwiGLU's w1,
+            silu, w3 and product (4 h), roped q and k, v, and the o_proj input (2 q + 2 kv);
+          causal attention (loop 1; every loop of vanilla / looped): scores, masked, softmax (3 Hq * S);
+          G-SWA loops (training runs gswa_reference, local keys = the whole sequence): for the global
+            and the local part each the masked scores, exp and masked probabilities (3 Hq * S), p@v
+            and its quotient (2 q); the repeated K/V of grouped heads (4 q when n_rep > 1);
+          the head: the final norm's input and output (2 d), log_softmax (V) plus its gradient and
+            the logits' gradient during backward (2 V);
+          the backward pass's gradient buffers of the layer being differentiated: one more layer.
+        This is the live set; peak RSS under glibc's default malloc is higher when the tensors are
+        small (< 32 MiB each: freed heap memory is kept), e.g. 1.3-1.7x for the tiny and small presets.
+        Measure: `python -m plt_deploy.training PRESET BATCH [field=value ...]` (measure_peak_memory).
+        """
+        d, h, V, Hq = self.d_model, self.mlp_hidden, self.vocab_size, self.n_heads
+        q, kv = Hq * self.head_dim, self.n_kv_heads * self.head_dim
+        block = 6 * d + 4 * h + 2 * q + 2 * kv + 8  # + the norms' rstd
+        causal = block + 3 * Hq * seq
+        gswa = block + 2 * (3 * Hq * seq + 2 * q) + (4 * q if self.n_rep > 1 else 0) + 4 * Hq
+        gswa_loops = self.loops - 1 if self.uses_gswa else 0
+        layers = self.n_layers * ((self.loops - gswa_loops) * causal + gswa_loops * gswa)
+        per_token = layers + max(causal, gswa if gswa_loops else 0) + 2 * d + 3 * V
+        return 4 * 4 * self.parameter_count() + 4 * batch * seq * per_token
+
+    def check_training_memory(self, batch: int, seq: int) -> None:
+        """Refuse `train --batch` whose training step cannot fit this machine's memory, before allocating."""
+        from .errors import InputError
+
+        check_fits(self.training_bytes(batch, seq), f"--batch {batch}: training",
+                   f"weights, gradients and AdamW state of {self.parameter_count():,} parameters, activations of "
+                   f"{batch:,} sequences x {seq} tokens x {self.n_layers} layers x {self.loops} loops",
+                   error=InputError, advice="; lower --batch")
 
     # Derived quantities -------------------------------------------------------------------
     @property
@@ -204,6 +239,18 @@ def machine_memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_fits(need: int, subject: str, detail: str = "", error: type[Exception] = ConfigError,
+               advice: str = "") -> None:
+    """The one memory check: refuse `need` bytes beyond this machine's physical memory, before allocating.
+
+    Message: "<subject> needs about X (<detail>) but this machine has Y of memory<advice>".
+    """
+    have = machine_memory_bytes()
+    if have and need > have:
+        raise error(f"{subject} needs about {_size(need)}{f' ({detail})' if detail else ''} "
+                    f"but this machine has {_size(have)} of memory{advice}")
 
 
 def _size(n: int) -> str:

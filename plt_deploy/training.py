@@ -141,6 +141,8 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
         if (d / CONFIG_FILE).exists() and not force:
             raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
     configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
+    for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
+        cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
     results = []
 
     def write_results():
@@ -190,3 +192,46 @@ def _train_one(name: str, cfg, task: Task, out_dir: Path, steps: int, batch: int
     return {"variant": name, "mode": cfg.mode, "loops": cfg.loops, "window": cfg.window,
             "parameters": model.num_parameters(), "steps": len(losses), "final_loss": losses[-1],
             "train_seconds": round(seconds, 1), "held_out_accuracy": acc, "checkpoint": str(out_dir)}
+
+
+def measure_peak_memory(preset: str, batch: int, task: str = "addition", steps: int = 2, **overrides) -> dict:
+    """Peak RSS growth of `train` (run in a fresh process) next to config.training_bytes' estimate.
+
+    The model is built first; the estimate then counts everything but its weights (already resident).
+    `python -m plt_deploy.training PRESET BATCH [field=value ...]` prints one line of this.
+    """
+    import resource
+
+    from .config import PLTConfig
+
+    cfg = PLTConfig.from_name(preset, extra={"task": task}, **overrides)
+    the_task = TASKS[task]
+    seq = the_task.max_len - 1
+    model = PLT(cfg).init_weights(0)
+    base = _rss_bytes()
+    train(model, the_task, TrainSettings(steps=steps, batch=batch, warmup=1))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    estimate = cfg.training_bytes(batch, seq) - 4 * cfg.parameter_count()
+    return {"preset": preset, "batch": batch, "seq": seq, "overrides": overrides, "measured_bytes": peak - base,
+            "estimated_bytes": estimate, "ratio": estimate / max(peak - base, 1)}
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+if __name__ == "__main__":
+    import sys
+
+    def _value(v: str):
+        return int(v) if v.lstrip("-").isdigit() else v
+
+    fields = dict(a.split("=", 1) for a in sys.argv[3:])
+    r = measure_peak_memory(sys.argv[1], int(sys.argv[2]), **{k: _value(v) for k, v in fields.items()})
+    print(f"{r['preset']} batch {r['batch']} x {r['seq']} tokens {r['overrides'] or ''}: measured peak growth "
+          f"{r['measured_bytes'] / 2**20:.0f} MiB, estimated {r['estimated_bytes'] / 2**20:.0f} MiB "
+          f"(estimate / measured {r['ratio']:.2f})")

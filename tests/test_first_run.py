@@ -380,3 +380,82 @@ def test_text_stream_is_incremental_and_equals_decode(kind):
         stream.push(i)
     assert stream.flush() == "" and stream.text == tok.decode(tok.encode(text).ids)
     assert sum(decoded_ids) < 8 * len(tok.encode(text).ids)  # O(n): short windows, not the whole sequence
+
+
+# --- sizes beyond this machine or the artifact: refused before allocating, naming the flag --------
+
+def assert_serve_error(code, err, *needles):
+    """serve prints its `loading ...` line first; then exactly one `error:` line, no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 1 and "Traceback" not in err and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error") for line in lines) == 1 and len(lines) <= 2, err
+    for needle in needles:
+        assert needle in lines[-1], err
+
+
+def test_train_batch_beyond_memory_refused_before_any_model(tmp_path, capsys, monkeypatch):
+    import plt_deploy.training as training
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was built before the memory check")
+
+    monkeypatch.setattr(training, "PLT", no_model)
+    out = tmp_path / "x"
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--preset", "base", "--batch", "100000", "--steps", "1")
+    assert_one_line_error(code, err, "--batch 100000: training needs about", "TiB", "this machine has", "lower --batch")
+    assert code == 1 and not out.exists()
+
+
+def test_training_estimate_counts_batch_layers_and_loops():
+    from plt_deploy.config import PLTConfig
+
+    cfg = PLTConfig.from_name("tiny")
+    fixed = cfg.training_bytes(0, 13)
+    assert fixed == 16 * cfg.parameter_count()  # weights, gradients, AdamW's two moments
+    one = cfg.training_bytes(1, 13) - fixed
+    assert cfg.training_bytes(1000, 13) - fixed == 1000 * one  # activations scale with the batch
+    assert cfg.replace(n_layers=4).training_bytes(1, 13) - 16 * cfg.replace(n_layers=4).parameter_count() > 1.5 * one
+    assert PLTConfig.from_name("tiny", mode="vanilla", loops=1).training_bytes(1, 13) - fixed < 0.6 * one
+
+
+def test_serve_slots_beyond_memory_refused_before_allocating(ckpt, capsys):
+    code, _, err = run_cli(capsys, "serve", "--model", str(ckpt), "--slots", "100000000")
+    assert_serve_error(code, err, "--slots 100000000 x --max-context 256: the KV cache needs about",
+                       "this machine has", "lower --slots or --max-context")
+    from plt_deploy.backends.torch_backend import load
+    from plt_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="batch of 100000000 x 256 tokens: the KV cache needs about"):
+        load(ckpt).start(10 ** 8, 256)  # generate's many prompts meet the same check
+
+
+def test_onnxruntime_slots_name_the_flag_and_the_memory(tiny_exports, capsys):
+    from plt_deploy.backends.ort_backend import OrtBackend
+    from plt_deploy.errors import InputError
+    from plt_deploy.serve.engine import Engine
+    from plt_deploy.tokenizer import ByteTokenizer
+
+    ex = tiny_exports["plt"][1]  # --max-batch 4
+    code, _, err = run_cli(capsys, "serve", "--backend", "onnxruntime", "--model", str(ex), "--slots", "64")
+    assert_serve_error(code, err, "--slots 64 exceeds the export's --max-batch 4")
+    be = OrtBackend(ex)
+    assert be.max_batch == be.limits.max_batch == 4
+    be.manifest.max_batch = 10 ** 8  # as `export --max-batch 100000000`, without a 30 s export
+    with pytest.raises(InputError, match=f"--slots 1000000 x --max-context {be.max_seq}: the KV cache needs about"):
+        Engine(be, ByteTokenizer(), slots=10 ** 6, max_context=be.max_seq)
+
+
+def test_tensorrt_limits_come_from_the_build_section(tiny_exports):
+    """The engines' limits (pure Python: no TensorRT here) refuse what the ONNX Runtime ones would."""
+    from plt_deploy.backends.trt_backend import engine_limits
+    from plt_deploy.errors import InputError
+    from plt_deploy.export.manifest import read_manifest
+
+    manifest = read_manifest(tiny_exports["plt"][1], verify_hashes=False)
+    limits = engine_limits(manifest, {"decode_cache_len": 64, "max_batch": 2})
+    assert (limits.max_batch, limits.max_seq) == (2, 64)
+    limits.check(2, 64, "--slots", "--max-context")
+    with pytest.raises(InputError, match="--slots 3 exceeds the engines' --max-batch 2"):
+        limits.check(3, 64, "--slots", "--max-context")
+    with pytest.raises(InputError, match="--max-context 65 exceeds the engines' --max-seq of 64"):
+        limits.check(2, 65, "--slots", "--max-context")

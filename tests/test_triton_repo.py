@@ -2,6 +2,7 @@
 ModelConfig proto (tritonclient's model_config_pb2), and its refusals (one line, REPO untouched)."""
 
 import ast
+import json
 import shutil
 
 import pytest
@@ -147,3 +148,30 @@ def test_tensorrt_without_engines_names_the_build_step(tiny_exports, tmp_path, c
     code, _, err = run_cli(capsys, "triton-repo", "--model", ex, "--out", tmp_path / "repo", "--backend", "tensorrt",
                            "--plugin", plugin)
     assert_one_line_error(code, err, "no TensorRT engines recorded", "plt-deploy build")
+
+
+def test_slots_and_context_beyond_the_export_refused_at_write_time(tiny_exports, tmp_path, capsys):
+    """The repository would load in Triton and then refuse its own --slots: refused now, in serve's words."""
+    from plt_deploy.backends.ort_backend import OrtBackend
+    from plt_deploy.errors import InputError
+    from plt_deploy.serve.engine import Engine
+    from plt_deploy.tokenizer import ByteTokenizer
+
+    ex, repo = tiny_exports["plt"][1], tmp_path / "repo"  # --max-batch 4
+    code, _, err = run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "5")
+    assert_one_line_error(code, err, "--slots 5 exceeds the export's --max-batch 4")
+    with pytest.raises(InputError, match="--slots 5 exceeds the export's --max-batch 4"):
+        Engine(OrtBackend(ex), ByteTokenizer(), slots=5)  # serve's refusal of the same value
+    code, _, err = run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "4",
+                           "--max-context", "100000")
+    assert_one_line_error(code, err, "--max-context 100000 exceeds")
+    assert not repo.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert run_cli(capsys, "triton-repo", "--model", ex, "--out", repo, "--slots", "4")[0] == 0
+
+
+@pytest.mark.parametrize("name", ["bad/name", "", ".hidden", "a b"])
+def test_bad_model_name_is_a_usage_error(tmp_path, capsys, name):
+    repo = tmp_path / "repo"  # --model need not exist: refused while parsing, before any file is read
+    code, _, err = run_cli(capsys, "triton-repo", "--model", tmp_path / "nope", "--out", repo, "--name", name)
+    assert code == 2 and "Traceback" not in err and "Invalid value for '--name'" in err and repr(name) in err, err
+    assert not repo.exists()

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..config import numpy_dtype
-from ..errors import BackendUnavailable, InputError
-from .base import Backend, DecoderSession
+from ..errors import BackendUnavailable
+from .base import MODEL_MAX_SEQ_SOURCE, Backend, DecoderSession, SessionLimits
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -198,22 +198,36 @@ class OrtBackend(Backend):
                                     f"({str(exc).splitlines()[0][:300]})") from None
 
     @property
+    def limits(self):
+        return export_limits(self.manifest)
+
+    @property
     def max_seq(self) -> int:
-        return min(self.manifest.max_seq, self.config.max_seq_len)
+        return self.limits.max_seq
 
     @property
     def max_seq_source(self) -> str:
-        return "the export's --max-seq" if self.manifest.max_seq < self.config.max_seq_len else super().max_seq_source
+        return self.limits.max_seq_source
+
+    @property
+    def max_batch(self) -> int:
+        return self.manifest.max_batch
 
     def start(self, batch: int, max_seq: int) -> OrtSession:
-        if batch > self.manifest.max_batch:
-            raise InputError(f"batch of {batch} exceeds the export's --max-batch {self.manifest.max_batch}")
-        if max_seq > self.manifest.max_seq:
-            raise InputError(f"{max_seq} tokens exceed the export's --max-seq {self.manifest.max_seq}")
+        self.limits.check(batch, max_seq)
         return OrtSession(self, batch, max_seq)
 
     def close(self) -> None:
         self.sessions.clear()
+
+
+def export_limits(manifest) -> SessionLimits:
+    """A session's limits from an export's manifest alone (also what `triton-repo` checks against)."""
+    cfg = manifest.config
+    short = manifest.max_seq < cfg.max_seq_len
+    return SessionLimits(cfg, np.dtype(numpy_dtype(manifest.dtype)).itemsize, min(manifest.max_seq, cfg.max_seq_len),
+                         "the export's --max-seq" if short else MODEL_MAX_SEQ_SOURCE, manifest.max_batch,
+                         "the export's --max-batch")
 
 
 def load(path, threads: int | None = None, provider: str | None = None, spinning: bool | None = None,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..cache import PLTCache
-from ..errors import InputError
 from ..model import PLT
-from .base import Backend, DecoderSession
+from .base import Backend, DecoderSession, SessionLimits
 
 
 class TorchSession(DecoderSession):
@@ -63,9 +62,12 @@ class TorchBackend(Backend):
         self.model = model.eval()
         self.config = model.cfg
 
+    @property
+    def limits(self) -> SessionLimits:
+        return SessionLimits.of_config(self.config, next(self.model.parameters()).element_size())  # --dtype
+
     def start(self, batch: int, max_seq: int) -> TorchSession:
-        if max_seq > self.config.max_seq_len:
-            raise InputError(f"{max_seq} tokens exceed the model's max_seq_len of {self.config.max_seq_len}")
+        self.limits.check(batch, max_seq)
         return TorchSession(self.model, batch, max_seq)
 
 

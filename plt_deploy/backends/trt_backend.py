@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError, InputError
-from .base import Backend, DecoderSession
+from .base import Backend, DecoderSession, SessionLimits
 
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32}
@@ -276,7 +276,6 @@ class TrtBackend(Backend):
             export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(),
             self.plugin.sha256 if self.plugin else None, self.plugin.path if self.plugin else None, verify_hashes)
         self.cache_len = int(self.section["decode_cache_len"])
-        self.max_batch = int(self.section["max_batch"])
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engines = {}
@@ -309,24 +308,38 @@ class TrtBackend(Backend):
                                     "with `plt-deploy build`")
 
     @property
+    def limits(self) -> SessionLimits:
+        return engine_limits(self.manifest, self.section)
+
+    @property
     def max_seq(self) -> int:
-        return min(self.cache_len, self.config.max_seq_len)
+        return self.limits.max_seq
 
     @property
     def max_seq_source(self) -> str:
-        return "the engines' --max-seq" if self.cache_len < self.config.max_seq_len else super().max_seq_source
+        return self.limits.max_seq_source
+
+    @property
+    def max_batch(self) -> int:
+        return self.limits.max_batch
 
     def start(self, batch: int, max_seq: int) -> TrtSession:
-        if not 1 <= batch <= self.max_batch:
-            raise InputError(f"batch of {batch} is outside the engines' 1..{self.max_batch} (`plt-deploy build "
-                             "--max-batch`)")
-        if max_seq > self.cache_len:
-            raise InputError(f"{max_seq} tokens exceed the engines' --max-seq {self.cache_len}")
+        self.limits.check(batch, max_seq)
         return TrtSession(self, batch, max_seq)
 
     def close(self) -> None:
         self.engines.clear()
         self._runtime = None
+
+
+def engine_limits(manifest, section: dict) -> SessionLimits:
+    """A session's limits from the export's manifest and its `plt-deploy build` section (no TensorRT needed)."""
+    from .base import DTYPE_BYTES, MODEL_MAX_SEQ_SOURCE
+
+    cfg, cache_len = manifest.config, int(section["decode_cache_len"])
+    return SessionLimits(cfg, DTYPE_BYTES[manifest.dtype], min(cache_len, cfg.max_seq_len),
+                         "the engines' --max-seq" if cache_len < cfg.max_seq_len else MODEL_MAX_SEQ_SOURCE,
+                         int(section["max_batch"]), "the engines' --max-batch")
 
 
 def load(path, plugin: str | None = None, build_missing: bool = True, cuda_graph: bool = True,

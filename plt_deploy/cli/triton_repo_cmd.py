@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ..triton.config import BACKENDS
+from ..triton.config import BACKENDS, check_model_name
+
+
+def _name(ctx, param, value):
+    from ..errors import InputError
+
+    try:
+        return check_model_name(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--name ")) from None
 
 
 @click.command("triton-repo")
@@ -14,7 +23,8 @@ from ..triton.config import BACKENDS
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
               help=f"Runtime inside the Python backend: {', '.join(BACKENDS)}.")
 @click.option("--slots", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent sequences the engine batches.")
-@click.option("--name", default="plt", show_default=True, help="Triton model name (the URL's /v2/models/NAME).")
+@click.option("--name", default="plt", show_default=True, callback=_name,
+              help="Triton model name (the URL's /v2/models/NAME): letters, digits, '_', '-', '.'.")
 @click.option("--max-context", type=click.IntRange(min=2), help="Longest prompt + completion (default: the engine's).")
 @click.option("--plugin", type=click.Path(dir_okay=False),
               help="TensorRT plugin library (default: the one the engines were built with).")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DEFAULT_MAX_CONTEXT = 256  # load_engine's (and so a Triton model's) context when none is given
 
-def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = 256,
+
+def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = DEFAULT_MAX_CONTEXT,
                 max_queue: int = 64, max_prefill_tokens: int = 512, threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
                 metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True):
@@ -36,4 +38,4 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
                   metrics=metrics)
 
 
-__all__ = ["load_engine"]
+__all__ = ["DEFAULT_MAX_CONTEXT", "load_engine"]

@@ -146,6 +146,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.metrics = metrics
         self.pad_id = getattr(tokenizer, "pad_id", 0) or 0
+        backend.limits.check(slots, max_context, "--slots", "--max-context")  # names the flags, before allocating
         self.session = backend.start(slots, max_context)  # here, so that a session too big fails at once
         self.ready = False
         self.steps = 0

@@ -25,6 +25,7 @@ class Checked:
     plugin: Path | None = None  # TensorRT plugin library to ship
     plugin_sha256: str | None = None
     checkpoint_sha256: dict[str, str] | None = None
+    limits: object = None  # backends.base.SessionLimits of the artifact: what a session of it can hold
 
 
 def check_backend(backend: str) -> None:
@@ -46,15 +47,18 @@ def check_artifact(path: str | Path, backend: str, plugin: str | Path | None = N
 
     manifest = read_manifest(path, verify_hashes=True)
     if backend == "onnxruntime":
-        return Checked("export")
-    return _check_tensorrt(path, manifest.data, plugin, plugin_sha256)
+        from ..backends.ort_backend import export_limits
+
+        return Checked("export", limits=export_limits(manifest))
+    return _check_tensorrt(path, manifest, plugin, plugin_sha256)
 
 
 def _check_checkpoint(path: Path, expected: dict[str, str] | None) -> Checked:
+    from ..backends.base import SessionLimits
     from ..checkpoint import load_config
     from ..export.manifest import model_identity
 
-    load_config(path)  # CheckpointError naming the file when config.json is missing or invalid
+    config = load_config(path)  # CheckpointError naming the file when config.json is missing or invalid
     if not (path / "model.safetensors").is_file():
         raise ArtifactError(f"{path / 'model.safetensors'}: file not found; {path} is not a complete checkpoint")
     have = model_identity(path)
@@ -62,19 +66,22 @@ def _check_checkpoint(path: Path, expected: dict[str, str] | None) -> Checked:
         if have.get(name) != want:
             raise ArtifactError(f"{path / name}: sha256 does not match the one recorded in config.pbtxt; the file "
                                 "is damaged or was replaced: rewrite the repository with `plt-deploy triton-repo`")
-    return Checked("checkpoint", checkpoint_sha256=have)
+    return Checked("checkpoint", checkpoint_sha256=have, limits=SessionLimits.of_config(config))
 
 
-def _check_tensorrt(path: Path, manifest_data: dict, plugin, plugin_sha256: str | None) -> Checked:
+def _check_tensorrt(path: Path, manifest, plugin, plugin_sha256: str | None) -> Checked:
+    from ..backends.trt_backend import engine_limits
     from ..build import plan_check
     from ..build.plugin import find_plugin, plugin_sha256 as sha_of
+
+    manifest_data = manifest.data
 
     where = path / "manifest.json"
     built = manifest_data.get(plan_check.SECTION)
     if built and not built.get("plugin"):  # vanilla / looped exports: no G-SWA node, no plugin
         section = plan_check.trt_section(manifest_data, where)
         plan_check.check_engine_files(path, section, verify_hashes=True)
-        return Checked("export")
+        return Checked("export", limits=engine_limits(manifest, section))
     recorded = (built or {}).get("plugin") or {}
     if plugin is None and recorded.get("path") and Path(recorded["path"]).is_file():
         plugin = recorded["path"]
@@ -86,4 +93,4 @@ def _check_tensorrt(path: Path, manifest_data: dict, plugin, plugin_sha256: str 
     section = plan_check.trt_section(manifest_data, where)
     plan_check.check_plugin(section, sha, lib, where)
     plan_check.check_engine_files(path, section, verify_hashes=True)
-    return Checked("export", plugin=lib, plugin_sha256=sha)
+    return Checked("export", plugin=lib, plugin_sha256=sha, limits=engine_limits(manifest, section))

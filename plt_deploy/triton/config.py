@@ -14,9 +14,10 @@ backend, the slot count, the longest context, and for TensorRT the plugin librar
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputError
 
 # (name, Triton type, dims, optional); the generate extension's names, plus token ids and the reason.
 INPUTS = (
@@ -36,6 +37,7 @@ OUTPUTS = (
 )
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name and a URL part
 DEFAULT_MAX_TOKENS = 64  # when a request has no max_tokens (as `plt-deploy generate --max-new-tokens`)
 
 
@@ -145,3 +147,10 @@ def parse_config(text: str, where: str = "config.pbtxt"):
         return text_format.Parse(text, pb2.ModelConfig())
     except text_format.ParseError as exc:
         raise ArtifactError(f"{where}: not a valid Triton model config ({exc})") from None
+
+
+def check_model_name(name: str) -> str:
+    """A Triton model name: a folder of the repository and the /v2/models/NAME part of the URL."""
+    if not MODEL_NAME.match(name):
+        raise InputError(f"--name {name!r}: use letters, digits, '_', '-', '.' (it is a folder and a URL part)")
+    return name

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import ArtifactError, InputError
+from ..serve import DEFAULT_MAX_CONTEXT
 from .artifact import check_artifact, check_backend
-from .config import ModelParams, parse_config, render_config
+from .config import ModelParams, check_model_name, parse_config, render_config
 
 VERSION = "1"
 ARTIFACT_DIR = "artifact"
 PLUGIN_DIR = "plugins"
 MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def write_repository(model: str | Path, out: str | Path, backend: str = "onnxruntime", slots: int = 4,
@@ -39,8 +38,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
                      max_context: int | None = None, threads: int | None = None) -> Path:
     """Library entry point of `plt-deploy triton-repo`; returns REPO."""
     check_backend(backend)
-    if not _NAME.match(name):
-        raise InputError(f"--name {name!r}: use letters, digits, '_', '-', '.' (it is a folder and a URL part)")
+    check_model_name(name)
     if slots < 1:
         raise InputError(f"--slots must be >= 1, got {slots}")
     if plugin is not None and backend != "tensorrt":
@@ -52,6 +50,9 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
         raise ArtifactError(f"{out}: exists and is not a folder")
     model = Path(model)
     checked = check_artifact(model, backend, plugin=plugin)
+    # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
+    checked.limits.check(slots, max_context or DEFAULT_MAX_CONTEXT, "--slots",
+                         "--max-context" if max_context else "the default --max-context", memory=False)
     params = ModelParams(artifact=ARTIFACT_DIR, backend=backend, slots=slots, max_context=max_context,
                          plugin=f"{PLUGIN_DIR}/{checked.plugin.name}" if checked.plugin else None,
                          plugin_sha256=checked.plugin_sha256,
