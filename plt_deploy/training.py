@@ -127,9 +127,10 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     models under SMALL_MODEL_PARAMETERS (the tiny preset trains ~3.7x faster on 1 thread than on 2:
     its matrices are too small to split) and torch's default otherwise.
     """
-    from .checkpoint import CONFIG_FILE, atomic_write_bytes
+    from .backends.folders import refuse_existing_checkpoints
+    from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
-    from .errors import CheckpointError, InputError
+    from .errors import InputError
 
     out = Path(out)
     if task not in TASKS:
@@ -137,9 +138,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     variants = check_variants(variants)
     the_task = TASKS[task]
     dirs = {v: out if len(variants) == 1 else out / v for v in variants}
-    for d in dirs.values():
-        if (d / CONFIG_FILE).exists() and not force:
-            raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
+    refuse_existing_checkpoints(out, variants, force)
     configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
     for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
         cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]

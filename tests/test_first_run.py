@@ -270,6 +270,10 @@ def test_ctrl_c_during_train_keeps_the_last_checkpoint(tmp_path):
     load_checkpoint(out)  # complete and loadable
     record = json.loads((out / "train_results.json").read_text())["results"][-1]
     assert record["interrupted"] and record["steps"] >= 10
+    again = cli_process("train", "--out", str(out), "--steps", "100000")  # refused before torch loads, naming the step
+    assert again.returncode == 1 and again.stderr.decode().strip() == (
+        f"error: {out}: already holds the checkpoint of an interrupted run (plt at step {record['steps']} of "
+        "100000); training does not resume: pass --force to train again")
 
 
 # --- readable when piped; fast --help -------------------------------------------------------

@@ -74,3 +74,28 @@ def require_kind(path: str | Path, kind: str, flag: str) -> None:
         what = " (config.json + model.safetensors)" if kind == "checkpoint" else \
             " (manifest.json + ONNX, from `plt-deploy export`)"
         raise InputError(f"{flag} {path} is {article} {other} folder; {flag} takes a {kind} folder{what}")
+
+
+def refuse_existing_checkpoints(out: str | Path, variants, force: bool = False) -> None:
+    """`train` writes one checkpoint per variant (out/ itself for one variant): refuse to overwrite
+    any without --force, saying when it is the partial result of an interrupted run."""
+    import json
+
+    from ..errors import CheckpointError
+
+    out, variants = Path(out), list(variants)
+    if force:
+        return
+    try:
+        record = json.loads((out / "train_results.json").read_text())
+        partial = {r["variant"]: (r["steps"], record["steps"]) for r in record["results"] if r.get("interrupted")}
+    except (OSError, ValueError, KeyError, TypeError):
+        partial = {}
+    for v in variants:
+        d = out if len(variants) == 1 else out / v
+        if (d / "config.json").exists():
+            if v in partial:
+                done, total = partial[v]
+                raise CheckpointError(f"{d}: already holds the checkpoint of an interrupted run ({v} at step "
+                                      f"{done} of {total}); training does not resume: pass --force to train again")
+            raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")

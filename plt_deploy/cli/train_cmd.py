@@ -50,6 +50,9 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
         variant_configs(preset, names, loops, window)  # every variant's config, before torch loads
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    from ..backends.folders import refuse_existing_checkpoints
+
+    refuse_existing_checkpoints(out, names, force)  # before torch loads: a refusal takes milliseconds
     from contextlib import ExitStack
 
     from ..training import TrainingInterrupted, train_variants
