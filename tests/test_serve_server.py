@@ -353,8 +353,8 @@ def test_cli_serve_signal_mid_stream(checkpoint, sig, grace, code):
 
 
 def test_signal_closes_admission_at_once(checkpoint):
-    """The first SIGTERM/SIGINT refuses new requests right away (503 on a kept-alive connection too),
-    before uvicorn's next tick starts its shutdown; uvicorn is not left to re-raise the signal."""
+    """The first SIGTERM/SIGINT makes the engine refuse new requests right away (the app answers 503,
+    also on a kept-alive connection), not at uvicorn's next tick; uvicorn does not re-raise it."""
     import uvicorn
 
     from plt_deploy.serve.engine import EngineStoppedError
