@@ -141,6 +141,33 @@ def test_chat_stream_and_whole(server):
     assert text == whole["choices"][0]["message"]["content"] and events[-1] == "[DONE]"
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_stream_never_sends_a_chunk_without_text_or_finish_reason(server, chat):
+    """A stop string's first character is held back until the next token shows it is not a stop:
+    that token's event has no text, and no chunk is sent for it. With continuous usage every chunk
+    says how many tokens are done, so clients still count them exactly."""
+    req = {"max_tokens": 20, "temperature": 0, "ignore_eos": True}
+    if chat:
+        route, req = "/v1/chat/completions", {**req, "messages": [{"role": "user", "content": "Hi"}]}
+    else:
+        route, req = "/v1/completions", {**req, "prompt": "123+456="}
+    whole = httpx.post(server.url + route, json=req).json()["choices"][0]
+    text = whole["message"]["content"] if chat else whole["text"]
+    stop = text[0] + "\x00never"  # its prefix text[0] is held back every time it is generated
+    whole = httpx.post(server.url + route, json={**req, "stop": stop}).json()["choices"][0]
+    with httpx.stream("POST", server.url + route, json={**req, "stop": stop, "stream": True,
+                                                        "stream_options": {"continuous_usage_stats": True}}) as r:
+        events = sse_events(r.iter_lines())[:-1]
+    if chat:
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        events = events[1:]
+    pieces = [e["choices"][0]["delta"].get("content", "") if chat else e["choices"][0]["text"] for e in events]
+    assert all(p or e["choices"][0]["finish_reason"] for p, e in zip(pieces, events)), pieces
+    assert "".join(pieces) == (whole["message"]["content"] if chat else whole["text"])
+    done = [e["usage"]["completion_tokens"] for e in events]
+    assert done == sorted(set(done)) and done[-1] == 20 and len(events) < 20  # a chunk for several tokens
+
+
 @pytest.mark.parametrize("body, status, param, words", [
     ({"prompt": "x" * 120, "max_tokens": 20}, 400, "max_tokens", ["121", "20", "128"]),
     ({"prompt": "Hi", "max_tokens": 500}, 400, "max_tokens", ["500", "128"]),
@@ -275,11 +302,15 @@ def test_api_key_and_queue_full(checkpoint):
         srv.stop()
 
 
-def test_cli_serve_sigterm_finishes_stream_and_exits_0(checkpoint):
+@pytest.mark.parametrize("sig, grace, code", [(signal.SIGTERM, 20, 0), (signal.SIGINT, 0, 130)])
+def test_cli_serve_signal_mid_stream(checkpoint, sig, grace, code):
+    """SIGTERM with time to spare: the stream finishes normally, exit 0. SIGINT with no grace left:
+    the server ends the stream itself (a cancelled error chunk, then [DONE]) before uvicorn's own
+    cancellation, prints `stopped` (not `aborted`) and no traceback, exit 130."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PLT_API_KEY": "k"}
     cmd = [sys.executable, "-c", "from plt_deploy.cli import main; main()", "serve", "--model", str(checkpoint),
-           "--port", str(port), "--max-context", "128", "--slots", "2", "--shutdown-timeout", "20"]
+           "--port", str(port), "--max-context", "256", "--slots", "2", "--shutdown-timeout", str(grace)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -294,21 +325,62 @@ def test_cli_serve_sigterm_finishes_stream_and_exits_0(checkpoint):
             pytest.fail("server did not become healthy in 60 s: " + proc.stderr.read() if proc.poll() else "")
         auth = {"Authorization": "Bearer k"}
         assert httpx.get(url + "/v1/models").status_code == 401  # the key came from $PLT_API_KEY
-        body = {"prompt": "Hello", "max_tokens": 100, "stream": True, "ignore_eos": True}
+        body = {"prompt": "Hello", "max_tokens": 240, "stream": True, "ignore_eos": True,
+                "stream_options": {"include_usage": True}}
         with httpx.stream("POST", url + "/v1/completions", json=body, headers=auth, timeout=30) as r:
             lines = r.iter_lines()
             got = [next(lines)]
-            proc.send_signal(signal.SIGTERM)  # mid-stream: the stream still finishes
+            t_signal = time.monotonic()
+            proc.send_signal(sig)  # mid-stream
             events = sse_events(got + list(lines))
-        assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
-        assert proc.wait(timeout=30) == 0
+        t_end = time.monotonic() - t_signal
+        assert events[-1] == "[DONE]"
+        done = events[-2]["usage"]["completion_tokens"]
+        if grace:
+            assert events[-3]["choices"][0]["finish_reason"] == "length" and done == 240
+        else:  # ended by the server at once, not by uvicorn 5 s later
+            assert "cancelled" in events[-3]["error"]["message"] and done < 240 and t_end < 3
+        assert proc.wait(timeout=30) == code
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health", timeout=2)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert "stopped" in proc.stderr.read()
+    err = proc.stderr.read()
+    assert err.rstrip().endswith("stopped") and "aborted" not in err, err
+    assert "Traceback" not in err and "ERROR" not in err, err
+
+
+def test_signal_closes_admission_at_once(checkpoint):
+    """The first SIGTERM/SIGINT makes the engine refuse new requests right away (the app answers 503,
+    also on a kept-alive connection), not at uvicorn's next tick; uvicorn does not re-raise it."""
+    import uvicorn
+
+    from plt_deploy.serve.engine import EngineStoppedError
+    from plt_deploy.serve.server import _server_class
+
+    engine = make_engine(checkpoint, slots=1)
+    server = _server_class()(uvicorn.Config(build_app(engine)), engine, 1.0)
+    server._captured_signals = []
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit and server.stop_signal == signal.SIGTERM and server._captured_signals == []
+    assert engine.stopping
+    with pytest.raises(EngineStoppedError):
+        engine.submit([1, 2, 3], SamplingParams(max_new_tokens=2))
+
+
+def test_passive_openmp_before_torch_is_imported():
+    """`plt-deploy serve` makes OpenMP workers sleep instead of spin (they starved the engine under
+    CPU contention), and importing the server module does not import torch first."""
+    code = ("import os, sys; from plt_deploy.serve import server; import plt_deploy.cli.serve_cmd; "
+            "print('torch' in sys.modules, server.passive_openmp(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True", "PASSIVE"], out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True", "ACTIVE"], out.stderr
 
 
 def test_bounded_load_test_against_the_server(server):
@@ -322,3 +394,14 @@ def test_bounded_load_test_against_the_server(server):
     assert 0 < r["tokens_per_s"] and r["busy_tokens_per_s"] > 0 and r["ttft_ms_p50"] <= r["ttft_ms_p99"] and r["tbt_ms_p50"] is not None
     assert r["rss_mib_before"] > 0 and r["rss_mib_after"] > 0
     assert "0 errors" in format_report(r)
+
+
+def test_load_test_clients_and_http_error_messages(server):
+    from plt_deploy.serve.loadtest import LoadSpec, format_report, run_load
+
+    r = run_load(LoadSpec(url=server.url, requests=2, concurrency=8, prompt_lens=(4,), output_lens=(3,)))
+    assert r["clients"] == 2 and r["errors"] == 0 and r["busy_tokens_per_s"] > 0
+    assert "(2 clients," in format_report(r) and "all 2 clients busy" in format_report(r)
+    r = run_load(LoadSpec(url=server.url, requests=2, concurrency=1, prompt_lens=(4,), output_lens=(500,)))
+    assert r["errors"] == 2
+    assert r["error_examples"][0] == "HTTP 400: max_tokens 500 exceeds the server's limit of 128"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import click
 
 from ..backends import LOADERS
@@ -25,7 +28,7 @@ from ..backends import LOADERS
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds streams get to finish after SIGTERM before they are cancelled.")
+              help="Seconds open streams get to finish after SIGTERM/SIGINT; then they end with an error chunk.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
 @click.option("--plugin", help="TensorRT plugin library (tensorrt backend).")
@@ -64,5 +67,7 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
     from ..serve.server import serve_forever
 
     click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
-    serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
+    stopped_by = serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
     click.echo("stopped", err=True)
+    if stopped_by == signal.SIGINT:
+        sys.exit(130)  # like every plt-deploy command interrupted by Ctrl-C

@@ -217,7 +217,7 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
         if not req.stream:
             return await whole(request, handle, chat, rid, model, fp)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(handle, chat, rid, model, fp, req.include_usage),
+        return StreamingResponse(stream(handle, chat, rid, model, fp, req.include_usage, req.continuous_usage),
                                  media_type="text/event-stream", headers=headers)
 
     async def whole(request: Request, handle, chat: bool, rid: str, model: str, fp: str):
@@ -239,25 +239,32 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
             rid, model, "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, fp)
         return JSONResponse(body)
 
-    async def stream(handle, chat: bool, rid: str, model: str, fp: str, include_usage: bool):
+    async def stream(handle, chat: bool, rid: str, model: str, fp: str, include_usage: bool,
+                     continuous_usage: bool = False):
         obj = "chat.completion.chunk" if chat else "text_completion"
         last = None
         try:
             if chat:
-                yield _sse(protocol.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None, fp))
+                first = protocol.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None, fp)
+                if continuous_usage:
+                    first["usage"] = protocol.usage(len(handle.prompt_ids), 0)
+                yield _sse(first)
             async for ev in handle.aiter():
                 last = ev
                 if ev.finish_reason in ("error", "cancelled"):
                     msg = ev.error or "the request was cancelled (server shutting down)"
                     yield _sse(protocol.error_body(msg, "server_error" if ev.error else "unavailable"))
                     break
-                # one chunk per token, even when its text is held back (an incomplete UTF-8
-                # character, a possible stop string): clients count tokens and time them
+                if not ev.text and ev.finish_reason is None:
+                    continue  # text held back (an incomplete UTF-8 character, a possible stop string)
                 if chat:
                     delta = {"content": ev.text} if ev.text else {}
-                    yield _sse(protocol.chat_chunk(rid, model, delta, ev.finish_reason, fp))
+                    chunk = protocol.chat_chunk(rid, model, delta, ev.finish_reason, fp)
                 else:
-                    yield _sse(protocol.completion_chunk(rid, model, ev.text, ev.finish_reason, fp))
+                    chunk = protocol.completion_chunk(rid, model, ev.text, ev.finish_reason, fp)
+                if continuous_usage:
+                    chunk["usage"] = protocol.usage(ev.prompt_tokens, ev.completion_tokens)
+                yield _sse(chunk)
             if include_usage and last is not None:
                 yield _sse(protocol.usage_chunk(rid, model, obj, last.prompt_tokens, last.completion_tokens, fp))
             yield "data: [DONE]\n\n"

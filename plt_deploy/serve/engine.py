@@ -203,12 +203,17 @@ class Engine:
             self._cond.notify_all()
         return req
 
-    def stop(self, cancel_running: bool = False, timeout: float | None = None) -> None:
-        """Stop admission; finish (or cancel) the running and waiting requests; end the loop."""
+    def close(self, cancel_running: bool = False) -> None:
+        """Admit no new requests (EngineStoppedError) and return at once: the running and waiting
+        ones finish (or, with cancel_running, end "cancelled" at the next step), then the loop ends."""
         with self._cond:
             self._stopping = True
             self._cancel_all = self._cancel_all or cancel_running
             self._cond.notify_all()
+
+    def stop(self, cancel_running: bool = False, timeout: float | None = None) -> None:
+        """Stop admission; finish (or cancel) the running and waiting requests; end the loop."""
+        self.close(cancel_running)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():  # out of time: cancel what is left

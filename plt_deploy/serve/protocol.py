@@ -3,7 +3,7 @@
 Fields OpenAI defines that this server does not implement are accepted only at their neutral
 value (n=1, echo=false, no logprobs, zero penalties, ...); anything else is a 400 naming the
 field. Unknown fields are refused the same way (extra="forbid"). Extensions (as in vLLM):
-`top_k`, `ignore_eos`.
+`top_k`, `ignore_eos`, `stream_options.continuous_usage_stats`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from ..generate import SamplingParams
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # extension (vLLM's name): usage in every chunk, so clients
+    # count tokens exactly although a chunk may carry several (text held back, then released)
 
 
 class _Sampling(BaseModel):
@@ -71,6 +73,10 @@ class _Sampling(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
 class CompletionRequest(_Sampling):

@@ -1,34 +1,85 @@
 """`plt-deploy serve` as a library call: load the engine, run the app under uvicorn.
 
-SIGTERM (handled by uvicorn): the listener closes, open streams get up to `shutdown_timeout`
-seconds to finish, then they are cancelled; the engine stops; exit code 0. SIGINT does the same,
-then uvicorn re-raises it (KeyboardInterrupt: the CLI exits 130).
+Shutdown (SIGTERM or SIGINT): the engine admits nothing new at once (every new request gets 503,
+also on a kept-alive connection) and uvicorn closes the listener; the open streams go on at full
+speed and the server returns when they have finished. If some are still open after
+`shutdown_timeout` seconds, the engine ends them ("cancelled": an error chunk, then `[DONE]`,
+slots freed) and the server returns right after; uvicorn's own cancellation of whatever is still
+running comes BACKSTOP_SECONDS later and only matters if the engine is stuck. `serve_forever`
+returns the signal; uvicorn would re-raise it (SIGINT as KeyboardInterrupt): the CLI prints
+`stopped` and exits 0 after SIGTERM, 130 after SIGINT. A second SIGINT stops at once.
 """
 
 from __future__ import annotations
 
-import signal
+import os
 import sys
 import threading
 
 from ..errors import PLTError
 
-from .app import ServerSettings, api_key_from_env, build_app
+
+BACKSTOP_SECONDS = 5.0  # uvicorn cancels the tasks still running this long after our grace period
 
 
 def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn re-raises a captured SIGTERM after its graceful shutdown (so the process dies of
-        the signal); a server stopped by SIGTERM here has finished cleanly and exits 0."""
+        """uvicorn's Server with the shutdown described in the module docstring."""
+
+        def __init__(self, config, engine, grace: float):
+            super().__init__(config)
+            self.engine, self.grace = engine, grace
+            self.stop_signal: int | None = None
 
         def handle_exit(self, sig, frame):
+            if self.stop_signal is None:
+                self.stop_signal = sig
+                self.engine.close()  # from now on every new request gets 503 (RLock: safe in a handler)
             super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM and hasattr(self, "_captured_signals"):
-                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+            self._captured_signals.clear()  # returned by serve_forever, not re-raised
+
+        async def shutdown(self, sockets=None):
+            import asyncio
+
+            self.engine.close()
+            timer = asyncio.get_running_loop().call_later(self.grace, self.engine.close, True)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
 
     return Server
+
+
+class QuietCancel:
+    """Pure ASGI wrapper: a request task cancelled by uvicorn's backstop ends without the traceback
+    uvicorn would log for it (the client sees its connection close)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        import asyncio
+
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
+
+
+def passive_openmp() -> bool:
+    """Make OpenMP threads (torch's MKL and ATen kernels, libgomp) sleep while they wait instead of
+    spinning, unless OMP_WAIT_POLICY is set. Spinning workers fight the engine thread, the HTTP
+    loop and every other process for the cores: with one core busy elsewhere a tiny model's decode
+    step went from ~2 ms to ~270 ms (docs/serving.md). libgomp reads the variable when it loads, so
+    this works only before torch is imported; returns whether it did."""
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return True
 
 
 def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_context: int = 256,
@@ -36,11 +87,14 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
-                  log_level: str = "warning", ort_spinning: bool | None = False) -> None:
-    """Serve until SIGTERM (then return) or SIGINT (then KeyboardInterrupt)."""
+                  log_level: str = "warning", ort_spinning: bool | None = False) -> int | None:
+    """Serve until SIGTERM or SIGINT; returns that signal's number once shut down (see above)."""
     import uvicorn
 
+    passive_openmp()  # before anything imports torch (hence the imports here)
+
     from . import load_engine
+    from .app import ServerSettings, api_key_from_env, build_app
     from .metrics import Metrics
 
     engine = load_engine(model, backend, slots=slots, max_context=max_context, max_queue=max_queue,
@@ -50,9 +104,9 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
                               max_tokens_limit=max_tokens_limit)
     app = build_app(engine, settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
-    server = _server_class()(config)
+    config = uvicorn.Config(QuietCancel(app), host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_SECONDS, lifespan="on")
+    server = _server_class()(config, engine, shutdown_timeout)
 
     def announce():  # one line once the engine has warmed up (the app then answers /health with 200)
         try:
@@ -62,5 +116,6 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
             print(f"error: {exc}", file=sys.stderr, flush=True)
     threading.Thread(target=announce, daemon=True).start()
     server.run()
-    if not server.started:
+    if not server.started and server.stop_signal is None:
         raise PLTError(f"could not serve on {host}:{port} (address in use or not allowed)")
+    return server.stop_signal
