@@ -255,7 +255,7 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
                     msg = ev.error or "the request was cancelled (server shutting down)"
                     yield _sse(protocol.error_body(msg, "server_error" if ev.error else "unavailable"))
                     break
-                if not ev.text and ev.finish_reason is None:
+                if not ev.text and ev.finish_reason is None and not continuous_usage:
                     continue  # text held back (an incomplete UTF-8 character, a possible stop string)
                 if chat:
                     delta = {"content": ev.text} if ev.text else {}

@@ -20,8 +20,8 @@ from ..generate import SamplingParams
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
-    continuous_usage_stats: bool = False  # extension (vLLM's name): usage in every chunk, so clients
-    # count tokens exactly although a chunk may carry several (text held back, then released)
+    continuous_usage_stats: bool = False  # extension (vLLM's name): usage in every chunk, and a chunk for
+    # every token, also one whose text is held back (empty text): clients see each token's arrival
 
 
 class _Sampling(BaseModel):
