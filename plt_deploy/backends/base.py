@@ -148,29 +148,29 @@ class Backend(ABC):
 
     @property
     def limits(self) -> SessionLimits:
-        """max_seq, max_batch and the KV-cache memory check of a session, with their sources."""
-        return SessionLimits(self.config, DTYPE_BYTES[self.config.dtype], self.max_seq, self.max_seq_source,
-                             self.max_batch, self.max_batch_source)
+        """max_seq, max_batch and the KV-cache memory check of a session, with their sources: the one
+        place a backend states them (the properties below read it)."""
+        return SessionLimits.of_config(self.config)
 
     @property
     def max_batch(self) -> int | None:
         """The most sequences one session can hold (None: no fixed limit)."""
-        return None
+        return self.limits.max_batch
 
     @property
     def max_batch_source(self) -> str:
         """What sets `max_batch`, as an error message names it."""
-        return ""
+        return self.limits.max_batch_source
 
     @property
     def max_seq(self) -> int:
         """The longest sequence (prompt + generated tokens) a session of this backend can hold."""
-        return self.config.max_seq_len
+        return self.limits.max_seq
 
     @property
     def max_seq_source(self) -> str:
         """What sets `max_seq`, as an error message names it."""
-        return MODEL_MAX_SEQ_SOURCE
+        return self.limits.max_seq_source
 
     def close(self) -> None:
         """Release runtime resources (sessions, engines, device memory)."""

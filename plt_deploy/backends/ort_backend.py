@@ -201,18 +201,6 @@ class OrtBackend(Backend):
     def limits(self):
         return export_limits(self.manifest)
 
-    @property
-    def max_seq(self) -> int:
-        return self.limits.max_seq
-
-    @property
-    def max_seq_source(self) -> str:
-        return self.limits.max_seq_source
-
-    @property
-    def max_batch(self) -> int:
-        return self.manifest.max_batch
-
     def start(self, batch: int, max_seq: int) -> OrtSession:
         self.limits.check(batch, max_seq)
         return OrtSession(self, batch, max_seq)

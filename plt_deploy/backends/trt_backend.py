@@ -311,18 +311,6 @@ class TrtBackend(Backend):
     def limits(self) -> SessionLimits:
         return engine_limits(self.manifest, self.section)
 
-    @property
-    def max_seq(self) -> int:
-        return self.limits.max_seq
-
-    @property
-    def max_seq_source(self) -> str:
-        return self.limits.max_seq_source
-
-    @property
-    def max_batch(self) -> int:
-        return self.limits.max_batch
-
     def start(self, batch: int, max_seq: int) -> TrtSession:
         self.limits.check(batch, max_seq)
         return TrtSession(self, batch, max_seq)
