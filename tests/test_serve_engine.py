@@ -148,7 +148,9 @@ def test_cancel_frees_slot_at_next_step(backends):
     rest = list(it)
     assert rest[-1].finish_reason == "cancelled"
     assert engine.stats()["slots_in_use"] == 0
-    assert len(rest) <= 3 and engine.steps - at <= 2  # freed at the next step boundary
+    # freed at the next step boundary (events queued before cancel() depend on thread scheduling:
+    # the engine's own count of steps from cancel() to the free slot is what must stay small)
+    assert engine.cancel_lags[-1] <= 1 and engine.steps - at <= 2
     engine.stop(timeout=30)
 
 
