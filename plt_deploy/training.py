@@ -127,7 +127,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     models under SMALL_MODEL_PARAMETERS (the tiny preset trains ~3.7x faster on 1 thread than on 2:
     its matrices are too small to split) and torch's default otherwise.
     """
-    from .backends.folders import refuse_existing_checkpoints
+    from .backends.folders import refuse_existing_checkpoints, variant_dirs
     from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
     from .errors import InputError
@@ -137,7 +137,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     variants = check_variants(variants)
     the_task = TASKS[task]
-    dirs = {v: out if len(variants) == 1 else out / v for v in variants}
+    dirs = variant_dirs(out, variants)
     refuse_existing_checkpoints(out, variants, force)
     configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
     for cfg in configs.values():  # --batch too big for this machine: refused before any model exists

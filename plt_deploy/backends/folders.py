@@ -76,6 +76,12 @@ def require_kind(path: str | Path, kind: str, flag: str) -> None:
         raise InputError(f"{flag} {path} is {article} {other} folder; {flag} takes a {kind} folder{what}")
 
 
+def variant_dirs(out: str | Path, variants) -> dict[str, Path]:
+    """Where `train` writes each variant's checkpoint: out/ itself for one variant, else out/VARIANT."""
+    out, variants = Path(out), list(variants)
+    return {v: out if len(variants) == 1 else out / v for v in variants}
+
+
 def refuse_existing_checkpoints(out: str | Path, variants, force: bool = False) -> None:
     """`train` writes one checkpoint per variant (out/ itself for one variant): refuse to overwrite
     any without --force, saying when it is the partial result of an interrupted run."""
@@ -83,7 +89,7 @@ def refuse_existing_checkpoints(out: str | Path, variants, force: bool = False) 
 
     from ..errors import CheckpointError
 
-    out, variants = Path(out), list(variants)
+    out = Path(out)
     if force:
         return
     try:
@@ -91,8 +97,7 @@ def refuse_existing_checkpoints(out: str | Path, variants, force: bool = False) 
         partial = {r["variant"]: (r["steps"], record["steps"]) for r in record["results"] if r.get("interrupted")}
     except (OSError, ValueError, KeyError, TypeError):
         partial = {}
-    for v in variants:
-        d = out if len(variants) == 1 else out / v
+    for v, d in variant_dirs(out, variants).items():
         if (d / "config.json").exists():
             if v in partial:
                 done, total = partial[v]
