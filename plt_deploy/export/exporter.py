@@ -28,10 +28,10 @@ from ..progress import progress_reporter
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
 
-DEFAULT_OPSET = 24  # ONNX Attention (23) with nonpad_kv_seqlen (24): the G-SWA decode body needs no global mask
+DEFAULT_OPSET = 24  # TensorScatter (24) for in-place cache writes; Attention (23) with nonpad_kv_seqlen (24)
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
 # The IR version each opset needs; onnxruntime 1.31/1.32 refuse IR 14 (onnx 1.23's default) and load <= 13.
-IR_FOR_OPSET = {23: 11, 24: 12, 25: 13}
+IR_FOR_OPSET = {24: 12, 25: 13}
 
 
 class PrefillGraph(torch.nn.Module):
@@ -43,12 +43,12 @@ class PrefillGraph(torch.nn.Module):
 
     def forward(self, input_ids, lengths):
         logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
-        out = (logits, *k, *v, *lk, *lv)
+        out = (logits, *k, *v, *(r.flatten(1, 2) for r in (*lk, *lv)))  # rings as stored: [B, (L-1)*Hkv, W, D]
         return out + ((carry,) if self.model.cfg.uses_gswa else ())
 
 
 class DecodeGraph(torch.nn.Module):
-    """decode_core over an out-of-place PLTCache (writes become ScatterElements), flat I/O in io_spec order."""
+    """decode_core over an out-of-place PLTCache (each write becomes one TensorScatter), flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
@@ -173,8 +173,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
     if out.exists() and not force:
         raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if opset not in IR_FOR_OPSET:
-        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
-                         f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
+        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 24: TensorScatter, "
+                         f"the in-place cache write, and ONNX's standard Attention; <= 25: IR <= 13, what "
                          f"ONNX Runtime loads), got {opset}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
@@ -272,21 +272,22 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
     """The manifest's description of the decoder state (see plt_deploy/cache.py)."""
     layout = {
         "kv": {"shape": ["batch", "kv_heads", "max_seq", "head_dim"], "layers": cfg.n_cache_layers,
-               "slot": "slot j holds position j; written at `position` by the decode graph (ScatterElements), "
-                       "prefill returns slots 0..prompt-1",
+               "slot": "slot j holds position j; written at `position` by the decode graph (one TensorScatter "
+                       "per cache), prefill returns slots 0..prompt-1",
                "meaning": "loop 1 keys/values (the shared cache)" if cfg.mode != "looped"
                else "every loop's own cache, index = loop * n_layers + layer"},
-        "in_place": "decode present_key.i/present_value.i/present_local_* are the past_* buffers with one slot "
-                    "written: bind each output with in_place to the SAME buffer as the input its alias_of names",
+        "in_place": "decode present_key.i/present_value.i/present_local_* are TensorScatter(past_*, one slot, "
+                    "linear, axis -2): bind each output with in_place to the SAME buffer as the input its alias_of "
+                    "names (TensorRT's KVCacheUpdate requires it; ONNX Runtime then skips the copy)",
         "attention_reads": "the decode graph's causal attention reads the whole max_seq buffer with a position "
                            "mask (a read, no copy); per-step cost grows with max_seq, not with a cache copy",
         "position": "tokens already cached per sequence (next position); kept by the runner, per sequence",
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
     }
     if cfg.uses_gswa:
-        layout["local_ring"] = {"shape": ["batch", cfg.loops - 1, "kv_heads", ring_len(cfg),
-                                          "head_dim"],
-                                "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window"}
+        layout["local_ring"] = {"shape": ["batch", f"{cfg.loops - 1}*kv_heads", ring_len(cfg), "head_dim"],
+                                "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window; "
+                                        "axis 1 holds row r (loop r+2), kv head h at r * kv_heads + h"}
         layout["carry"] = {"shape": ["batch", cfg.loops - 1, "d_model"],
                            "meaning": "h_l(t-1) of loops 1..L-1; present_carry is a new tensor (double-buffer it)"}
     return layout
