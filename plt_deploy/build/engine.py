@@ -132,7 +132,8 @@ def pin_fixed_axes(network, spec: GraphSpec, axes: dict[str, tuple[int, int, int
 
 def check_parser_support(model, trt_version: str, where: str | Path) -> None:
     """Refuse, before parsing, a graph this TensorRT's ONNX parser cannot import (PARSER_OP_MIN: the
-    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23)."""
+    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23, their
+    decode cache writes TensorScatter, opset 24)."""
     import onnx
 
     have = availability.version_tuple(trt_version)[:2]
@@ -140,7 +141,7 @@ def check_parser_support(model, trt_version: str, where: str | Path) -> None:
     missing = sorted(op for op in used & set(PARSER_OP_MIN) if have < PARSER_OP_MIN[op])
     if missing:
         need = ".".join(map(str, max(PARSER_OP_MIN[op] for op in missing)))
-        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opset 23), which TensorRT's ONNX parser imports "
+        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opsets 23-24), which TensorRT's ONNX parser imports "
                             f"from TensorRT {need}; this is TensorRT {trt_version}: pip install 'tensorrt>={need}'")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > PARSER_MAX_OPSET:
