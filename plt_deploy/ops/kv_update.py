@@ -23,20 +23,22 @@ ONNX_OP, ONNX_OPSET = "TensorScatter", 24  # ONNX's standard op (default domain)
 AXIS, MODE = -2, "linear"  # the only axis and mode TensorRT's importer accepts
 
 
+def _index(update: torch.Tensor, write_indices: torch.Tensor) -> torch.Tensor:
+    """Scatter index [B, H, S, D]: slot write_indices[b] + s for update[b, :, s]."""
+    S = update.shape[-2]
+    slots = write_indices.to(torch.int64)[:, None] + torch.arange(S, device=update.device)  # [B, S]
+    return slots[:, None, :, None].expand(update.shape)
+
+
 def kv_cache_update_reference(cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Tensor) -> torch.Tensor:
     """The plain definition: a copy of cache [B, H, T, D] with update [B, H, S, D] at slots
     write_indices[b] .. write_indices[b] + S - 1 (all in range: T >= write_indices[b] + S)."""
-    S = update.shape[-2]
-    slots = write_indices.to(torch.int64)[:, None] + torch.arange(S, device=cache.device)  # [B, S]
-    index = slots[:, None, :, None].expand(update.shape)  # [B, H, S, D]
-    return cache.scatter(-2, index, update)
+    return cache.scatter(-2, _index(update, write_indices), update)
 
 
 def write_in_place(cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Tensor) -> torch.Tensor:
     """The same write into `cache` itself (runtimes): the fast path beside the op."""
-    S = update.shape[-2]
-    slots = write_indices.to(torch.int64)[:, None] + torch.arange(S, device=cache.device)  # [B, S]
-    return cache.scatter_(-2, slots[:, None, :, None].expand(update.shape), update)
+    return cache.scatter_(-2, _index(update, write_indices), update)
 
 
 @torch.library.custom_op(TORCH_OP, mutates_args=())
