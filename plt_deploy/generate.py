@@ -91,9 +91,10 @@ class TextStream:
 
     def push(self, token: int) -> tuple[str, bool]:
         self.ids.append(token)
+        settled = len(self.stable)  # text[:settled] was searched by earlier pushes: only the new text is
         pending = self._decode_tail()
         self.text = text = self.stable + pending
-        hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
+        hits = [i for i in (text.find(s, max(self.sent, settled - len(s) + 1)) for s in self.stops) if i >= 0]
         if hits:
             end = min(hits)
             delta, self.sent = text[self.sent:end], end

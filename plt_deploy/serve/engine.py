@@ -38,6 +38,14 @@ class EngineStoppedError(PLTError):
     """The engine is shutting down and admits no new requests (HTTP 503)."""
 
 
+class ContextLengthError(InputError):
+    """The prompt, or the prompt and max_tokens, do not fit the context; `param` names which (HTTP 400)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass
 class TokenEvent:
     token_id: int | None  # None on events that carry no token (cancelled, error, stop-string flush)
@@ -181,9 +189,12 @@ class Engine:
         params.validate()
         if n_prompt < 1:
             raise InputError("the prompt is empty: it needs at least one token")
+        if n_prompt > self.max_context or (n_prompt == self.max_context and params.max_new_tokens):
+            raise ContextLengthError(f"the prompt of {n_prompt} tokens leaves no room in the context of "
+                                     f"{self.max_context} tokens", "prompt")
         if n_prompt + params.max_new_tokens > self.max_context:
-            raise InputError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
-                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens")
+            raise ContextLengthError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
+                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens", "max_tokens")
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> EngineRequest:
         """Queue a request; raises InputError (too long, bad params), QueueFullError, EngineStoppedError."""
@@ -226,6 +237,12 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def busy(self) -> bool:
+        """Whether requests are running or waiting."""
+        with self._cond:
+            return bool(self._running or self._waiting)
 
     def stats(self) -> dict:
         with self._cond:
