@@ -75,6 +75,7 @@ class TextStream:
         self.stable = ""  # text of ids[:read], ends on a complete character
         self.sent = 0  # characters of the text already released
         self.text = ""
+        self.stopped = False  # a stop string was found: nothing more is released
 
     def _decode_tail(self) -> str:
         """The text of ids[read:] in the context of ids[prefix:read]; settles it once it is complete."""
@@ -90,6 +91,8 @@ class TextStream:
         return tail
 
     def push(self, token: int) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
         self.ids.append(token)
         settled = len(self.stable)  # text[:settled] was searched by earlier pushes: only the new text is
         pending = self._decode_tail()
@@ -98,7 +101,7 @@ class TextStream:
         if hits:
             end = min(hits)
             delta, self.sent = text[self.sent:end], end
-            self.text = text[:end]
+            self.text, self.stopped = text[:end], True
             return delta, True
         end = len(text.rstrip("\ufffd"))
         safe = end
