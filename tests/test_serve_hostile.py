@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from test_serve_server import checkpoint, free_port, sse_events  # noqa: F401  (checkpoint is a fixture)
+from test_serve_server import checkpoint, free_port, sse_events, wait_healthy  # noqa: F401  (checkpoint is a fixture)
 
 pytest.importorskip("uvicorn")
 
@@ -27,25 +27,19 @@ MAX_HEADER = 16384
 class Serve:
     """`plt-deploy serve` in a subprocess; its stderr (the server's log) goes to a file."""
 
-    def __init__(self, checkpoint, log_path, *flags):
+    def __init__(self, checkpoint, log_path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [sys.executable, "-c", "from plt_deploy.cli import main; main()", "serve", "--model", str(checkpoint),
                "--port", str(self.port), "--max-context", "128", "--slots", "8", "--max-queue", "32",
                "--max-connections", str(MAX_CONNECTIONS), "--timeout-keep-alive", str(KEEP_ALIVE),
-               "--max-header-bytes", str(MAX_HEADER), *flags]
+               "--max-header-bytes", str(MAX_HEADER)]
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=self.log,
                                      stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_healthy(self.url, 90, lambda: self.proc.poll() is None):
+            return
         self.stop()
         raise RuntimeError("server did not become healthy: " + self.read_log())
 
