@@ -220,7 +220,7 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
     import random
 
     be = backends["torch"]
-    long_params = SamplingParams(max_new_tokens=100)
+    long_params = SamplingParams(max_new_tokens=90)  # outlasts the ~50 steps of the requests below
     alone = [generate(be, [p], long_params)[0] for p in PROMPTS[:2]]
     greedy3 = generate(be, [PROMPTS[3]], SamplingParams(max_new_tokens=3))[0]
     engine = Engine(be, ByteTokenizer(), slots=6, max_context=128).start()
@@ -240,7 +240,7 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
         "seed": ([None, 0, -1, (1 << 63) - 1, -(1 << 63), 12345], [1 << 63, 1 << 64, -(1 << 63) - 1, True, 1.5]),
     }
     handles, refused = [], 0
-    for _ in range(60):  # all queued at once: they run 4 at a time beside the 2 long requests
+    for _ in range(40):  # all queued at once: they run 4 at a time beside the 2 long requests
         kw = {k: rng.choice(bad if rng.random() < 0.15 else ok) for k, (ok, bad) in values.items()}
         params = SamplingParams(max_new_tokens=rng.choice([1, 2, 3]), **kw)
         try:
@@ -250,7 +250,7 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
     for params, handle in handles:
         last = list(handle)[-1]
         assert last.finish_reason == "length", (params, last)
-    assert refused > 5 and len(handles) > 20, (refused, len(handles))
+    assert refused > 4 and len(handles) > 15, (refused, len(handles))
     for h, want in zip(running, alone):
         assert not h.done  # still running after the whole fuzz
         assert [e.token_id for e in h] == want
