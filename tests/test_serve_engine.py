@@ -220,11 +220,13 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
     import random
 
     be = backends["torch"]
-    long_params = SamplingParams(max_new_tokens=90)  # outlasts the ~50 steps of the requests below
-    alone = [generate(be, [p], long_params)[0] for p in PROMPTS[:2]]
-    greedy3 = generate(be, [PROMPTS[3]], SamplingParams(max_new_tokens=3))[0]
+    long_params = SamplingParams(max_new_tokens=40)  # outlasts the ~15 steps of the requests below
     engine = Engine(be, ByteTokenizer(), slots=6, max_context=128).start()
     engine.wait_ready(60)
+    tokens = lambda handle: [e.token_id for e in handle]  # noqa: E731
+    alone = [tokens(engine.submit(p, long_params)) for p in PROMPTS[:2]]  # one at a time
+    greedy3 = tokens(engine.submit(PROMPTS[3], SamplingParams(max_new_tokens=3)))
+    assert greedy3 == generate(be, [PROMPTS[3]], SamplingParams(max_new_tokens=3))[0]
     running = [engine.submit(p, long_params) for p in PROMPTS[:2]]
     # the exact request of the report: temperature 1e-300 is greedy, top_p 1e-300 keeps the top token
     for kw in ({"temperature": 1e-300}, {"temperature": 5e-324}, {"temperature": 1.0, "top_p": 1e-300}):
@@ -253,7 +255,7 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
     assert refused > 4 and len(handles) > 15, (refused, len(handles))
     for h, want in zip(running, alone):
         assert not h.done  # still running after the whole fuzz
-        assert [e.token_id for e in h] == want
+        assert tokens(h) == want
     engine.stop(timeout=30)
 
 
