@@ -57,9 +57,14 @@ def test_build_without_tensorrt_is_one_line(tmp_path, capsys):
     assert "pip install" in lines[0] or "nvidia-smi" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(GPU_REASON is None, reason="TensorRT and a GPU are present here")
-def test_generate_backend_tensorrt_without_tensorrt_is_one_line(tmp_path, capsys):
-    code, out, err = run_cli(["generate", "--backend", "tensorrt", "--model", str(tmp_path), "--prompt", "hi"], capsys)
+def test_generate_backend_tensorrt_without_tensorrt_is_one_line(tiny_exports, tmp_path, capsys):
+    """An export with engines recorded (the artifact checks pass) on a machine without TensorRT."""
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_exports["plt"][1], folder)
+    write_trt_section(folder, _section())
+    code, out, err = run_cli(["generate", "--backend", "tensorrt", "--model", str(folder), "--prompt", "hi"], capsys)
     assert code == 1
     assert err.strip().splitlines() == [f"error: {GPU_REASON}"]
 
