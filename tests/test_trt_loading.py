@@ -108,3 +108,76 @@ def test_load_engine_hands_the_device_to_the_backend(monkeypatch, tmp_path):
         with pytest.raises(ArtifactError, match="stop"):
             load_engine(str(tmp_path), backend="tensorrt", device=device)
     assert seen[0]["device"] == 2 and "device" not in seen[1]
+
+
+# -- TensorRT headers for the plugin build, offline (gpu-check.sh's plugin stage) ------------------
+# NVIDIA/TensorRT's release branches (git branch -a of the repository, 2026-12)
+TRT_BRANCHES = ["main", "release/8.6", "release/10.13", "release/10.13.2", "release/10.14", "release/10.15",
+                "release/10.16", "release/11.0", "release/11.1", "origin/release/10.9"]
+
+
+@pytest.mark.parametrize("version, branch", [("10.15.1.29", "release/10.15"), ("11.4.0.106", "release/11.1"),
+                                             ("10.16.0.1", "release/10.16"), ("10.13.3.9", "release/10.13"),
+                                             ("10.9.0.34", "release/10.9"), ("9.3.0.1", None)])
+def test_header_branch_is_the_newest_not_newer_than_tensorrt(version, branch):
+    from plt_deploy.build.headers import header_branch
+
+    assert header_branch(TRT_BRANCHES, version) == branch
+
+
+def _git(*args, cwd):
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+def test_headers_from_a_local_clone_offline(tmp_path, monkeypatch):
+    """No headers anywhere but a local clone: the right branch's include/ is extracted, no network."""
+    from plt_deploy.build import headers
+
+    clone = tmp_path / "TensorRT"
+    (clone / "include").mkdir(parents=True)
+    _git("init", "-q", "-b", "main", cwd=clone)
+    for branch in ("release/10.15", "release/10.16", "release/11.1"):
+        _git("checkout", "-q", "-b", branch, cwd=clone)
+        (clone / "include" / "NvInferRuntime.h").write_text(f"// {branch}\n")
+        _git("add", "-A", cwd=clone)
+        _git("commit", "-q", "-m", branch, cwd=clone)
+    for var in ("TENSORRT_INCLUDE_DIR", "TENSORRT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(headers, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(headers, "wheel_include_dirs", lambda: [])
+    monkeypatch.delenv("TENSORRT_OSS_DIR", raising=False)
+    include, why = headers.find_headers("10.15.1.29", tmp_path / "out")
+    assert include is None and "no TensorRT headers" in why and "TENSORRT_OSS_DIR" in why  # gpu-check's SKIP line
+    monkeypatch.setenv("TENSORRT_OSS_DIR", str(clone))
+    include, why = headers.find_headers("10.15.1.29", tmp_path / "out")
+    assert (include / "NvInferRuntime.h").read_text() == "// release/10.15\n", why
+    include, _ = headers.find_headers("11.4.0.106", tmp_path / "out")
+    assert (include / "NvInferRuntime.h").read_text() == "// release/11.1\n"
+    wheel = tmp_path / "site" / "tensorrt_libs" / "include"
+    wheel.mkdir(parents=True)
+    monkeypatch.setattr(headers, "wheel_include_dirs", lambda: [wheel])
+    assert headers.find_headers("10.15.1.29", tmp_path / "out") == (wheel, "the tensorrt wheel's include folder")
+
+
+@pytest.mark.slow
+def test_trtexec_shapes_for_the_serialized_library_stage(no_engines):
+    """gpu-check's plugin-load:serialized-library builds decode.onnx with trtexec --shapes from the manifest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from plt_deploy.export.manifest import read_manifest
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plugin-paths.py"
+    proc = subprocess.run([sys.executable, str(script), "trtexec-shapes", str(no_engines)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    m = read_manifest(no_engines)
+    shapes = dict(item.split(":") for item in proc.stdout.strip().split(","))
+    assert list(shapes) == [t.name for t in m.graphs["decode"].inputs]
+    for t in m.graphs["decode"].inputs:
+        assert shapes[t.name] == "x".join(map(str, t.concrete({"batch": 1, "max_seq": m.max_seq})))

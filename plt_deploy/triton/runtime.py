@@ -60,7 +60,8 @@ def instance_device(args: dict) -> int | None:
 
 
 def load_trt_plugin(path: Path):
-    """ctypes-load the G-SWA plugin library (RTLD_GLOBAL) into the server's Python process, once."""
+    """Load the G-SWA plugin library into the server's Python process, once (build.plugin.load_plugin:
+    ctypes with RTLD_LOCAL; it registers itself and logs through TensorRT's logger)."""
     from ..build import availability
     from ..build.plugin import load_plugin
 
