@@ -302,7 +302,7 @@ class TrtBackend(Backend):
             explicit = plugin or (None if os.environ.get(ENV_VAR) or not recorded.is_file() else recorded)
             self.plugin = load_plugin(trt, explicit)
         self.section, plans = plan_check.check_all(
-            export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(),
+            export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(self.device.index),
             self.plugin.sha256 if self.plugin else None, self.plugin.path if self.plugin else None, verify_hashes)
         self.cache_len = int(self.section["decode_cache_len"])
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -311,10 +311,10 @@ class TrtBackend(Backend):
         for graph, path in plans.items():
             with torch.cuda.device(self.device):  # an engine lives on the device it is deserialized on
                 engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise ArtifactError(f"{path}: TensorRT could not deserialize the plan (see the log above); rebuild "
-                                    f"with `plt-deploy build --onnx {export_dir}`")
-            self._check_io(engine, graph, path)
+                if engine is None:
+                    raise ArtifactError(f"{path}: TensorRT could not deserialize the plan (see the log above); "
+                                        f"rebuild with `plt-deploy build --onnx {export_dir}`")
+                self._check_io(engine, graph, path)
             self.engines[graph] = engine
         dec = self.engines["decode"]
         get_alias = getattr(dec, "get_aliased_input_tensor", None)  # TensorRT >= 10.15
@@ -355,7 +355,8 @@ class TrtBackend(Backend):
 
     def start(self, batch: int, max_seq: int) -> TrtSession:
         self.limits.check(batch, max_seq)
-        return TrtSession(self, batch, max_seq)
+        with torch.cuda.device(self.device):  # its buffers, stream and execution contexts on the backend's GPU
+            return TrtSession(self, batch, max_seq)
 
     def close(self) -> None:
         self.engines.clear()
