@@ -172,8 +172,8 @@ if [ -z "$first_export" ]; then
 else
   plan=$(decode_plan "$first_export")
   polygraphy_path() {
-    polygraphy inspect model "$first_export/decode.onnx" --display-as=trt --plugins "$PLT_TRT_PLUGIN" \
-      | tee /dev/stderr | grep -q GatedSlidingWindowAttention
+    polygraphy inspect model "$first_export/decode.onnx" --display-as=trt --show layers --plugins "$PLT_TRT_PLUGIN" \
+      | tee /dev/stderr | grep -q "PLUGIN_V3"  # a plugin layer: the parser found the creator
   }
   stage plugin-load:polygraphy polygraphy_path
   if command -v trtexec >/dev/null 2>&1; then
