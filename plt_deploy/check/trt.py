@@ -6,7 +6,9 @@ Two levels of comparison use TensorRT:
   - graphs: `trt_runners(export_dir)` gives one Polygraphy TrtRunner per graph (prefill, decode),
     built from loaders (`EngineFromBytes(BytesFromPath(plan))`), and `compare_graphs` feeds the same
     inputs to ONNX Runtime's OnnxrtRunner and to TensorRT and compares every output (logits and
-    every present_* cache), which localises a mismatch to one graph and one tensor.
+    every present_* cache), which localises a mismatch to one graph and one tensor. A bfloat16
+    export feeds torch.bfloat16 tensors and its reference is the graph's float32 copy
+    (bf16_reference.py): Polygraphy rejects numpy bf16 arrays, ONNX Runtime's CPU has no bf16 kernels.
 
 The plugin is loaded by `build.plugin.load_plugin` (dlopen, which registers the creator under
 namespace "plt", then an exact registry lookup) rather than Polygraphy's LoadPlugins, which only
