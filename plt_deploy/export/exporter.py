@@ -152,13 +152,14 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     One export into `out` at a time (a second is refused), stale temporaries of killed runs
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
     """
-    from .output_folder import claim_output
+    from ..output_folder import check_replaceable, claim_output
 
     log = log or (lambda line: None)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
         return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress)
 
 
@@ -170,8 +171,6 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if opset not in IR_FOR_OPSET:
         raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
                          f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
