@@ -72,7 +72,14 @@ def command(preset, config_path, model, mode, loops, window):
             click.echo(f"error: {model}/{WEIGHTS_FILE}: {problems} tensor(s) missing or of the wrong shape, "
                        f"{len(unexpected)} unexpected", err=True)
             sys.exit(1)
-        out.print(escape(f"{model}/{WEIGHTS_FILE} matches its config"))
+        out.print(escape(f"{model}/{WEIGHTS_FILE} matches its config in names and shapes"))
+    out.print(escape(PARITY_NOTE))
+
+
+# A shape match is not an architecture match: said wherever layout reports one (and in the README).
+PARITY_NOTE = ("note: matching names and shapes do not prove the architecture matches (another loop model, norm or "
+               "RoPE variant has the same shapes and gives different logits): compare logits with your own "
+               "implementation on a few tokens, as README 'Weights trained by other code' shows")
 
 
 def _numel(shape) -> int:
