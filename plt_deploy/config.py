@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+SEED_MAX = 2**32 - 1  # every seed (CLI flags, the server's requests): numpy's range, far inside torch's 64 bits
 MIN_EXPORT_SEQ = 3  # the shortest --max-seq an export accepts: a prompt token, one decode step, its output
 
 MODES = ("plt", "looped", "vanilla")

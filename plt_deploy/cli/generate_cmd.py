@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..backends import BACKEND_NAMES
-from .options import finite, non_empty
+from .options import finite, non_empty, seed_option
 
 
 @click.command("generate")
@@ -19,7 +19,7 @@ from .options import finite, non_empty
               help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Sampling seed.")
+@seed_option(help="Sampling seed.")
 @click.option("--stop", multiple=True, callback=non_empty, help="Stop when this text appears (not printed; repeatable); EOS always stops.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (one prompt).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")

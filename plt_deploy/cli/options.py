@@ -28,3 +28,10 @@ def non_empty(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     if any(not v for v in values):
         raise click.BadParameter("must be non-empty text")
     return values
+
+
+def seed_option(**kw):
+    """--seed for every command: 0..config.SEED_MAX (a usage error, not an overflow deep in torch)."""
+    from ..config import SEED_MAX
+
+    return click.option("--seed", type=click.IntRange(0, SEED_MAX), **kw)

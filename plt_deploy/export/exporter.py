@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     else:
         args, shapes = tuple(args), tuple(shapes)
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _noticing_interrupts() as interrupted:
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         try:
@@ -104,8 +106,30 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
                                         custom_translation_table=onnx_op.translation_table(),
                                         opset_version=opset, optimize=True, verbose=False)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
+            if interrupted:  # torch.export reports a Ctrl-C during tracing as a failed export
+                raise KeyboardInterrupt from None
             raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _noticing_interrupts():
+    """Yields a list that gets an entry when Ctrl-C arrives (main thread, default handler only)."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict, static: dict[str, int] | None = None):
