@@ -124,3 +124,23 @@ def test_ctrl_c_while_tracing_the_export_is_an_interrupt(ckpt, tmp_path):
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert "failed" not in err and not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# --- 9, 10: bench sizes checked before allocating, clipping leaves room for every run ------
+
+def test_bench_refuses_a_batch_that_cannot_fit_before_allocating(capsys):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = run_cli(capsys, "bench", "--preset", "tiny", "--no-peer", "--batch", "100000", "--no-progress")
+    assert_one_line_error(code, err, "--batch 100000: a ", "but this machine has", "lower --batch")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing big allocated
+
+
+@pytest.mark.parametrize("new_tokens", ["4"])
+def test_bench_with_few_new_tokens_leaves_room_for_the_warm_up(capsys, new_tokens):
+    code, out, err = run_cli(capsys, "bench", "--preset", "tiny", "--no-peer", "--new-tokens", new_tokens,
+                             "--no-contexts", "--repeats", "1", "--variants", "plt-2,vanilla", "--bandwidth-mib", "8",
+                             "--no-progress")
+    assert code == 0, err
+    assert f"note: prompt and new tokens clipped to 247 + {new_tokens} to fit max_seq_len 256" in out
