@@ -144,3 +144,46 @@ def test_bench_with_few_new_tokens_leaves_room_for_the_warm_up(capsys, new_token
                              "--no-progress")
     assert code == 0, err
     assert f"note: prompt and new tokens clipped to 247 + {new_tokens} to fit max_seq_len 256" in out
+
+
+# --- 11: tables in a terminal never cut numbers ---------------------------------------------
+
+def run_in_terminal(columns: int, *argv) -> str:
+    """stdout of `plt-deploy ARGV` on a pseudo-terminal COLUMNS wide, colours removed."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", "from plt_deploy.cli import main; main()", *map(str, argv)],
+                            env={**ENV, "COLUMNS": str(columns), "TERM": "xterm"}, stdout=slave,
+                            stderr=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
+    assert all(len(line) <= columns for line in text.splitlines()), text
+    return text
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_a_wide_table_switches_to_one_line_per_row_in_a_narrow_terminal(columns):
+    out = run_in_terminal(columns, "bench", "--preset", "tiny", "--no-peer", "--prompt-len", "8", "--new-tokens", "2",
+                          "--warmup-tokens", "1", "--repeats", "1", "--no-contexts", "--variants", "plt-2,vanilla",
+                          "--bandwidth-mib", "8", "--no-progress")
+    assert "…" not in out, out
+    flat = " ".join(out.split())  # the narrow layout wraps between words, never inside one
+    assert "- variant: plt-2; backend: torch; batch: 1; prompt: 8;" in flat and "KV ratio: 1.0000" in flat, out
+
+
+def test_a_table_that_fits_stays_a_table(tmp_path):
+    out = run_in_terminal(80, "layout", "--preset", "tiny")
+    assert "…" not in out and "┃ tensor" in out and "[259, 64]" in out, out
