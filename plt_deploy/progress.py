@@ -1,4 +1,5 @@
-"""Progress for long commands: a live bar on a terminal, plain throttled lines on stderr otherwise.
+"""Progress for long commands: a live bar on a terminal, plain throttled lines on stderr otherwise
+(pipes, files, TERM=dumb).
 
 `with progress_reporter("train plt", total) as report: report(done, "loss 0.31")`. When stderr is
 not a terminal (piped, logged, CI), a line is printed at most every `every` seconds and at the
@@ -116,11 +117,12 @@ def progress_reporter(description: str, total: int | None, every: float = 10.0, 
     if not enabled:
         yield _Silent(total)
         return
-    if sys.stderr.isatty():
+    err = console(stderr=True)
+    if err.is_terminal and not err.is_dumb_terminal:  # TERM=dumb: no live display, plain lines as for pipes
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console(stderr=True),
+                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err,
                       transient=transient) as bar:
             yield _Reporter(description, total, every, bar, bar.add_task(description, total=total, detail=detail))
         return

@@ -148,15 +148,15 @@ def test_bench_with_few_new_tokens_leaves_room_for_the_warm_up(capsys, new_token
 
 # --- 11: tables in a terminal never cut numbers ---------------------------------------------
 
-def run_in_terminal(columns: int, *argv) -> str:
-    """stdout of `plt-deploy ARGV` on a pseudo-terminal COLUMNS wide, colours removed."""
+def run_in_terminal(columns: int, *argv, term: str = "xterm", stderr: bool = False) -> str:
+    """stdout (and stderr) of `plt-deploy ARGV` on a pseudo-terminal COLUMNS wide, colours removed."""
     import pty
     import re
 
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-c", "from plt_deploy.cli import main; main()", *map(str, argv)],
-                            env={**ENV, "COLUMNS": str(columns), "TERM": "xterm"}, stdout=slave,
-                            stderr=subprocess.DEVNULL)
+                            env={**ENV, "COLUMNS": str(columns), "TERM": term}, stdout=slave,
+                            stderr=slave if stderr else subprocess.DEVNULL)
     os.close(slave)
     chunks = []
     while True:
@@ -169,9 +169,7 @@ def run_in_terminal(columns: int, *argv) -> str:
         chunks.append(data)
     os.close(master)
     assert proc.wait(timeout=120) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
-    assert all(len(line) <= columns for line in text.splitlines()), text
-    return text
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
 
 
 @pytest.mark.parametrize("columns", [80, 100])
@@ -179,7 +177,7 @@ def test_a_wide_table_switches_to_one_line_per_row_in_a_narrow_terminal(columns)
     out = run_in_terminal(columns, "bench", "--preset", "tiny", "--no-peer", "--prompt-len", "8", "--new-tokens", "2",
                           "--warmup-tokens", "1", "--repeats", "1", "--no-contexts", "--variants", "plt-2,vanilla",
                           "--bandwidth-mib", "8", "--no-progress")
-    assert "…" not in out, out
+    assert "…" not in out and all(len(line) <= columns for line in out.splitlines()), out
     flat = " ".join(out.split())  # the narrow layout wraps between words, never inside one
     assert "- variant: plt-2; backend: torch; batch: 1; prompt: 8;" in flat and "KV ratio: 1.0000" in flat, out
 
@@ -187,3 +185,12 @@ def test_a_wide_table_switches_to_one_line_per_row_in_a_narrow_terminal(columns)
 def test_a_table_that_fits_stays_a_table(tmp_path):
     out = run_in_terminal(80, "layout", "--preset", "tiny")
     assert "…" not in out and "┃ tensor" in out and "[259, 64]" in out, out
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+
+
+# --- 12: TERM=dumb gets plain progress lines -------------------------------------------------
+
+def test_progress_on_a_dumb_terminal_is_plain_lines(tmp_path):
+    out = run_in_terminal(100, "train", "--out", tmp_path / "t", "--steps", "20", "--batch", "8", "--eval-examples",
+                          "4", term="dumb", stderr=True)
+    assert "train plt: 0/20" in out and "train plt: 20/20 loss" in out, out
