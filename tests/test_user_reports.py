@@ -137,13 +137,34 @@ def test_bench_refuses_a_batch_that_cannot_fit_before_allocating(capsys):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing big allocated
 
 
-@pytest.mark.parametrize("new_tokens", ["4"])
-def test_bench_with_few_new_tokens_leaves_room_for_the_warm_up(capsys, new_tokens):
-    code, out, err = run_cli(capsys, "bench", "--preset", "tiny", "--no-peer", "--new-tokens", new_tokens,
-                             "--no-contexts", "--repeats", "1", "--variants", "plt-2,vanilla", "--bandwidth-mib", "8",
-                             "--no-progress")
+def test_bench_with_few_new_tokens_leaves_room_for_the_warm_up(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "bench", "--preset", "tiny", "--no-peer", "--new-tokens", "4", "--no-contexts",
+                             "--repeats", "1", "--variants", "plt-2,vanilla", "--bandwidth-mib", "8", "--no-progress",
+                             "--json", str(tmp_path / "bench.json"))
     assert code == 0, err
-    assert f"note: prompt and new tokens clipped to 247 + {new_tokens} to fit max_seq_len 256" in out
+    assert "note: prompt and new tokens clipped to 247 + 4 to fit max_seq_len 256" in out
+
+    # 13: the report keeps [brackets] (rich markup) and flags a run whose spread swamps its ratios
+    import io
+
+    from plt_deploy.bench import targets
+    from plt_deploy.bench.report import print_report
+    from plt_deploy.progress import console
+
+    result = json.loads((tmp_path / "bench.json").read_text())
+    result["peer"]["reason"] = "transformers is not installed; pip install 'plt-deploy[bench]'"
+    plt2 = next(r for r in result["rows"] if r["variant"] == "plt-2")
+    plt2["decode_ms_p90"] = 2 * plt2["decode_ms_median"]  # one outlier in a short run
+    result["targets"] = targets.check_targets(result)
+    shown = console(width=200)
+    shown.file = io.StringIO()
+    print_report(result, shown)
+    text = shown.file.getvalue()
+    assert "pip install 'plt-deploy[bench]'" in text
+    assert "warning: plt-2 batch 1: decode p90 is 2.0x its median" in text, text
+    latency = next(c for c in result["targets"] if c["id"] == "plt2_latency_vs_vanilla")
+    assert latency["passed"] is None and latency["noisy"] and "too noisy" in latency["note"]
+    assert "│ noisy  │" in text
 
 
 # --- 11: tables in a terminal never cut numbers ---------------------------------------------
@@ -194,3 +215,53 @@ def test_progress_on_a_dumb_terminal_is_plain_lines(tmp_path):
     out = run_in_terminal(100, "train", "--out", tmp_path / "t", "--steps", "20", "--batch", "8", "--eval-examples",
                           "4", term="dumb", stderr=True)
     assert "train plt: 0/20" in out and "train plt: 20/20 loss" in out, out
+
+
+# --- 13: the smaller ones ----------------------------------------------------------------------
+
+def test_generate_needs_new_tokens_and_reads_prompts_from_files_and_stdin(ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "a", "--max-new-tokens", "0")
+    assert code == 2 and "0 is not in the range x>=1" in err, err
+    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt))
+    assert code == 2 and "--prompt-file" in err, err
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("12+34=")
+    code, out, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt-file", str(prompt),
+                             "--max-new-tokens", "2")
+    assert code == 0 and out.startswith("12+34="), err
+    huge = subprocess.run([sys.executable, "-c", "from plt_deploy.cli import main; main()", "generate", "--model",
+                           str(ckpt), "--prompt-file", "-"], input=b"7" * (1 << 20), env=ENV, capture_output=True,
+                          timeout=120)  # 1 MB: more than a shell's argument limit allows on one --prompt
+    assert huge.returncode == 1 and b"Traceback" not in huge.stderr, huge.stderr
+    assert huge.stderr.startswith(b"error: prompt of 1048577 tokens") and huge.stderr.count(b"\n") == 1, huge.stderr
+
+
+def test_check_report_into_an_unwritable_place_fails_first(ckpt, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    export = tmp_path / "ex"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")
+    code, _, err = run_cli(capsys, "check", "--model", str(ckpt), "--onnx", str(export), "--report",
+                           str(blocker / "r.json"))
+    assert_one_line_error(code, err, f"--report {blocker}: cannot write there")
+
+
+def test_layout_loops_range_matches_init(capsys):
+    for command in (("layout", "--preset", "tiny"), ("init", "--out", "x")):
+        code, _, err = run_cli(capsys, *command, "--loops", "1")
+        assert code == 2 and "1 is not in the range x>=2" in err, err
+    code, _, err = run_cli(capsys, "layout", "--preset", "tiny", "--mode", "vanilla", "--loops", "2")
+    assert code == 2 and "vanilla has one loop" in err, err
+
+
+def test_top_level_help_shows_whole_descriptions(capsys, monkeypatch):
+    from plt_deploy.cli import COMMANDS
+
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, "--help")
+    commands = out.split("Commands:")[1]
+    assert code == 0 and "..." not in commands, out
+    flat = " ".join(commands.split())
+    for name, description in COMMANDS.items():
+        assert f"{name} {description}" in flat, (name, out)

@@ -106,7 +106,7 @@ def print_report(report: dict, console) -> None:
                           _verdict(gr["passed"]))
     console.print(table)
     for note in report.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import seed_option
+from .options import loops_for_mode, seed_option
 
 from ..config import MODES, PRESETS
 
@@ -22,8 +22,7 @@ def command(preset, out, mode, loops, window, dtype, seed, force):
     """Write a randomly initialised checkpoint (config.json + model.safetensors)."""
     from ..config import PLTConfig
 
-    if mode == "vanilla" and loops is not None:
-        raise click.BadParameter("vanilla has one loop; --loops goes with --mode plt or looped", param_hint="'--loops'")
+    loops_for_mode(mode, loops)
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, dtype=dtype).items() if v is not None}
     PLTConfig.from_name(preset, **changes)  # a bad combination fails here, before torch is imported
     from ..checkpoint import init_checkpoint

@@ -35,3 +35,9 @@ def seed_option(**kw):
     from ..config import SEED_MAX
 
     return click.option("--seed", type=click.IntRange(0, SEED_MAX), **kw)
+
+
+def loops_for_mode(mode: str | None, loops: int | None) -> None:
+    """init and layout: --loops (>= 2, a click range) goes with plt or looped; vanilla has one loop."""
+    if mode == "vanilla" and loops is not None:
+        raise click.BadParameter("vanilla has one loop; --loops goes with --mode plt or looped", param_hint="'--loops'")
