@@ -142,11 +142,11 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
         the_task = TASKS[task]
         dirs = variant_dirs(out, variants)
         refuse_existing_checkpoints(out, variants, force)
-        for folder in dirs.values():  # a read-only --out fails now, not after training
-            check_writable(folder)
         configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
         for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
             cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
+        for folder in dirs.values():  # a read-only --out fails now, not after training
+            check_writable(folder)
         results = []
 
         def write_results():

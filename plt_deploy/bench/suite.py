@@ -194,7 +194,8 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     if "vanilla" not in {v.name for v in chosen}:
         raise InputError("the variants must include vanilla: every ratio is taken against it")
     for v in chosen:  # --batch too big for this machine: refused before any model or session exists
-        check_run_memory(V.variant_config(base, v), max(batches), prompt_len, prompt_len + max(new_tokens, warmup_tokens))
+        check_run_memory(V.variant_config(base, v), max(batches), prompt_len,
+                         prompt_len + max(new_tokens, warmup_tokens))
 
     n_runs = len(chosen) + int(peer)
     total = len(chosen) + int(peer) + len(batches) * n_runs * (1 + repeats) + 1

@@ -81,6 +81,7 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
 
 
 def print_report(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"check: torch vs {', '.join(report['backends'])} ({report['dtype']})",
