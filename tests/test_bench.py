@@ -73,7 +73,7 @@ def check_sections(data):
     ids = [t["id"] for t in data["targets"]]
     assert ids == TARGET_IDS
     for t in data["targets"]:
-        assert set(t) == {"id", "target", "measured", "threshold", "passed", "note"}
+        assert set(t) == {"id", "target", "measured", "threshold", "passed", "note", "noisy"}
         assert t["passed"] in (True, False, None)
     by_id = {t["id"]: t for t in data["targets"]}
     assert by_id["plt_kv_bytes"]["passed"] is True
