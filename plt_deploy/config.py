@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-SEED_MAX = 2**32 - 1  # every seed (CLI flags, the server's requests): numpy's range, far inside torch's 64 bits
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # every seed (CLI flags, server requests): a signed 64-bit
+# integer, what torch.Generator.manual_seed takes (here, not in generate.py: --help must not import torch)
 MIN_EXPORT_SEQ = 3  # the shortest --max-seq an export accepts: a prompt token, one decode step, its output
 
 MODES = ("plt", "looped", "vanilla")

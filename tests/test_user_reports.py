@@ -99,7 +99,7 @@ def test_explicit_head_dim_is_honoured(tmp_path, capsys):
 def test_seed_out_of_range_is_a_usage_error(capsys, argv):
     code, _, err = run_cli(capsys, *argv, "--seed", "99999999999999999999")
     assert code == 2 and "Traceback" not in err, err
-    assert "Invalid value for '--seed'" in err and "0<=x<=4294967295" in err, err
+    assert "Invalid value for '--seed'" in err and "-9223372036854775808<=x<=9223372036854775807" in err, err
 
 
 # --- 8: Ctrl-C is an interrupt whenever it comes ---------------------------------------------

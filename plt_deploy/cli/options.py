@@ -31,10 +31,11 @@ def non_empty(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def seed_option(**kw):
-    """--seed for every command: 0..config.SEED_MAX (a usage error, not an overflow deep in torch)."""
-    from ..config import SEED_MAX
+    """--seed for every command: config.SEED_MIN..SEED_MAX, the server's range too (a usage error, not an
+    overflow deep in torch)."""
+    from ..config import SEED_MAX, SEED_MIN
 
-    return click.option("--seed", type=click.IntRange(0, SEED_MAX), **kw)
+    return click.option("--seed", type=click.IntRange(SEED_MIN, SEED_MAX), **kw)
 
 
 def loops_for_mode(mode: str | None, loops: int | None) -> None:
