@@ -9,9 +9,9 @@ from typing import Callable
 import torch
 
 from .backends.base import Backend
+from .config import SEED_MAX, SEED_MIN  # noqa: F401  (serve.protocol imports them from here)
 from .errors import InputError, ModelError
 
-SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # a signed 64-bit integer: what torch.Generator.manual_seed takes
 
 
 @dataclass

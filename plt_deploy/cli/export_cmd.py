@@ -17,7 +17,8 @@ from ..config import MIN_EXPORT_SEQ
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
 @click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")
-@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@click.option("--force", is_flag=True, help="Replace an existing export folder (one holding manifest.json; "
+              "any other non-empty folder is refused).")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
 def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
     """Export a checkpoint to ONNX with the G-SWA custom op, then validate it against PyTorch."""

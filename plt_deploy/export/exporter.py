@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     else:
         args, shapes = tuple(args), tuple(shapes)
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _noticing_interrupts() as interrupted:
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         try:
@@ -104,8 +106,30 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
                                         custom_translation_table=onnx_op.translation_table(),
                                         opset_version=opset, optimize=True, verbose=False)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
+            if interrupted:  # torch.export reports a Ctrl-C during tracing as a failed export
+                raise KeyboardInterrupt from None
             raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _noticing_interrupts():
+    """Yields a list that gets an entry when Ctrl-C arrives (main thread, default handler only)."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict, static: dict[str, int] | None = None):
@@ -152,13 +176,14 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     One export into `out` at a time (a second is refused), stale temporaries of killed runs
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
     """
-    from .output_folder import claim_output
+    from ..output_folder import check_replaceable, claim_output
 
     log = log or (lambda line: None)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
         return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress)
 
 
@@ -170,8 +195,6 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if opset not in IR_FOR_OPSET:
         raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 24: TensorScatter, "
                          f"the in-place cache write, and ONNX's standard Attention; <= 25: IR <= 13, what "
