@@ -1,0 +1,210 @@
+"""IQuest-Coder-V1 Loop (Hugging Face `iquestloopcoder`) folders: loading, refusals, and parity with
+mlx-lm's own implementation (mlx_lm/models/iquestloopcoder.py, the `parity` extra)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from plt_deploy import hf
+from plt_deploy.backends.torch_backend import TorchBackend
+from plt_deploy.checkpoint import load_checkpoint
+from plt_deploy.config import PLTConfig
+from plt_deploy.errors import CheckpointError
+from plt_deploy.model import PLT
+
+PROMPT, STEPS = 20, 24
+
+# (name, config overrides, file dtype): GQA ratios 1/4/5, head_dim 16..64, window < prompt and
+# window > the whole sequence (PROMPT + STEPS), tied and untied embeddings, fp32 and bf16 files.
+SHAPES = [
+    ("gqa1-hd16-w4-tied-fp32", dict(d_model=64, n_heads=4, n_kv_heads=4, head_dim=16, window=4,
+                                    tie_embeddings=True), "float32"),
+    ("gqa4-hd32-w64-untied-bf16", dict(d_model=64, n_heads=8, n_kv_heads=2, head_dim=32, window=64,
+                                       tie_embeddings=False), "bfloat16"),
+    ("gqa5-hd64-w7-untied-fp32", dict(d_model=80, n_heads=10, n_kv_heads=2, head_dim=64, window=7,
+                                      tie_embeddings=False), "float32"),
+]
+
+
+def random_loopcoder(seed: int = 0, loops: int = 2, dtype: str = "float32", **overrides) -> PLT:
+    """A LoopCoder with weights of unit-ish activations (so logits are spread and greedy is stable)
+    and open, head-dependent gates."""
+    base = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=96, max_seq_len=128,
+                rope_theta=500000.0, norm_eps=1e-5)
+    cfg = PLTConfig(**{**base, **overrides, "mode": "loopcoder", "loops": loops, "dtype": dtype,
+                       "extra": {"hf": {"bos_token_id": 1, "eos_token_id": [2, 5]}}})
+    model = PLT(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name == "embed.weight" or "gate" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "gate" in name else 1.0))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+    return model.to(getattr(torch, dtype))
+
+
+def write_folder(tmp_path: Path, model: PLT, name: str = "loopcoder", **kw) -> Path:
+    return hf.save_hf_checkpoint(model, tmp_path / name, **kw)
+
+
+def test_load_maps_names_gate_and_dtype(tmp_path):
+    model = random_loopcoder(dtype="bfloat16", tie_embeddings=False)
+    folder = write_folder(tmp_path, model, shards=3)
+    loaded = load_checkpoint(folder)
+    assert loaded.cfg.mode == "loopcoder" and loaded.cfg.dtype == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())  # bf16 stays bf16
+    from safetensors import safe_open
+    shard = json.loads((folder / hf.INDEX_FILE).read_text())["weight_map"]["model.gate_projections.0.weight"]
+    with safe_open(str(folder / shard), "pt") as f:  # the file holds the published (global-part) gate
+        assert torch.equal(f.get_tensor("model.gate_projections.0.weight"), -model.layers[0].attn.gate_weight)
+    assert torch.equal(loaded.layers[0].attn.gate_weight, model.layers[0].attn.gate_weight)
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        if a.shape == b.shape and a.dtype == b.dtype:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loops", [2, 3, 4])
+def test_cached_decode_equals_full_forward(loops):
+    """Any L >= 2 (mlx-lm implements L = 2 only): prefill + decode steps equal the full forward."""
+    model = random_loopcoder(loops=loops, window=5).eval()
+    tokens = torch.randint(0, 97, (2, PROMPT + 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(tokens)  # [B, S, V]
+    session = TorchBackend(model).start(2, PROMPT + 12)
+    got = [session.prefill(tokens[:, :PROMPT], torch.tensor([PROMPT, PROMPT]))]
+    for t in range(PROMPT, PROMPT + 11):
+        got.append(session.decode(tokens[:, t]))
+    err = (torch.stack(got, 1) - full[:, PROMPT - 1:-1]).abs().max().item()
+    assert err < 1e-5 * full.abs().max().item(), err
+    # K and V x batch 2 x 2 KV heads x head_dim 16 x 2 layers x (T + (L-1) w) slots x fp32
+    assert session.kv_bytes() == 2 * 2 * 2 * 16 * 2 * ((PROMPT + 12) + (loops - 1) * 5) * 4
+
+
+# Refusals ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, words", [
+    (dict(model_type="llama"), "supported: iquestloopcoder"),
+    (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
+    (dict(attention_bias=True), "attention_bias"),
+    (dict(quantization={"group_size": 64, "bits": 4}), "quantization"),
+    (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
+    (dict(loop_num=1), "loop_num"),
+])
+def test_config_refusals(tmp_path, change, words):
+    folder = write_folder(tmp_path, random_loopcoder())
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=words) as exc:
+        load_checkpoint(folder)
+    assert "\n" not in str(exc.value) and "config.json" in str(exc.value)
+
+
+def test_weight_refusals(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = write_folder(tmp_path, random_loopcoder(), shards=2)
+    shard = folder / "model-00002-of-00002.safetensors"
+    tensors = load_file(shard)
+    shard.rename(folder / "moved")
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: shard listed .* missing"):
+        load_checkpoint(folder)
+    name = next(n for n in tensors if "q_proj" in n)
+    save_file({k: v for k, v in tensors.items() if k != name}, str(shard))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' is missing"):
+        load_checkpoint(folder)
+    save_file({**tensors, name: tensors[name][:, 1:].contiguous()}, str(shard))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' has shape"):
+        load_checkpoint(folder)
+
+
+# Parity with mlx-lm -------------------------------------------------------------------------------
+def _mlx_model(folder: Path):
+    mx = pytest.importorskip("mlx.core", reason="mlx-lm parity needs the `parity` extra (mlx[cpu], mlx-lm)")
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(folder)
+    model.set_dtype(mx.float32)  # bf16 files: compare both at fp32 (ours loads with dtype="float32")
+    return mx, model
+
+
+def _mlx_full(mx, model, tokens: torch.Tensor) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.array(model(mx.array(tokens.numpy())).astype(mx.float32)))
+
+
+def _mlx_greedy(mx, model, prompt: torch.Tensor, steps: int):
+    """mlx-lm's own cached decode (model.make_cache(), as generate_step does): greedy ids and step logits."""
+    import numpy as np
+
+    cache = model.make_cache()
+    logits = model(mx.array(prompt.numpy()), cache=cache)[:, -1]
+    ids, steps_logits = [], []
+    for _ in range(steps):
+        steps_logits.append(torch.from_numpy(np.array(logits.astype(mx.float32))))
+        nxt = mx.argmax(logits, axis=-1)
+        ids.append(int(nxt[0]))
+        logits = model(nxt[:, None], cache=cache)[:, -1]
+    return ids, torch.stack(steps_logits, 1)  # [B, steps, V]
+
+
+def _ours_greedy(model: PLT, prompt: torch.Tensor, steps: int):
+    session = TorchBackend(model).start(1, prompt.shape[1] + steps)
+    logits = session.prefill(prompt, torch.tensor([prompt.shape[1]]))
+    ids, steps_logits = [], []
+    for _ in range(steps):
+        steps_logits.append(logits)
+        nxt = logits.argmax(-1)
+        ids.append(int(nxt[0]))
+        logits = session.decode(nxt)
+    return ids, torch.stack(steps_logits, 1)
+
+
+FP32_FLOOR = 2e-5  # max |ours - mlx| relative to the logits' max |value|: fp32 rounding only
+
+
+@pytest.mark.parametrize("name, overrides, file_dtype", SHAPES, ids=[s[0] for s in SHAPES])
+def test_parity_with_mlx(tmp_path, name, overrides, file_dtype):
+    folder = write_folder(tmp_path, random_loopcoder(seed=3, dtype=file_dtype, **overrides))
+    mx, theirs = _mlx_model(folder)
+    ours = load_checkpoint(folder, dtype="float32")
+    tokens = torch.randint(0, 97, (2, PROMPT + STEPS), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = ours(tokens)
+    ref = _mlx_full(mx, theirs, tokens)
+    scale = ref.abs().max().item()
+    err = (full - ref).abs().max().item()
+    print(f"{name}: full logits max|d| {err:.3g}, logits scale {scale:.3g}")
+    assert err <= FP32_FLOOR * scale, (err, scale)
+
+    prompt = tokens[:1, :PROMPT]
+    ids_mlx, logits_mlx = _mlx_greedy(mx, theirs, prompt, STEPS)
+    ids_ours, logits_ours = _ours_greedy(ours, prompt, STEPS)
+    assert ids_ours == ids_mlx
+    step_err = (logits_ours - logits_mlx).abs().max().item()
+    print(f"{name}: decode step logits max|d| {step_err:.3g}")
+    assert step_err <= FP32_FLOOR * scale, (step_err, scale)
+
+
+def test_gate_sign_matters(tmp_path):
+    """Flip the gate's sign in the file (the orientation a wrong mapping would give): parity fails."""
+    from safetensors.torch import load_file, save_file
+
+    folder = write_folder(tmp_path, random_loopcoder(seed=4, window=4))
+    mx, theirs = _mlx_model(folder)
+    tokens = torch.randint(0, 97, (1, PROMPT), generator=torch.Generator().manual_seed(5))
+    ref = _mlx_full(mx, theirs, tokens)
+    path = folder / hf.SINGLE_FILE
+    tensors = load_file(path)
+    save_file({k: (-v if k.startswith("model.gate_projections.") else v) for k, v in tensors.items()}, str(path))
+    with torch.no_grad():
+        flipped = load_checkpoint(folder)(tokens)
+    err = (flipped - ref).abs().max().item()
+    assert err > 100 * FP32_FLOOR * ref.abs().max().item(), err
