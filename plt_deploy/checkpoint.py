@@ -113,7 +113,7 @@ def load_config(model_dir: str | Path) -> PLTConfig:
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such checkpoint folder (make one with `plt-deploy init`)")
     if hf.is_hf_folder(model_dir):
-        return hf.config_from_hf(hf._read_json(model_dir / CONFIG_FILE), model_dir / CONFIG_FILE)
+        return hf.config_from_hf(hf.read_json(model_dir / CONFIG_FILE), model_dir / CONFIG_FILE)
     try:
         return PLTConfig.from_json(model_dir / CONFIG_FILE)
     except ConfigError as exc:

@@ -22,8 +22,6 @@ import re
 import struct
 from pathlib import Path
 
-import torch
-
 from .config import DTYPES, PLTConfig
 from .errors import CheckpointError
 
@@ -51,7 +49,8 @@ HF_NAMES: tuple[tuple[str, str, bool], ...] = (
     ("model.gate_projections.{i}.bias", "layers.{i}.attn.gate_bias", True),
 )
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # RoPE tables some exporters save; recomputed (as vLLM skips them)
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch dtype names (torch imported lazily)
 
 
 def is_hf_folder(model_dir: str | Path) -> bool:
@@ -179,8 +178,10 @@ def header_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
+def mmap_tensors(path: Path) -> dict:
     """Every tensor of a safetensors file as a view of a private memory map of it (no copy)."""
+    import torch
+
     start, header = _header(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -188,7 +189,7 @@ def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
     out = {}
     for name, entry in header.items():
         try:
-            dtype = _ST_DTYPES.get(entry["dtype"])
+            dtype = getattr(torch, _ST_DTYPES.get(entry["dtype"], ""), None)
             shape = [int(d) for d in entry["shape"]]
             begin, end = (start + int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -207,18 +208,21 @@ def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_weights(model_dir: Path, cfg: PLTConfig) -> dict[str, torch.Tensor]:
+def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
     """Our state dict (names of PLT) from the folder's files, mapped through HF_NAMES and checked."""
+    import torch
+
     from .checkpoint import weight_layout
 
     index = model_dir / INDEX_FILE
     listed = None
     if index.is_file():
         listed = json.loads(index.read_text())["weight_map"]
-    found: dict[str, tuple[torch.Tensor, Path]] = {}
+    found: dict[str, tuple] = {}  # HF name -> (tensor, file)
     for path in weight_files(model_dir):
         for name, t in mmap_tensors(path).items():
-            found[name] = (t, path)
+            if not name.endswith(IGNORED_SUFFIXES):
+                found[name] = (t, path)
     expected = {hf_name(name)[0]: (name, shape) for name, shape, _ in weight_layout(cfg)}
     where = index if listed is not None else model_dir / SINGLE_FILE
     for theirs in expected:
@@ -275,11 +279,13 @@ def save_hf_checkpoint(model, out_dir: str | Path, shards: int = 1, extra_files:
 
 def load_hf_checkpoint(model_dir: str | Path, dtype: str | None = None):
     """A Hugging Face LoopCoder folder -> PLT (eval mode), weights assigned from the memory maps."""
+    import torch
+
     from .model import PLT, rope_tables
 
     model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
-    cfg = config_from_hf(_read_json(path), path)
+    cfg = config_from_hf(read_json(path), path)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     weights = load_weights(model_dir, cfg)
@@ -295,7 +301,7 @@ def load_hf_checkpoint(model_dir: str | Path, dtype: str | None = None):
     return model.eval()
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -37,7 +37,7 @@ def random_loopcoder(seed: int = 0, loops: int = 2, dtype: str = "float32", **ov
     base = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=96, max_seq_len=128,
                 rope_theta=500000.0, norm_eps=1e-5)
     cfg = PLTConfig(**{**base, **overrides, "mode": "loopcoder", "loops": loops, "dtype": dtype,
-                       "extra": {"hf": {"bos_token_id": 1, "eos_token_id": [2, 5]}}})
+                       "extra": {"hf": {"bos_token_id": 1, "eos_token_id": [2, 4]}}})
     model = PLT(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -53,6 +53,33 @@ def random_loopcoder(seed: int = 0, loops: int = 2, dtype: str = "float32", **ov
 
 def write_folder(tmp_path: Path, model: PLT, name: str = "loopcoder", **kw) -> Path:
     return hf.save_hf_checkpoint(model, tmp_path / name, **kw)
+
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_tokenizer(folder: Path, vocab_size: int = 97, template_file: bool = False) -> None:
+    """A word-level tokenizer.json (ids 0..5 special, then w6..), tokenizer_config.json with bos/eos
+    strings and a chat template (or chat_template.jinja), generation_config.json with an eos LIST."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    words = ["user", "assistant", "system", "hello", "world"]
+    vocab.update({w: len(SPECIALS) + i for i, w in enumerate(words)})
+    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIALS)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": True}
+    if template_file:
+        (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    else:
+        config["chat_template"] = CHAT_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 4]}))
 
 
 def test_load_maps_names_gate_and_dtype(tmp_path):
