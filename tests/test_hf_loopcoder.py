@@ -235,3 +235,59 @@ def test_gate_sign_matters(tmp_path):
         flipped = load_checkpoint(folder)(tokens)
     err = (flipped - ref).abs().max().item()
     assert err > 100 * FP32_FLOOR * ref.abs().max().item(), err
+
+
+# Every command on a Hugging Face folder ----------------------------------------------------------
+GEN_PROMPT = "w20 w21 w22 w23 w24 w25 w26"  # seed 3, untied: 13 tokens, then eos id 4 (the list's second)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hf") / "IQuest-Tiny-Loop"
+    hf.save_hf_checkpoint(random_loopcoder(seed=3, window=4, max_seq_len=64, tie_embeddings=False), folder)
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_export(hf_folder, tmp_path_factory) -> Path:
+    from plt_deploy.export.exporter import export_model
+
+    return export_model(hf_folder, tmp_path_factory.mktemp("onnx") / "exp", max_seq=48, max_batch=2, progress=False)
+
+
+def _mlx_text(folder: Path, prompt: str, steps: int = 20) -> tuple[list[int], str]:
+    """mlx-lm's greedy continuation, cut at the first eos id of the list, decoded by the same tokenizer.json."""
+    from plt_deploy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(folder, 97)
+    mx, model = _mlx_model(folder)
+    ids, _ = _mlx_greedy(mx, model, torch.tensor([tok.encode(prompt)]), steps)
+    cut = next(i for i, t in enumerate(ids) if t in tok.eos_ids) + 1
+    return ids[:cut], tok.decode(ids[:cut])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_generate_text_equals_mlx(hf_folder, hf_export, capsys, backend):
+    from cli_helpers import run_cli
+
+    ids, text = _mlx_text(hf_folder, GEN_PROMPT)
+    assert len(ids) >= 8 and ids[-1] == 4  # a real continuation, stopped by the list's second eos id
+    model = hf_folder if backend == "torch" else hf_export
+    code, out, err = run_cli(capsys, "generate", "--model", str(model), "--backend", backend, "--prompt", GEN_PROMPT,
+                             "--max-new-tokens", "20")
+    assert code == 0, err
+    assert out.strip() == GEN_PROMPT + text
+
+
+def test_export_carries_tokenizer_and_hashes_shards(hf_folder, hf_export):
+    from plt_deploy.export.manifest import model_identity
+
+    data = json.loads((hf_export / "manifest.json").read_text())
+    assert data["model"]["config"]["mode"] == "loopcoder"
+    assert set(data["model"]["sha256"]) == {"config.json", "model.safetensors"}
+    assert data["model"]["sha256"] == model_identity(hf_folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert name in data["files"]
+    names = [t["name"] for t in data["graphs"]["decode"]["inputs"]]
+    assert "past_carry" not in names and names.count("past_local_key.0") == 1  # no carry; L-1 = 1 ring per layer
