@@ -72,6 +72,18 @@ def hf_name(ours: str) -> tuple[str, bool]:
     raise KeyError(ours)
 
 
+def hf_layout(cfg: PLTConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """(Hugging Face name, shape, role) of every tensor a LoopCoder folder must hold for cfg."""
+    from .checkpoint import weight_layout
+
+    out = []
+    for ours, shape, role in weight_layout(cfg):
+        theirs, negate = hf_name(ours)
+        out.append((theirs, shape, f"{role} [{ours}" + (", negated at load: the file's gate weights the global "
+                                                         "part]" if negate else "]")))
+    return out
+
+
 # Config --------------------------------------------------------------------------------------------
 def config_from_hf(data: dict, path: Path) -> PLTConfig:
     """config.json of a Hugging Face LoopCoder -> PLTConfig(mode="loopcoder"); CheckpointError naming

@@ -291,3 +291,38 @@ def test_export_carries_tokenizer_and_hashes_shards(hf_folder, hf_export):
         assert name in data["files"]
     names = [t["name"] for t in data["graphs"]["decode"]["inputs"]]
     assert "past_carry" not in names and names.count("past_local_key.0") == 1  # no carry; L-1 = 1 ring per layer
+
+
+def test_serve_chat_uses_own_template_and_stops_at_any_eos(hf_folder):
+    """plt-deploy serve on the HF folder: model id = folder name, chat through the checkpoint's own
+    template (bos string filled in, no second bos), greedy reply = mlx-lm's, stopped at an eos id."""
+    httpx = pytest.importorskip("httpx")
+    from test_serve_server import ServerThread, sse_events
+
+    from plt_deploy.serve import load_engine
+    from plt_deploy.serve.app import ServerSettings, build_app
+
+    engine = load_engine(hf_folder, slots=2, max_context=48)
+    tok = engine.tokenizer
+    messages = [{"role": "user", "content": "w20 w21 w22 hello"}]
+    ids = tok.encode_chat(messages)
+    assert ids[0] == 1 and ids.count(1) == 1 and ids[1] == 3  # "<s><|im_start|>user ..." once
+    assert tok.eos_ids == (2, 4)
+    mx, model = _mlx_model(hf_folder)
+    want, _ = _mlx_greedy(mx, model, torch.tensor([ids]), 30)
+    cut = next((i for i, t in enumerate(want) if t in tok.eos_ids), None)
+    srv = ServerThread(build_app(engine, ServerSettings()))
+    try:
+        assert httpx.get(srv.url + "/v1/models").json()["data"][0]["id"] == "IQuest-Tiny-Loop"
+        body = {"model": "IQuest-Tiny-Loop", "messages": messages, "max_tokens": 30, "temperature": 0}
+        r = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["message"]["content"] == tok.decode(want[:cut if cut is not None else 30])
+        assert choice["finish_reason"] == ("stop" if cut is not None else "length")
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as s:
+            events = sse_events(s.iter_lines())
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"])
+        assert events[-1] == "[DONE]" and streamed == choice["message"]["content"]
+    finally:
+        srv.stop()
