@@ -326,3 +326,23 @@ def test_serve_chat_uses_own_template_and_stops_at_any_eos(hf_folder):
         assert events[-1] == "[DONE]" and streamed == choice["message"]["content"]
     finally:
         srv.stop()
+
+
+def test_triton_repo_on_loopcoder_export(hf_folder, hf_export, tmp_path):
+    """triton-repo's model logic on the LoopCoder export: text = mlx-lm's greedy text, stopped at an eos id."""
+    pytest.importorskip("tritonclient", reason="needs the triton extra: pip install 'plt-deploy[triton]'")
+    from test_triton_glue import inputs, model_config_json
+
+    from plt_deploy.triton.repository import write_repository
+    from plt_deploy.triton.runtime import Served
+
+    _, text = _mlx_text(hf_folder, GEN_PROMPT)
+    repo = write_repository(hf_export, tmp_path / "repo", backend="onnxruntime", slots=2, max_context=48)
+    served = Served.load(model_config_json(repo), repo / "plt" / "1")
+    try:
+        out = []
+        served.handle(inputs(text_input=GEN_PROMPT, max_tokens=20), out.append)
+        assert len(out) == 1 and out[0].error is None, out
+        assert out[0].text == text and out[0].finish_reason == "stop"
+    finally:
+        served.close()
