@@ -251,9 +251,14 @@ def hf_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_export(hf_folder, tmp_path_factory) -> Path:
-    from plt_deploy.export.exporter import export_model
+    """The folder exported with the 2 GB external-data threshold forced down to 1 KiB: the weights go
+    to <graph>.onnx.data files, as a real 40B checkpoint's do (validated on ONNX Runtime by export)."""
+    from plt_deploy.export import exporter
 
-    return export_model(hf_folder, tmp_path_factory.mktemp("onnx") / "exp", max_seq=48, max_batch=2, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exporter, "EXTERNAL_DATA_LIMIT", 1024)
+        return exporter.export_model(hf_folder, tmp_path_factory.mktemp("onnx") / "exp", max_seq=48, max_batch=2,
+                                     progress=False)
 
 
 def _mlx_text(folder: Path, prompt: str, steps: int = 20) -> tuple[list[int], str]:
@@ -281,7 +286,7 @@ def test_generate_text_equals_mlx(hf_folder, hf_export, capsys, backend):
 
 
 def test_export_carries_tokenizer_and_hashes_shards(hf_folder, hf_export):
-    from plt_deploy.export.manifest import model_identity
+    from plt_deploy.export.manifest import model_identity, sha256_file
 
     data = json.loads((hf_export / "manifest.json").read_text())
     assert data["model"]["config"]["mode"] == "loopcoder"
@@ -289,6 +294,9 @@ def test_export_carries_tokenizer_and_hashes_shards(hf_folder, hf_export):
     assert data["model"]["sha256"] == model_identity(hf_folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert name in data["files"]
+    for graph in ("prefill", "decode"):  # external data, hashed by the manifest
+        assert data["graphs"][graph]["external_data"] == [f"{graph}.onnx.data"]
+        assert data["files"][f"{graph}.onnx.data"]["sha256"] == sha256_file(hf_export / f"{graph}.onnx.data")
     names = [t["name"] for t in data["graphs"]["decode"]["inputs"]]
     assert "past_carry" not in names and names.count("past_local_key.0") == 1  # no carry; L-1 = 1 ring per layer
 
