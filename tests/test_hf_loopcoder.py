@@ -354,3 +354,36 @@ def test_triton_repo_on_loopcoder_export(hf_folder, hf_export, tmp_path):
         assert out[0].text == text and out[0].finish_reason == "stop"
     finally:
         served.close()
+
+
+def test_build_path_on_loopcoder_export(hf_export, capsys):
+    """What `plt-deploy build` does before TensorRT: profiles from the manifest's specs, the parser
+    support check, one plugin-ready G-SWA node per layer per later loop (R = 1, G = 0); without
+    TensorRT the command is one line."""
+    import onnx
+    from cli_helpers import assert_one_line_error, run_cli
+
+    from plt_deploy.build.engine import check_parser_support, profile_axes, profile_shapes
+    from plt_deploy.export.manifest import read_manifest
+    from plt_deploy.ops import contract
+
+    manifest = read_manifest(hf_export, verify_hashes=True)
+    cfg = manifest.config
+    for graph in ("prefill", "decode"):
+        spec = manifest.graphs[graph]
+        shapes = profile_shapes(spec, profile_axes(graph, 2, 48))
+        assert set(shapes) == set(spec.input_names)
+        model = onnx.load(str(hf_export / f"{graph}.onnx"), load_external_data=False)
+        check_parser_support(model, "10.15.1", hf_export / f"{graph}.onnx")
+        nodes = [n for n in model.graph.node if n.op_type == contract.OP_NAME]
+        assert len(nodes) == cfg.n_layers * (cfg.loops - 1), graph
+        for n in nodes:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            assert attrs["global_rows"] == 0 and attrs["window"] == cfg.window
+            assert attrs["plugin_namespace"] == contract.PLUGIN_NAMESPACE.encode()
+    assert shapes["past_local_key.0"][2] == [2, 1, cfg.n_kv_heads, cfg.window, cfg.head_dim]
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        code, _, err = run_cli(capsys, "build", "--onnx", str(hf_export))
+        assert_one_line_error(code, err, "TensorRT")
