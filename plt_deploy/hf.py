@@ -226,17 +226,15 @@ def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
 
     from .checkpoint import weight_layout
 
+    files = weight_files(model_dir)  # refuses a malformed index or a missing shard first
     index = model_dir / INDEX_FILE
-    listed = None
-    if index.is_file():
-        listed = json.loads(index.read_text())["weight_map"]
     found: dict[str, tuple] = {}  # HF name -> (tensor, file)
-    for path in weight_files(model_dir):
+    for path in files:
         for name, t in mmap_tensors(path).items():
             if not name.endswith(IGNORED_SUFFIXES):
                 found[name] = (t, path)
     expected = {hf_name(name)[0]: (name, shape) for name, shape, _ in weight_layout(cfg)}
-    where = index if listed is not None else model_dir / SINGLE_FILE
+    where = index if index.is_file() else model_dir / SINGLE_FILE
     for theirs in expected:
         if theirs not in found:
             raise CheckpointError(f"{where}: tensor {theirs!r} is missing")

@@ -149,6 +149,14 @@ def test_weight_refusals(tmp_path):
     save_file({**tensors, name: tensors[name][:, 1:].contiguous()}, str(shard))
     with pytest.raises(CheckpointError, match=f"tensor '{name}' has shape"):
         load_checkpoint(folder)
+    save_file({**tensors, name: tensors[name].to(torch.int8)}, str(shard))  # a quantized tensor
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' has dtype I8"):
+        load_checkpoint(folder)
+    save_file({**tensors, "model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8)}, str(shard))
+    load_checkpoint(folder)  # RoPE tables some exporters save are ignored (recomputed), as vLLM does
+    (folder / hf.INDEX_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: not a valid index"):
+        load_checkpoint(folder)
 
 
 # Parity with mlx-lm -------------------------------------------------------------------------------
