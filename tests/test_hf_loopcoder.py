@@ -395,3 +395,14 @@ def test_build_path_on_loopcoder_export(hf_export, capsys):
     except ImportError:
         code, _, err = run_cli(capsys, "build", "--onnx", str(hf_export))
         assert_one_line_error(code, err, "TensorRT")
+
+
+def test_export_three_loops_validates_on_onnxruntime(tmp_path):
+    """L = 3 (beyond mlx-lm): the export validates its ONNX Runtime prefill + decode against torch;
+    one ring per layer per later loop."""
+    from plt_deploy.export.exporter import export_model
+
+    folder = write_folder(tmp_path, random_loopcoder(seed=3, loops=3, window=4, max_seq_len=64))
+    out = export_model(folder, tmp_path / "onnx", max_seq=32, max_batch=2, progress=False)
+    names = [t["name"] for t in json.loads((out / "manifest.json").read_text())["graphs"]["decode"]["inputs"]]
+    assert sum(n.startswith("past_local_key.") for n in names) == 2 * 2 and "past_carry" not in names
