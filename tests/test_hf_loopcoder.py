@@ -406,3 +406,13 @@ def test_export_three_loops_validates_on_onnxruntime(tmp_path):
     out = export_model(folder, tmp_path / "onnx", max_seq=32, max_batch=2, progress=False)
     names = [t["name"] for t in json.loads((out / "manifest.json").read_text())["graphs"]["decode"]["inputs"]]
     assert sum(n.startswith("past_local_key.") for n in names) == 2 * 2 and "past_carry" not in names
+
+
+def test_check_and_layout_commands_on_hf_folder(hf_folder, hf_export, capsys):
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(capsys, "check", "--model", str(hf_folder), "--onnx", str(hf_export), "--steps", "4",
+                             "--new-tokens", "4")
+    assert code == 0 and "PASSED" in out, out + err
+    code, out, err = run_cli(capsys, "layout", "--model", str(hf_folder))
+    assert code == 0 and "model.gate_projections.1.bias" in out and "negated at load" in out, out + err
