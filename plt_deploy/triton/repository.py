@@ -105,7 +105,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def readme_text(repo: Path, name: str, params: ModelParams) -> str:
     gpu = params.backend == "tensorrt"
-    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_GLOBAL) before the "
+    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_LOCAL) before the "
                    "engines" if params.plugin else "")
     return f"""# Triton model repository for a PLT model
 
