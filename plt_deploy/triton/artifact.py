@@ -55,12 +55,13 @@ def check_artifact(path: str | Path, backend: str, plugin: str | Path | None = N
 
 def _check_checkpoint(path: Path, expected: dict[str, str] | None) -> Checked:
     from ..backends.base import SessionLimits
-    from ..checkpoint import load_config
+    from ..checkpoint import load_config, weight_files
     from ..export.manifest import model_identity
 
     config = load_config(path)  # CheckpointError naming the file when config.json is missing or invalid
-    if not (path / "model.safetensors").is_file():
-        raise ArtifactError(f"{path / 'model.safetensors'}: file not found; {path} is not a complete checkpoint")
+    for f in weight_files(path):  # model.safetensors, or a Hugging Face folder's shards (a missing one named)
+        if not f.is_file():
+            raise ArtifactError(f"{f}: file not found; {path} is not a complete checkpoint")
     have = model_identity(path)
     for name, want in (expected or {}).items():
         if have.get(name) != want:
