@@ -4,10 +4,12 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
   k[i], v[i]      [B, Hkv, T, D]     slot j holds position j. i < n_cache_layers:
                                      plt/vanilla: loop 1's keys (the shared cache), one per layer;
                                      looped: every loop's own cache, i = loop * N + layer.
-  local_k[n], local_v[n]  [B, (L-1)*Hkv, ring_len, D]   plt only: ring buffer of loops 2..L's own
+  local_k[n], local_v[n]  [B, rows*Hkv, ring_len, D]   G-SWA models: ring buffer of loops 2..L's own
                                      keys (row r, head h at r*Hkv + h: 4-D like k/v, the layout TensorRT's
                                      KV-cache update takes), slot = position % ring_len, ring_len = window.
-  carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1.
+                                     plt: one per layer, rows = L-1 (loops 2..L);
+                                     loopcoder: rows = 1, n = (loop - 2) * N + layer (config.n_local_layers).
+  carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1 ([B, 0, d] otherwise).
   lengths         [B] int64          tokens cached per sequence (= next position).
 
 The model writes keys through `update` / `update_local` / `set_carry` and never touches
@@ -75,16 +77,17 @@ class PLTCache:
     def allocate(cls, config: PLTConfig, batch: int, max_seq: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu") -> "PLTCache":
         Hkv, D = config.n_kv_heads, config.head_dim
-        rows = config.loops - 1 if config.uses_gswa else 0
+        rows = config.local_rows
         full = lambda: torch.zeros(batch, Hkv, max_seq, D, dtype=dtype, device=device)  # noqa: E731
         ring = lambda: torch.zeros(batch, rows * Hkv, ring_len(config), D, dtype=dtype, device=device)  # noqa: E731
-        n_local = config.n_layers if rows else 0
+        n_local = config.n_local_layers
+        carry_rows = config.loops - 1 if config.has_carry else 0
         return cls(
             k=[full() for _ in range(config.n_cache_layers)],
             v=[full() for _ in range(config.n_cache_layers)],
             local_k=[ring() for _ in range(n_local)],
             local_v=[ring() for _ in range(n_local)],
-            carry=torch.zeros(batch, rows, config.d_model, dtype=dtype, device=device),
+            carry=torch.zeros(batch, carry_rows, config.d_model, dtype=dtype, device=device),
             lengths=torch.zeros(batch, dtype=torch.int64, device=device),
         )
 
@@ -106,10 +109,11 @@ class PLTCache:
 
     def update_local(self, n: int, slot: torch.Tensor, k: torch.Tensor,
                      v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write loops 2..L's k/v [B, L-1, Hkv, 1, D] at ring slot[b] (= pos % ring_len) of layer n;
-        returns the rings as [B, L-1, Hkv, ring_len, D] views."""
+        """Write k/v [B, rows, Hkv, 1, D] at ring slot[b] (= pos % ring_len) of local ring n (plt: loops
+        2..L of layer n; loopcoder: one loop's keys of one layer, see config.n_local_layers); returns
+        the ring as [B, rows, Hkv, ring_len, D] views of its 4-D buffer."""
         rows = k.shape[1]
-        self.local_k[n] = write_at(self.local_k[n], slot, k.flatten(1, 2), self.in_place)  # [B, (L-1)*Hkv, W, D]
+        self.local_k[n] = write_at(self.local_k[n], slot, k.flatten(1, 2), self.in_place)  # [B, rows*Hkv, W, D]
         self.local_v[n] = write_at(self.local_v[n], slot, v.flatten(1, 2), self.in_place)
         return self.local_k[n].unflatten(1, (rows, -1)), self.local_v[n].unflatten(1, (rows, -1))
 
@@ -152,10 +156,10 @@ class PLTCache:
 
 
 def kv_bytes_formula(config: PLTConfig, batch: int, max_seq: int, bytes_per_elem: int) -> int:
-    """Expected KV bytes: vanilla x (1 + (L-1) * w / T) for plt, vanilla x L for looped."""
+    """Expected KV bytes: vanilla x (1 + (L-1) * w / T) for plt and loopcoder, vanilla x L for looped."""
     per_layer = 2 * batch * config.n_kv_heads * max_seq * config.head_dim * bytes_per_elem
     local = 0
     if config.uses_gswa:
-        local = 2 * batch * (config.loops - 1) * config.n_kv_heads * ring_len(config) * config.head_dim
-        local *= bytes_per_elem * config.n_layers
+        local = 2 * batch * config.local_rows * config.n_kv_heads * ring_len(config) * config.head_dim
+        local *= bytes_per_elem * config.n_local_layers
     return per_layer * config.n_cache_layers + local

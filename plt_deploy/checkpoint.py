@@ -1,5 +1,8 @@
 """Checkpoints: a folder with config.json + model.safetensors (+ optional tokenizer.json).
 
+A Hugging Face folder (config.json with a `model_type`, e.g. IQuest-Coder-V1 Loop) is loaded
+through plt_deploy/hf.py by the same entry points (`load_config`, `load_checkpoint`, `weight_files`).
+
 No pickle anywhere: loading parses JSON and raw tensors and never executes code. Every mismatch
 between the config and the weights is reported naming the tensor.
 """
@@ -95,10 +98,22 @@ def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, byte
     return out
 
 
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The files holding the weights: model.safetensors, or a Hugging Face folder's shards."""
+    from . import hf
+
+    model_dir = Path(model_dir)
+    return hf.weight_files(model_dir) if hf.is_hf_folder(model_dir) else [model_dir / WEIGHTS_FILE]
+
+
 def load_config(model_dir: str | Path) -> PLTConfig:
+    from . import hf
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such checkpoint folder (make one with `plt-deploy init`)")
+    if hf.is_hf_folder(model_dir):
+        return hf.config_from_hf(hf.read_json(model_dir / CONFIG_FILE), model_dir / CONFIG_FILE)
     try:
         return PLTConfig.from_json(model_dir / CONFIG_FILE)
     except ConfigError as exc:
@@ -132,8 +147,14 @@ def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def load_checkpoint(model_dir: str | Path, dtype: str | None = None) -> PLT:
-    """Load a checkpoint folder into a PLT model (eval mode). dtype overrides config.dtype."""
+    """Load a checkpoint folder into a PLT model (eval mode). dtype overrides config.dtype.
+
+    A Hugging Face folder (hf.is_hf_folder) is memory-mapped and keeps its dtype (hf.load_hf_checkpoint)."""
+    from . import hf
+
     model_dir = Path(model_dir)
+    if model_dir.is_dir() and hf.is_hf_folder(model_dir):
+        return hf.load_hf_checkpoint(model_dir, dtype)
     cfg = load_config(model_dir)
     weights_path = model_dir / WEIGHTS_FILE
     weights = read_weights(weights_path)

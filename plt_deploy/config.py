@@ -13,7 +13,7 @@ SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # every seed (CLI flags, server 
 # integer, what torch.Generator.manual_seed takes (here, not in generate.py: --help must not import torch)
 MIN_EXPORT_SEQ = 3  # the shortest --max-seq an export accepts: a prompt token, one decode step, its output
 
-MODES = ("plt", "looped", "vanilla")
+MODES = ("plt", "looped", "vanilla", "loopcoder")
 # `train --variants` names -> config overrides (vanilla also forces loops = 1)
 VARIANTS = {"plt": dict(mode="plt"), "looped": dict(mode="looped"), "vanilla": dict(mode="vanilla")}
 DTYPES = ("float32", "float16", "bfloat16")
@@ -34,6 +34,7 @@ class PLTConfig:
     loops: int = 2  # L: how many times the N-layer block is applied
     window: int = 16  # w: G-SWA sliding window over a loop's own keys (loops >= 2)
     mode: str = "plt"  # plt | looped (sequential loops, own KV per loop) | vanilla (L = 1)
+    #                    | loopcoder (IQuest-Coder-V1 Loop: sequential loops, shared KV + G-SWA, no CLP)
     input_scale: float = 1.0  # a in B_l = a*E + b*shift_right(H_{l-1})
     carry_scale: float = 1.0  # b in the same formula
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
@@ -100,6 +101,7 @@ class PLTConfig:
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         need(isinstance(self.loops, int) and self.loops >= 1, f"loops must be >= 1, got {self.loops!r}")
         need(isinstance(self.window, int) and self.window >= 1, f"window must be >= 1, got {self.window!r}")
+        need(self.mode != "loopcoder" or self.loops >= 2, f"mode loopcoder needs loops >= 2, got {self.loops!r}")
         need(self.n_heads % self.n_kv_heads == 0,
              f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         need(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
@@ -178,7 +180,34 @@ class PLTConfig:
 
     @property
     def uses_gswa(self) -> bool:
+        """Loops 2..L attend through the G-SWA op (shared loop-1 KV + their own window)."""
+        return self.mode in ("plt", "loopcoder") and self.loops >= 2
+
+    @property
+    def has_carry(self) -> bool:
+        """plt decodes all loops in one pass, so it carries h_l(t-1) between steps; loopcoder does not."""
         return self.mode == "plt" and self.loops >= 2
+
+    @property
+    def n_local_layers(self) -> int:
+        """Local ring tensors: one per layer (plt: holding loops 2..L as rows), or one per layer per
+        later loop (loopcoder, index = (loop - 2) * n_layers + layer: its loops run one after another)."""
+        if not self.uses_gswa:
+            return 0
+        return self.n_layers * (self.loops - 1 if self.mode == "loopcoder" else 1)
+
+    @property
+    def local_rows(self) -> int:
+        """Loop rows in each local ring tensor: L-1 for plt, 1 for loopcoder (0 without G-SWA)."""
+        if not self.uses_gswa:
+            return 0
+        return 1 if self.mode == "loopcoder" else self.loops - 1
+
+    @property
+    def decode_gswa_rows(self) -> tuple[int, int]:
+        """(R, G) of every G-SWA call of a decode step: plt one call of all L rows with loop 1
+        global-only; loopcoder one call per later loop (R = 1, G = 0), as in prefill."""
+        return (1, 0) if self.mode == "loopcoder" else (self.loops, 1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

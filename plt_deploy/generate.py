@@ -212,9 +212,8 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
 
     be = load_backend(backend, model, **backend_options)
     with be:
-        tok = load_tokenizer(getattr(be, "tokenizer_dir", model), be.config.vocab_size)
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed,
-                                (tok.eos_id,) if tok.eos_id is not None else (), tuple(stop))
+        tok = load_tokenizer(getattr(be, "tokenizer_dir", model), be.config.vocab_size, be.config)
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(tok.eos_ids), tuple(stop))
         decoder = TextStream(tok.decode, params.stop_strings) if stream is not None and len(prompts) == 1 else None
 
         def on_tokens(tokens, active):  # the first prompt's new text, complete characters only

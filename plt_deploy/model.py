@@ -7,6 +7,12 @@ One N-layer block stack `f` applied L times with the same weights.
           decode: ONE pass with L rows [e_t, a*e_t + b*h_1(t-1), ...]; logits from row L.
   looped  H_l = f(H_{l-1}), every loop with its own causal KV cache; decode = L sequential passes.
   vanilla L = 1.
+  loopcoder  IQuest-Coder-V1 Loop (Hugging Face `iquestloopcoder`): H1 = f(E) (the shared cache);
+          for l >= 2 H_l = f(H_{l-1}) at the SAME positions (no embedding mix, no shift) with G-SWA
+          in every layer (R = 1, G = 0, local keys = loop l's own). decode: L sequential passes of
+          one row; loop 1 writes the shared cache, loop l its own ring. Logits from H_L.
+          The published gate weights the GLOBAL part; checkpoint.py negates it at load so that it
+          is exactly our op's gate on the local part (1 - sigmoid(x) = sigmoid(-x)).
 
 Entry points: `forward` (training / full-sequence logits), `prefill` and `decode_step` (cached
 decoding over a `PLTCache`; export traces `prefill_core` and `decode_core` with a cache that
@@ -241,28 +247,38 @@ class PLT(nn.Module):
 
         wc = cache_lib.ring_len(cfg)
         ring_pos = cache_lib.ring_positions(last, wc).clamp_min(0)  # [B, ring_len] chunk index per slot
-        local_k = [[] for _ in self.layers]
-        local_v = [[] for _ in self.layers]
+        local_k = [[] for _ in range(cfg.n_local_layers)]
+        local_v = [[] for _ in range(cfg.n_local_layers)]
 
-        def gswa_loop(n: int) -> Attend:
-            def attend(q, k, v):  # loops >= 2: R = 1 row, G = 0, local keys = the chunk's own
-                idx = ring_pos[:, None, :, None].expand(B, k.shape[1], wc, k.shape[3])
-                local_k[n].append(torch.gather(k, 2, idx))  # [B, Hkv, ring_len, D]
-                local_v[n].append(torch.gather(v, 2, idx))
-                y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos, 0)
-                return y[:, 0]  # [B, Hq, S, D]
-            return attend
+        def gswa_loop(loop: int) -> Callable[[int], Attend]:
+            def for_layer(n: int) -> Attend:
+                ring = n if cfg.mode == "plt" else (loop - 1) * cfg.n_layers + n  # see config.n_local_layers
+
+                def attend(q, k, v):  # loops >= 2: R = 1 row, G = 0, local keys = the chunk's own
+                    idx = ring_pos[:, None, :, None].expand(B, k.shape[1], wc, k.shape[3])
+                    local_k[ring].append(torch.gather(k, 2, idx))  # [B, Hkv, ring_len, D]
+                    local_v[ring].append(torch.gather(v, 2, idx))
+                    y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos, 0)
+                    return y[:, 0]  # [B, Hq, S, D]
+                return attend
+            return for_layer
 
         H = self.run_block_stack(E, cos, sin, causal_keep)  # loop 1 fills the shared cache
         carry = [H]
-        for _ in range(1, cfg.loops):
-            shifted = F.pad(H, (0, 0, 1, 0))[:, :S]  # shift_right: zeros at position 0
-            H = self.run_block_stack(cfg.input_scale * E + cfg.carry_scale * shifted, cos, sin, gswa_loop)
+        for loop in range(1, cfg.loops):
+            if cfg.mode == "loopcoder":  # loop l reads H_{l-1} at the same position
+                x = H
+            else:
+                shifted = F.pad(H, (0, 0, 1, 0))[:, :S]  # shift_right: zeros at position 0
+                x = cfg.input_scale * E + cfg.carry_scale * shifted
+            H = self.run_block_stack(x, cos, sin, gswa_loop(loop))
             carry.append(H)
+        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, rows, Hkv, ring_len, D]
+        rings_v = [torch.stack(r, dim=1) for r in local_v]
+        if not cfg.has_carry:
+            return H, ks, vs, rings_k, rings_v, E.new_zeros(B, 0, cfg.d_model)
         take_last = last[:, None, None].expand(B, 1, cfg.d_model)
         carry_last = torch.cat([torch.gather(h, 1, take_last) for h in carry[:-1]], dim=1)  # [B, L-1, d]
-        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, L-1, Hkv, ring_len, D]
-        rings_v = [torch.stack(r, dim=1) for r in local_v]
         return H, ks, vs, rings_k, rings_v, carry_last
 
     def prefill_core(self, tokens: torch.Tensor, lengths: torch.Tensor):
@@ -312,6 +328,8 @@ class PLT(nn.Module):
         L = cfg.loops
         ring_slot = torch.remainder(pos, cache.ring_len)  # [B], once per step
         local_pos = cache_lib.ring_positions(pos, cache.ring_len)  # [B, ring_len], once per step
+        if cfg.mode == "loopcoder":
+            return self.logits(self._loopcoder_decode(e, pos, cache, ring_slot, local_pos)[:, 0])
         cos, sin = self.rope_at(query_pos, rows=True)  # every row sits at position t
         x = torch.cat([e, cfg.input_scale * e + cfg.carry_scale * cache.carry], dim=1)  # [B, L, d] rows
 
@@ -325,6 +343,38 @@ class PLT(nn.Module):
         x = self.run_block_stack(x, cos, sin, rows_attend, rows=True)  # [B, L, d]
         cache.set_carry(x[:, : L - 1])
         return self.logits(x[:, L - 1])
+
+    def _loopcoder_decode(self, e, pos, cache: PLTCache, ring_slot, local_pos) -> torch.Tensor:
+        """loopcoder's step: L sequential passes of one row e [B, 1, d] -> H_L [B, 1, d].
+
+        Loop 1 writes its key at pos into the shared cache and attends causally over it; loop l >= 2
+        writes its key into its own ring (cache.update_local, ring (l-2) * N + n) and calls the G-SWA
+        op with R = 1, G = 0 over the shared cache (already holding position t) and that ring.
+        """
+        cfg = self.cfg
+        query_pos = pos[:, None]  # [B, 1]
+        cos, sin = self.rope_at(query_pos)  # once per step
+        mask = causal_mask(query_pos, cache.max_seq)  # [B, 1, 1, T], once per step
+
+        def shared(n: int) -> Attend:
+            def attend(q, k, v):  # q [B, Hq, 1, D], k/v [B, Hkv, 1, D]
+                kc, vc = cache.update(n, pos, k, v)
+                return self.layers[n].attn.causal(q, kc, vc, mask)
+            return attend
+
+        def windowed(loop: int) -> Callable[[int], Attend]:
+            def for_layer(n: int) -> Attend:
+                def attend(q, k, v):
+                    kl, vl = cache.update_local((loop - 1) * cfg.n_layers + n, ring_slot, k[:, None], v[:, None])
+                    y = self.layers[n].attn.gswa(q[:, None], cache.k[n], cache.v[n], kl, vl, query_pos, local_pos, 0)
+                    return y[:, 0]  # [B, Hq, 1, D]
+                return attend
+            return for_layer
+
+        x = self.run_block_stack(e, cos, sin, shared)
+        for loop in range(1, cfg.loops):
+            x = self.run_block_stack(x, cos, sin, windowed(loop))
+        return x
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, cache: PLTCache) -> torch.Tensor:

@@ -1,12 +1,20 @@
-"""Tokenizers: a built-in byte-level one, or a Hugging Face tokenizer.json in the checkpoint folder."""
+"""Tokenizers: a built-in byte-level one, or a Hugging Face tokenizer.json in the checkpoint folder.
+
+Beside tokenizer.json, as in Hugging Face: tokenizer_config.json gives the bos/eos token strings and
+add_bos_token; the end-of-sequence ids are a LIST (`eos_ids`, generation stops at any of them) taken
+from generation_config.json's eos_token_id, else config.json's, else the eos token.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
 
 HF_TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 class ByteTokenizer:
@@ -14,6 +22,8 @@ class ByteTokenizer:
 
     vocab_size = 259
     bos_id, eos_id, pad_id = 256, 257, 258
+    eos_ids = (257,)
+    bos_token, eos_token = "<bos>", "<eos>"
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         # surrogateescape: command-line bytes that are not UTF-8 (Python keeps them as lone
@@ -35,7 +45,7 @@ class ByteTokenizer:
 class HFTokenizer:
     """A `tokenizers` tokenizer.json; bos/eos looked up among common special-token names."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, eos_ids: tuple[int, ...] = ()):
         from tokenizers import Tokenizer
 
         try:
@@ -43,12 +53,18 @@ class HFTokenizer:
         except Exception as exc:  # the tokenizers library raises a bare Exception subclass
             raise CheckpointError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
         self.vocab_size = self.tok.get_vocab_size()
-        find = lambda *names: next((i for n in names if (i := self.tok.token_to_id(n)) is not None), None)  # noqa
-        self.bos_id = find("<s>", "<bos>", "<|begin_of_text|>", "<|endoftext|>")
-        self.eos_id = find("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
-        self.pad_id = find("<pad>", "<|pad|>")
+        special = _tokenizer_config(path.parent / TOKENIZER_CONFIG_FILE)
+        find = lambda *names: next((i for n in names if n and (i := self.tok.token_to_id(n)) is not None), None)  # noqa
+        self.bos_id = find(special.get("bos_token"), "<s>", "<bos>", "<|begin_of_text|>", "<|endoftext|>")
+        self.eos_id = find(special.get("eos_token"), "</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
+        self.pad_id = find(special.get("pad_token"), "<pad>", "<|pad|>")
         if self.pad_id is None:
             self.pad_id = self.eos_id if self.eos_id is not None else 0
+        self.add_bos = special.get("add_bos_token", True) is not False
+        self.eos_ids = tuple(eos_ids) or ((self.eos_id,) if self.eos_id is not None else ())
+        self.eos_id = self.eos_ids[0] if self.eos_ids else None
+        name = lambda i: self.tok.id_to_token(i) if i is not None else None  # noqa: E731
+        self.bos_token, self.eos_token = name(self.bos_id) or "", name(self.eos_id) or ""
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         try:
@@ -58,7 +74,7 @@ class HFTokenizer:
             raise InputError(f"text is not valid UTF-8 (byte {bad!r} at character {exc.start}); "
                              "this model's tokenizer.json needs UTF-8 text") from None
         ids = self.tok.encode(text, add_special_tokens=False).ids
-        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+        return [self.bos_id, *ids] if add_bos and self.add_bos and self.bos_id is not None else ids
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
@@ -67,10 +83,50 @@ class HFTokenizer:
         return self.tok.token_to_id(token)
 
 
-def load_tokenizer(model_dir: str | Path | None, vocab_size: int):
-    """tokenizer.json in model_dir if present, else the byte tokenizer; checked against the vocab."""
+def _tokenizer_config(path: Path) -> dict:
+    """bos_token / eos_token / pad_token as strings and add_bos_token of a tokenizer_config.json ({} if absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid tokenizer config ({exc})") from None
+    out = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in data.items()
+           if k in ("bos_token", "eos_token", "pad_token")}
+    if "add_bos_token" in data:
+        out["add_bos_token"] = data["add_bos_token"]
+    return out
+
+
+def eos_ids_of(model_dir: Path, config=None) -> tuple[int, ...]:
+    """The end-of-sequence ids, a list as Hugging Face allows: generation_config.json's eos_token_id,
+    else the model config's (a Hugging Face config.json keeps it in config.extra["hf"])."""
+    found = None
+    gen = model_dir / GENERATION_CONFIG_FILE
+    if gen.is_file():
+        try:
+            found = json.loads(gen.read_text()).get("eos_token_id")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise CheckpointError(f"{gen}: not a valid generation config ({exc})") from None
+    if found is None and config is not None:
+        found = config.extra.get("hf", {}).get("eos_token_id")
+    ids = [found] if isinstance(found, int) else list(found or [])
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{gen if gen.is_file() else model_dir}: eos_token_id must be an id or a list of ids, "
+                              f"got {found!r}")
+    return tuple(ids)
+
+
+def load_tokenizer(model_dir: str | Path | None, vocab_size: int, config=None):
+    """tokenizer.json in model_dir if present, else the byte tokenizer; checked against the vocab.
+    config (PLTConfig): where a Hugging Face folder's eos list is when it has no generation_config.json."""
     path = Path(model_dir) / HF_TOKENIZER_FILE if model_dir is not None else None
-    tok = HFTokenizer(path) if path is not None and path.is_file() else ByteTokenizer()
+    if path is not None and path.is_file():
+        tok = HFTokenizer(path, eos_ids_of(path.parent, config))
+    else:
+        tok = ByteTokenizer()
     if tok.vocab_size > vocab_size:
         where = path if isinstance(tok, HFTokenizer) else "the built-in byte tokenizer"
         raise CheckpointError(f"{where}: {tok.vocab_size} tokens do not fit the model's vocab_size {vocab_size}")

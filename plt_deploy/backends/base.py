@@ -46,7 +46,7 @@ class SessionLimits:
         from ..cache import kv_bytes_formula
 
         cfg = self.config
-        carry = 2 * batch * max(cfg.loops - 1, 0) * cfg.d_model * self.elem_bytes if cfg.uses_gswa else 0
+        carry = 2 * batch * max(cfg.loops - 1, 0) * cfg.d_model * self.elem_bytes if cfg.has_carry else 0
         return kv_bytes_formula(cfg, batch, max_seq, self.elem_bytes) + carry + batch * cfg.vocab_size * 4
 
     def check(self, batch: int, max_seq: int, batch_flag: str | None = None, seq_flag: str | None = None,

@@ -49,10 +49,14 @@ def check_config(path: str | Path) -> None:
     from ..config import PLTConfig
     from ..errors import ArtifactError, CheckpointError, ConfigError
 
+    from .. import hf
+
     path = Path(path)
     kind = folder_kind(path)
     try:
-        if kind == "checkpoint":
+        if kind == "checkpoint" and hf.is_hf_folder(path):
+            hf.config_from_hf(hf.read_json(path / "config.json"), path / "config.json")
+        elif kind == "checkpoint":
             PLTConfig.from_json(path / "config.json")
         elif kind == "export":
             data = json.loads((path / "manifest.json").read_text())

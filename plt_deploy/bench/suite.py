@@ -190,7 +190,10 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     unknown = sorted(set(names or ()) - set(V.BY_NAME))
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(V.BY_NAME)}")
-    chosen = tuple(v for v in V.VARIANTS if names is None or v.name in names)
+    chosen = tuple(v for v in V.VARIANTS if (v.name in names if names else v.name in V.DEFAULT))
+    if {"loopcoder-2", "plt-2"} <= {v.name for v in chosen}:
+        notes = [*notes, "plt-2 runs the same block weights with cross-loop parallelism: what LoopCoder would cost "
+                         "as a PLT, a different model (its outputs differ), not a faster LoopCoder"]
     if "vanilla" not in {v.name for v in chosen}:
         raise InputError("the variants must include vanilla: every ratio is taken against it")
     for v in chosen:  # --batch too big for this machine: refused before any model or session exists

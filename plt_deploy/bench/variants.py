@@ -1,7 +1,8 @@
-"""The models a benchmark compares: plt (L = 2, 3), looped (L = 2, sequential) and vanilla (L = 1).
+"""The models a benchmark compares: plt (L = 2, 3), looped (L = 2, sequential), vanilla (L = 1) and,
+when asked for, loopcoder (L = 2: sequential loops over a shared cache + G-SWA rings).
 
 All variants come from one config and share the same block weights (shapes match across modes;
-only plt has the G-SWA gate parameters, zero-initialised when the source has none), so timing
+only plt and loopcoder have the G-SWA gate parameters, zero-initialised when the source has none), so timing
 differences come from the decode schedule alone. `open_backend` puts a variant on a runtime:
 in memory for torch, through the exporter's library function into a work folder for the others.
 """
@@ -33,8 +34,10 @@ VARIANTS = (
     Variant("plt-3", "plt", 3),
     Variant("looped-2", "looped", 2),
     Variant("vanilla", "vanilla", 1),
+    Variant("loopcoder-2", "loopcoder", 2),  # IQuest LoopCoder: sequential loops, shared KV + G-SWA
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+DEFAULT = ("plt-2", "plt-3", "looped-2", "vanilla")  # without --variants
 
 
 def variant_config(base: PLTConfig, variant: Variant) -> PLTConfig:

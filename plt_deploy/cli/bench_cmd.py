@@ -17,8 +17,8 @@ from .options import positive_ints, seed_option
 @click.option("--prompt-len", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Decode steps timed per run.")
-@click.option("--variants", help="Comma-separated subset of plt-2,plt-3,looped-2,vanilla (vanilla required); "
-              "default all.")
+@click.option("--variants", help="Comma-separated subset of plt-2,plt-3,looped-2,vanilla,loopcoder-2 (vanilla "
+                                 "required); default all but loopcoder-2.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds (every variant runs once per round).")
 @click.option("--warmup-tokens", type=click.IntRange(min=1), default=8, show_default=True)

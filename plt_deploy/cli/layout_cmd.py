@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -42,12 +43,19 @@ def command(preset, config_path, model, mode, loops, window):
     from rich.markup import escape
     from rich.table import Table
 
+    from .. import hf
     from ..checkpoint import WEIGHTS_FILE, weight_layout, weights_header
     from ..progress import console
 
-    layout = weight_layout(cfg)
-    found = weights_header(f"{model}/{WEIGHTS_FILE}") if model else None
-    table = Table(title=f"model.safetensors for mode={cfg.mode}, loops={cfg.loops}, layers={cfg.n_layers}, "
+    if model and hf.is_hf_folder(model):  # the published names (one table: hf.HF_NAMES)
+        layout, weights = hf.hf_layout(cfg), "the weights (Hugging Face names)"
+        found = {name: shape for name, (shape, _) in hf.header_shapes(Path(model)).items()
+                 if not name.endswith(hf.IGNORED_SUFFIXES)}
+        where = model
+    else:
+        layout, weights, where = weight_layout(cfg), "model.safetensors", f"{model}/{WEIGHTS_FILE}"
+        found = weights_header(where) if model else None
+    table = Table(title=f"{weights} for mode={cfg.mode}, loops={cfg.loops}, layers={cfg.n_layers}, "
                         f"d_model={cfg.d_model}, heads={cfg.n_heads}/{cfg.n_kv_heads} (q/kv), "
                         f"head_dim={cfg.head_dim}, vocab={cfg.vocab_size}")
     for column in ("tensor", "shape", "role") + (("in the checkpoint",) if found is not None else ()):
@@ -72,10 +80,10 @@ def command(preset, config_path, model, mode, loops, window):
                      f"float dtype (converted to the config's dtype {cfg.dtype} on load)"))
     if found is not None:
         if problems or unexpected:
-            click.echo(f"error: {model}/{WEIGHTS_FILE}: {problems} tensor(s) missing or of the wrong shape, "
+            click.echo(f"error: {where}: {problems} tensor(s) missing or of the wrong shape, "
                        f"{len(unexpected)} unexpected", err=True)
             sys.exit(1)
-        out.print(escape(f"{model}/{WEIGHTS_FILE} matches its config in names and shapes"))
+        out.print(escape(f"{where} matches its config in names and shapes"))
     out.print(escape(PARITY_NOTE))
 
 

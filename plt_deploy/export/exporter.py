@@ -32,6 +32,7 @@ from . import io_spec, manifest as manifest_lib, onnx_op
 
 DEFAULT_OPSET = 24  # TensorScatter (24) for in-place cache writes; Attention (23) with nonpad_kv_seqlen (24)
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 # The IR version each opset needs; onnxruntime 1.31/1.32 refuse IR 14 (onnx 1.23's default) and load <= 13.
 IR_FOR_OPSET = {24: 12, 25: 13}
 
@@ -45,8 +46,8 @@ class PrefillGraph(torch.nn.Module):
 
     def forward(self, input_ids, lengths):
         logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
-        out = (logits, *k, *v, *(r.flatten(1, 2) for r in (*lk, *lv)))  # rings as stored: [B, (L-1)*Hkv, W, D]
-        return out + ((carry,) if self.model.cfg.uses_gswa else ())
+        out = (logits, *k, *v, *(r.flatten(1, 2) for r in (*lk, *lv)))  # rings as stored: [B, rows*Hkv, W, D]
+        return out + ((carry,) if self.model.cfg.has_carry else ())
 
 
 class DecodeGraph(torch.nn.Module):
@@ -58,17 +59,14 @@ class DecodeGraph(torch.nn.Module):
 
     def forward(self, input_ids, position, caches):
         cfg = self.model.cfg
-        n, N = cfg.n_cache_layers, cfg.n_layers
+        n, N = cfg.n_cache_layers, cfg.n_local_layers
         k, v = caches[:n], caches[n:2 * n]
-        if cfg.uses_gswa:
-            lk, lv, carry = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N], caches[-1]
-        else:
-            lk, lv, carry = [], [], None
-        carry = carry if carry is not None else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
+        lk, lv = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N]
+        carry = caches[-1] if cfg.has_carry else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
         cache = PLTCache(list(k), list(v), list(lk), list(lv), carry, position, in_place=False)
         logits = self.model.decode_core(input_ids, position, cache)
         out = (logits, *cache.k, *cache.v, *cache.local_k, *cache.local_v)
-        return out + ((cache.carry,) if cfg.uses_gswa else ())
+        return out + ((cache.carry,) if cfg.has_carry else ())
 
 
 def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -240,13 +238,16 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                                           {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=True)
                 advance()
             identity = manifest_lib.model_identity(model_dir)
-            meta = {"plt.model_sha256": identity["model.safetensors"], "plt.dtype": dtype,
+            weights_sha = {k: v for k, v in identity.items() if k != "config.json"}
+            meta = {"plt.model_sha256": next(iter(weights_sha.values())) if len(weights_sha) == 1
+                    else json.dumps(weights_sha, sort_keys=True), "plt.dtype": dtype,
                     # what the graph was built for, inside the hashed file: the manifest is checked against it
                     "plt.export": json.dumps({"config": cfg.to_dict(), "max_batch": max_batch, "max_seq": max_seq},
                                              sort_keys=True)}
             graphs, op_nodes = {}, {}
             static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
-                      "decode": {"R": cfg.loops, "G": 1, "S": 1, "D": cfg.head_dim, "W": ring_len(cfg)}}
+                      "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
+                                 "D": cfg.head_dim, "W": ring_len(cfg)}}
             for name, proto in protos.items():
                 proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
                 files = save_onnx(proto, tmp / f"{name}.onnx")
@@ -260,9 +261,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 except onnx.checker.ValidationError as exc:
                     raise ArtifactError(f"{graphs[name]['file']}: onnx.checker failed: {str(exc).splitlines()[0]}")
             advance()
-            tok = model_dir / "tokenizer.json"
-            if tok.is_file():
-                shutil.copyfile(tok, tmp / tok.name)
+            for name in TOKENIZER_FILES:  # the tokenizer, its chat template and eos list travel with the export
+                if (model_dir / name).is_file():
+                    shutil.copyfile(model_dir / name, tmp / name)
             manifest = {
                 "format": manifest_lib.FORMAT, "format_version": manifest_lib.FORMAT_VERSION,
                 "model": {"config": cfg.to_dict(), "source": str(model_dir), "sha256": identity},
@@ -308,9 +309,13 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
     }
     if cfg.uses_gswa:
-        layout["local_ring"] = {"shape": ["batch", f"{cfg.loops - 1}*kv_heads", ring_len(cfg), "head_dim"],
+        layout["local_ring"] = {"shape": ["batch", f"{cfg.local_rows}*kv_heads", ring_len(cfg), "head_dim"],
+                                "layers": cfg.n_local_layers,
                                 "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window; "
-                                        "axis 1 holds row r (loop r+2), kv head h at r * kv_heads + h"}
+                                        "axis 1 holds row r, kv head h at r * kv_heads + h",
+                                "meaning": "one ring per layer per loop 2..L, index = (loop - 2) * n_layers + layer"
+                                if cfg.mode == "loopcoder" else "one ring per layer, rows = loops 2..L"}
+    if cfg.has_carry:
         layout["carry"] = {"shape": ["batch", cfg.loops - 1, "d_model"],
                            "meaning": "h_l(t-1) of loops 1..L-1; present_carry is a new tensor (double-buffer it)"}
     return layout

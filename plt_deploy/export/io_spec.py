@@ -13,11 +13,12 @@ Graphs (two, see export/README.md for why):
   prefill  input_ids [batch, prompt] int64, lengths [batch] int64
            -> logits [batch, vocab] (each prompt's last real token), present_key.i / present_value.i
               [batch, kv_heads, prompt, head_dim] (cache slots 0..prompt-1),
-              plt only: present_local_key.n / present_local_value.n [batch, rows*kv_heads, ring, head_dim],
-              present_carry [batch, rows, d_model]
+              plt and loopcoder: present_local_key.n / present_local_value.n [batch, rows*kv_heads, ring,
+              head_dim] (config.n_local_layers of them, rows = config.local_rows),
+              plt only: present_carry [batch, loops - 1, d_model]
   decode   input_ids [batch], position [batch] int64 (= tokens already cached per sequence),
            past_key.i / past_value.i [batch, kv_heads, max_seq, head_dim] (preallocated),
-           plt only: past_local_key.n / past_local_value.n, past_carry
+           plt and loopcoder: past_local_key.n / past_local_value.n; plt only: past_carry
            -> logits [batch, vocab], present_* of the SAME shapes as past_*.
            present_key.i / present_value.i / present_local_* are each ONE TensorScatter (opset 24,
            linear, axis -2) of past_* at `position` (or `position % ring`), the form TensorRT
@@ -131,12 +132,13 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
     out += [IOTensor(f"{prefix}value.{i}", ("batch", Hkv, seq_axis, D), dtype, "value", i)
             for i in range(cfg.n_cache_layers)]
     if cfg.uses_gswa:
-        rows, wc = cfg.loops - 1, ring_len(cfg)
+        rows, wc = cfg.local_rows, ring_len(cfg)
         out += [IOTensor(f"{prefix}local_key.{n}", ("batch", rows * Hkv, wc, D), dtype, "local_key", n)
-                for n in range(cfg.n_layers)]
+                for n in range(cfg.n_local_layers)]
         out += [IOTensor(f"{prefix}local_value.{n}", ("batch", rows * Hkv, wc, D), dtype, "local_value", n)
-                for n in range(cfg.n_layers)]
-        out.append(IOTensor(f"{prefix}carry", ("batch", rows, cfg.d_model), dtype, "carry"))
+                for n in range(cfg.n_local_layers)]
+    if cfg.has_carry:
+        out.append(IOTensor(f"{prefix}carry", ("batch", cfg.loops - 1, cfg.d_model), dtype, "carry"))
     return out
 
 

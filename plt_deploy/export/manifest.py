@@ -35,10 +35,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def model_identity(model_dir: Path) -> dict:
-    """sha256 of the checkpoint's config.json and model.safetensors: which model an export came from."""
-    from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE
+    """sha256 of the checkpoint's config.json and weight files (model.safetensors, or a Hugging Face
+    folder's shards): which model an export came from."""
+    from ..checkpoint import CONFIG_FILE, weight_files
 
-    return {name: sha256_file(Path(model_dir) / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    files = [Path(model_dir) / CONFIG_FILE, *weight_files(model_dir)]
+    return {p.name: sha256_file(p) for p in files}
 
 
 def op_entry() -> dict:

@@ -36,7 +36,7 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
     if device is not None:
         options["device"] = device
     be = load_backend(backend, str(model_dir), **options)
-    tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size)
+    tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size, be.config)
     return Engine(be, tok, slots=slots, max_context=max_context, max_queue=max_queue,
                   max_prefill_tokens=max_prefill_tokens, model_name=model_name or Path(model_dir).name,
                   metrics=metrics)

@@ -189,7 +189,7 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
                            code="max_tokens_too_large")
         default = settings.default_max_tokens if isinstance(req, protocol.CompletionRequest) else \
             max(1, engine.max_context - n_prompt)
-        return req.sampling_params(min(default, limit), engine.tokenizer.eos_id)
+        return req.sampling_params(min(default, limit), engine.tokenizer.eos_ids)
 
     def submit(engine: Engine, ids: list[int], params, rid: str):
         if not engine.ready:
@@ -230,7 +230,7 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages") from None
         try:
-            return engine.tokenizer.encode(engine.tokenizer.apply_chat_template(messages))
+            return engine.tokenizer.encode_chat(messages)
         except PLTError as exc:
             raise APIError(400, str(exc), param="messages") from None
 

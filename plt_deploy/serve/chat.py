@@ -1,8 +1,10 @@
 """The tokenizer the server uses: the model's tokenizer plus a chat template.
 
 The template is the checkpoint's own (`chat_template` in tokenizer_config.json beside
-tokenizer.json, a Jinja2 template as in Hugging Face) when it has one; otherwise PLAIN_TEMPLATE:
-one line "role: content" per message, then "assistant:" for the model to continue.
+tokenizer.json, or a chat_template.jinja file there, a Jinja2 template as in Hugging Face) when it
+has one; otherwise PLAIN_TEMPLATE: one line "role: content" per message, then "assistant:" for the
+model to continue. As Hugging Face does, an own template gets the bos/eos token strings and its
+text is encoded without adding special tokens (the template writes them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ServeTokenizer:
         self.chat_template = chat_template
         self.has_own_template = chat_template is not None
         self.bos_id, self.eos_id, self.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
+        self.eos_ids = tuple(tok.eos_ids)  # generation stops at any of them
         self.vocab_size = tok.vocab_size
         self._compiled = None
 
@@ -42,14 +45,21 @@ class ServeTokenizer:
             env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             self._compiled = env.from_string(self.chat_template or PLAIN_TEMPLATE)
         try:
+            own = self.has_own_template
             return self._compiled.render(messages=messages, add_generation_prompt=True,
-                                         bos_token="", eos_token="")
+                                         bos_token=self.tok.bos_token if own else "",
+                                         eos_token=self.tok.eos_token if own else "")
         except Exception as exc:  # noqa: BLE001  (jinja2 raises many types on template errors)
             raise InputError(f"the chat template failed on these messages: {exc}") from None
 
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """The prompt ids of a chat: an own template's text as is (it holds the bos string), the plain
+        template's after a bos."""
+        return self.encode(self.apply_chat_template(messages), add_bos=not self.has_own_template)
 
-def load_serve_tokenizer(model_dir: str | Path | None, vocab_size: int) -> ServeTokenizer:
-    tok = load_tokenizer(model_dir, vocab_size)
+
+def load_serve_tokenizer(model_dir: str | Path | None, vocab_size: int, config=None) -> ServeTokenizer:
+    tok = load_tokenizer(model_dir, vocab_size, config)
     template = None
     cfg = Path(model_dir) / "tokenizer_config.json" if model_dir is not None else None
     if cfg is not None and cfg.is_file():
@@ -59,4 +69,7 @@ def load_serve_tokenizer(model_dir: str | Path | None, vocab_size: int) -> Serve
             raise CheckpointError(f"{cfg}: not a valid tokenizer config ({exc})") from None
         if template is not None and not isinstance(template, str):
             raise CheckpointError(f"{cfg}: chat_template must be one Jinja2 template string")
+    jinja = Path(model_dir) / "chat_template.jinja" if model_dir is not None else None
+    if template is None and jinja is not None and jinja.is_file():
+        template = jinja.read_text()
     return ServeTokenizer(tok, template)

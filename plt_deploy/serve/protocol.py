@@ -80,8 +80,8 @@ class _Sampling(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def sampling_params(self, default_max_tokens: int, eos_id: int | None) -> SamplingParams:
-        stops = () if self.ignore_eos or eos_id is None else (eos_id,)
+    def sampling_params(self, default_max_tokens: int, eos_ids: tuple[int, ...]) -> SamplingParams:
+        stops = () if self.ignore_eos else tuple(eos_ids)  # any eos id stops
         max_tokens = self.max_tokens if self.max_tokens is not None else default_max_tokens
         return SamplingParams(max_new_tokens=max_tokens, temperature=self.temperature, top_k=self.top_k,
                               top_p=self.top_p, seed=self.seed, stop_tokens=stops, stop_strings=self.stop_list())
@@ -132,10 +132,10 @@ class ChatCompletionRequest(_Sampling):
     def _neutral_extra(self) -> dict:
         return {"tools": None, "tool_choice": None, "response_format": None}
 
-    def sampling_params(self, default_max_tokens: int, eos_id: int | None) -> SamplingParams:
+    def sampling_params(self, default_max_tokens: int, eos_ids: tuple[int, ...]) -> SamplingParams:
         if self.max_completion_tokens is not None and self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
-        return super().sampling_params(default_max_tokens, eos_id)
+        return super().sampling_params(default_max_tokens, eos_ids)
 
 
 # -- responses ---------------------------------------------------------------------------------------

@@ -55,12 +55,13 @@ def check_artifact(path: str | Path, backend: str, plugin: str | Path | None = N
 
 def _check_checkpoint(path: Path, expected: dict[str, str] | None) -> Checked:
     from ..backends.base import SessionLimits
-    from ..checkpoint import load_config
+    from ..checkpoint import load_config, weight_files
     from ..export.manifest import model_identity
 
     config = load_config(path)  # CheckpointError naming the file when config.json is missing or invalid
-    if not (path / "model.safetensors").is_file():
-        raise ArtifactError(f"{path / 'model.safetensors'}: file not found; {path} is not a complete checkpoint")
+    for f in weight_files(path):  # model.safetensors, or a Hugging Face folder's shards (a missing one named)
+        if not f.is_file():
+            raise ArtifactError(f"{f}: file not found; {path} is not a complete checkpoint")
     have = model_identity(path)
     for name, want in (expected or {}).items():
         if have.get(name) != want:
@@ -77,6 +78,8 @@ def _check_tensorrt(path: Path, manifest, plugin, plugin_sha256: str | None) -> 
     manifest_data = manifest.data
 
     where = path / "manifest.json"
+    if plugin is not None:  # the user's own --plugin flag is checked before the artifact's content
+        find_plugin(plugin)
     built = manifest_data.get(plan_check.SECTION)
     if not built:  # engines first: a runtime never builds them, the message names `plt-deploy build`
         plan_check.trt_section(manifest_data, where)

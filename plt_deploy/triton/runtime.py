@@ -100,7 +100,7 @@ class Request:
     stream: bool
 
 
-def parse_request(get_input: Callable[[str], object], eos_id: int | None) -> Request:
+def parse_request(get_input: Callable[[str], object], eos_ids: tuple[int, ...]) -> Request:
     """Inputs by name (numpy arrays, None when absent) -> Request; bad values raise InputError."""
     from ..generate import SamplingParams
 
@@ -117,7 +117,7 @@ def parse_request(get_input: Callable[[str], object], eos_id: int | None) -> Req
         top_k=_one(get_input("top_k"), "top_k", int, 0),
         top_p=_one(get_input("top_p"), "top_p", float, 1.0),
         seed=seed,
-        stop_tokens=(eos_id,) if eos_id is not None else (),  # EOS always stops, as in `plt-deploy generate`
+        stop_tokens=tuple(eos_ids),  # any EOS id always stops, as in `plt-deploy generate`
         stop_strings=stop,
     )
     params.validate()
@@ -183,7 +183,7 @@ class Served:
 
         tok = self.engine.tokenizer
         try:
-            req = parse_request(get_input, getattr(tok, "eos_id", None))
+            req = parse_request(get_input, tok.eos_ids)
             handle = self.engine.submit(tok.encode(req.prompt), req.params)
         except (PLTError, QueueFullError) as exc:
             emit(failure(str(exc)))

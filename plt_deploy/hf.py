@@ -1,0 +1,331 @@
+"""Hugging Face checkpoint folders: IQuest-Coder-V1 Loop (`model_type: "iquestloopcoder"`).
+
+A folder with config.json (model_type set), model.safetensors or model-0000i-of-0000n.safetensors
++ model.safetensors.index.json, and the tokenizer files. Mapped onto PLTConfig(mode="loopcoder")
+and the PLT model; the ONE table of weight names is HF_NAMES below.
+
+Gate orientation: the published model computes `g * global + (1 - g) * local` with
+g = sigmoid(q . W + b); our op (plt_deploy/ops/contract.py) weights the LOCAL part by its gate.
+Since 1 - sigmoid(x) = sigmoid(-x), loading negates W and b (and saving negates them back): the
+model is then exactly our op, kernels unchanged.
+
+Loading memory-maps the safetensors files (private, copy-on-write mapping; tensors are views of
+it), builds the model on the meta device and assigns those views as its parameters: the weights
+exist once, in the checkpoint's dtype. Nothing here executes code from the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import re
+import struct
+from pathlib import Path
+
+from .config import DTYPES, PLTConfig
+from .errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SUPPORTED_MODEL_TYPES = ("iquestloopcoder",)
+
+# (Hugging Face name, our name, negate): {i} is the layer. The one mapping, used both ways.
+HF_NAMES: tuple[tuple[str, str, bool], ...] = (
+    ("model.embed_tokens.weight", "embed.weight", False),
+    ("lm_head.weight", "lm_head.weight", False),
+    ("model.norm.weight", "norm.weight", False),
+    ("model.layers.{i}.input_layernorm.weight", "layers.{i}.attn_norm.weight", False),
+    ("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.attn.wq.weight", False),
+    ("model.layers.{i}.self_attn.k_proj.weight", "layers.{i}.attn.wk.weight", False),
+    ("model.layers.{i}.self_attn.v_proj.weight", "layers.{i}.attn.wv.weight", False),
+    ("model.layers.{i}.self_attn.o_proj.weight", "layers.{i}.attn.wo.weight", False),
+    ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm.weight", False),
+    ("model.layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.w1.weight", False),
+    ("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.mlp.w3.weight", False),
+    ("model.layers.{i}.mlp.down_proj.weight", "layers.{i}.mlp.w2.weight", False),
+    # the published gate weights the global part; ours the local part: negated (module docstring)
+    ("model.gate_projections.{i}.weight", "layers.{i}.attn.gate_weight", True),
+    ("model.gate_projections.{i}.bias", "layers.{i}.attn.gate_bias", True),
+)
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # RoPE tables some exporters save; recomputed (as vLLM skips them)
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch dtype names (torch imported lazily)
+
+
+def is_hf_folder(model_dir: str | Path) -> bool:
+    """config.json names a Hugging Face model_type (our own config.json has no such key)."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
+
+
+def hf_name(ours: str) -> tuple[str, bool]:
+    """Our tensor name -> (Hugging Face name, negate)."""
+    for theirs, mine, negate in HF_NAMES:
+        m = re.fullmatch(re.escape(mine).replace(r"\{i\}", r"(\d+)"), ours)
+        if m:
+            return (theirs.replace("{i}", m.group(1)) if m.groups() else theirs), negate
+    raise KeyError(ours)
+
+
+def hf_layout(cfg: PLTConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """(Hugging Face name, shape, role) of every tensor a LoopCoder folder must hold for cfg."""
+    from .checkpoint import weight_layout
+
+    out = []
+    for ours, shape, role in weight_layout(cfg):
+        theirs, negate = hf_name(ours)
+        out.append((theirs, shape, f"{role} [{ours}" + (", negated at load: the file's gate weights the global "
+                                                         "part]" if negate else "]")))
+    return out
+
+
+# Config --------------------------------------------------------------------------------------------
+def config_from_hf(data: dict, path: Path) -> PLTConfig:
+    """config.json of a Hugging Face LoopCoder -> PLTConfig(mode="loopcoder"); CheckpointError naming
+    the field for anything this toolchain does not implement."""
+    def refuse(msg: str):
+        raise CheckpointError(f"{path}: {msg}")
+
+    model_type = data.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        refuse(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
+               f"(or a plt-deploy checkpoint, whose config.json has no model_type)")
+    for key in ("quantization", "quantization_config"):
+        if data.get(key):
+            refuse(f"{key}: quantized checkpoints are not supported; use the unquantized (bf16/fp16/fp32) weights")
+    if data.get("rope_scaling"):
+        refuse(f"rope_scaling {data['rope_scaling']!r} is not supported (plain RoPE only); remove it only if the "
+               "model was trained without it")
+    for key in ("attention_bias", "mlp_bias"):
+        if data.get(key):
+            refuse(f"{key}: true is not supported (bias-free projections only)")
+    if data.get("hidden_act", "silu") != "silu":
+        refuse(f"hidden_act {data['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    need = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [k for k in need if k not in data]
+    if missing:
+        refuse(f"missing field {missing[0]!r}")
+    loops = data.get("loop_num", 2)
+    if not isinstance(loops, int) or isinstance(loops, bool) or loops < 2:
+        refuse(f"loop_num must be an integer >= 2, got {loops!r}")
+    dtype = data.get("torch_dtype") or data.get("dtype") or "float32"
+    if dtype not in DTYPES:
+        refuse(f"torch_dtype {dtype!r} is not supported; one of {', '.join(DTYPES)}")
+    heads = data["num_attention_heads"]
+    hf = {k: data[k] for k in ("model_type", "bos_token_id", "eos_token_id", "pad_token_id") if k in data}
+    try:
+        return PLTConfig(
+            vocab_size=data["vocab_size"], d_model=data["hidden_size"], n_layers=data["num_hidden_layers"],
+            n_heads=heads, n_kv_heads=data.get("num_key_value_heads") or heads, head_dim=data.get("head_dim"),
+            mlp_hidden=data["intermediate_size"], norm_eps=data.get("rms_norm_eps", 1e-6),
+            rope_theta=data.get("rope_theta", 10000.0), max_seq_len=data.get("max_position_embeddings", 4096),
+            loops=loops, window=data.get("loop_window_size", 64), mode="loopcoder", qk_norm=False,
+            tie_embeddings=bool(data.get("tie_word_embeddings", False)), dtype=dtype, extra={"hf": hf})
+    except Exception as exc:  # ConfigError, TypeError from a wrongly typed field
+        refuse(str(exc).removeprefix("invalid config: "))
+
+
+def config_to_hf(cfg: PLTConfig) -> dict:
+    """The Hugging Face config.json of a loopcoder PLTConfig (tests and fixtures)."""
+    hf = dict(cfg.extra.get("hf", {}))
+    return {"architectures": ["IQuestLoopCoderForCausalLM"], "model_type": "iquestloopcoder",
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+            "intermediate_size": cfg.mlp_hidden, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+            "max_position_embeddings": cfg.max_seq_len, "loop_num": cfg.loops, "loop_window_size": cfg.window,
+            "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": cfg.dtype, "hidden_act": "silu",
+            "attention_bias": False, "mlp_bias": False, "rope_scaling": None,
+            **{k: v for k, v in hf.items() if k != "model_type"}}
+
+
+# Weights -------------------------------------------------------------------------------------------
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of the folder: model.safetensors, or the shards the index lists."""
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{index}: not a valid index (expected a JSON object with a weight_map)") from None
+        for f in files:
+            if not isinstance(f, str) or "/" in f or f.startswith("."):
+                raise CheckpointError(f"{index}: shard name {f!r} is not a file name in the folder")
+            if not (model_dir / f).is_file():
+                raise CheckpointError(f"{model_dir / f}: shard listed in {index.name} is missing")
+        return [model_dir / f for f in files]
+    single = model_dir / SINGLE_FILE
+    if not single.is_file():
+        raise CheckpointError(f"{single}: file not found (nor {INDEX_FILE})")
+    return [single]
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    """(data start, header JSON) of a safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 << 20:
+                raise ValueError("header too large")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a valid safetensors file (header is not an object)")
+    header.pop("__metadata__", None)
+    return 8 + n, header
+
+
+def header_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """HF name -> (shape, safetensors dtype) over all weight files, from their headers only."""
+    out = {}
+    for path in weight_files(model_dir):
+        for name, entry in _header(path)[1].items():
+            out[name] = (tuple(entry.get("shape", ())), entry.get("dtype", "?"))
+    return out
+
+
+def mmap_tensors(path: Path) -> dict:
+    """Every tensor of a safetensors file as a view of a private memory map of it (no copy)."""
+    import torch
+
+    start, header = _header(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    out = {}
+    for name, entry in header.items():
+        try:
+            dtype = getattr(torch, _ST_DTYPES.get(entry["dtype"], ""), None)
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (start + int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']} (quantized or not a float); "
+                                  "only F32/F16/BF16 checkpoints are supported")
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        if not (start <= begin and end <= size and end - begin == nbytes):
+            raise CheckpointError(f"{path}: tensor {name!r} lies outside the file or has the wrong byte size")
+        t = torch.frombuffer(mm, dtype=dtype, count=count, offset=begin) if count else torch.empty(0, dtype=dtype)
+        out[name] = t.view(shape)
+    return out
+
+
+def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
+    """Our state dict (names of PLT) from the folder's files, mapped through HF_NAMES and checked."""
+    import torch
+
+    from .checkpoint import weight_layout
+
+    files = weight_files(model_dir)  # refuses a malformed index or a missing shard first
+    index = model_dir / INDEX_FILE
+    found: dict[str, tuple] = {}  # HF name -> (tensor, file)
+    for path in files:
+        for name, t in mmap_tensors(path).items():
+            if not name.endswith(IGNORED_SUFFIXES):
+                found[name] = (t, path)
+    expected = {hf_name(name)[0]: (name, shape) for name, shape, _ in weight_layout(cfg)}
+    where = index if index.is_file() else model_dir / SINGLE_FILE
+    for theirs in expected:
+        if theirs not in found:
+            raise CheckpointError(f"{where}: tensor {theirs!r} is missing")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"{found[extra[0]][1]}: unexpected tensor {extra[0]!r} for {model_dir / CONFIG_FILE}"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    target = getattr(torch, cfg.dtype)
+    out = {}
+    for theirs, (ours, shape) in expected.items():
+        t, path = found[theirs]
+        if tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: tensor {theirs!r} has shape {tuple(t.shape)}, "
+                                  f"{model_dir / CONFIG_FILE} implies {tuple(shape)}")
+        if not _all_finite(t):
+            raise CheckpointError(f"{path}: tensor {theirs!r} contains NaN or Inf")
+        t = t.to(target)  # a view when the file already holds cfg.dtype: no copy
+        out[ours] = -t if hf_name(ours)[1] else t
+    return out
+
+
+def _all_finite(t, chunk: int = 1 << 22) -> bool:
+    """No NaN/Inf, checked in chunks: isfinite's temporaries stay small next to a 40B model's tensors."""
+    import torch
+
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def save_hf_checkpoint(model, out_dir: str | Path, shards: int = 1, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a loopcoder PLT in the published Hugging Face layout (gate negated back); tests' fixture
+    and the inverse of loading. shards > 1 writes model-0000i-of-0000n.safetensors + the index."""
+    from safetensors.torch import save
+
+    from .checkpoint import atomic_write_bytes, state_dict_for_save
+
+    out = Path(out_dir)
+    tensors = {}
+    for ours, t in state_dict_for_save(model).items():
+        theirs, negate = hf_name(ours)
+        tensors[theirs] = (-t if negate else t).contiguous()
+    names = list(tensors)
+    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config_to_hf(model.cfg), indent=2) + "\n").encode())
+    if shards <= 1:
+        atomic_write_bytes(out / SINGLE_FILE, save(tensors, metadata={"format": "pt"}))
+    else:
+        weight_map = {}
+        for s in range(shards):
+            fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: tensors[n] for n in names[s::shards]}
+            weight_map.update({n: fname for n in part})
+            atomic_write_bytes(out / fname, save(part, metadata={"format": "pt"}))
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": weight_map}
+        atomic_write_bytes(out / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
+    for name, data in (extra_files or {}).items():
+        atomic_write_bytes(out / name, data)
+    return out
+
+
+def load_hf_checkpoint(model_dir: str | Path, dtype: str | None = None):
+    """A Hugging Face LoopCoder folder -> PLT (eval mode), weights assigned from the memory maps."""
+    import torch
+
+    from .model import PLT, rope_tables
+
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    cfg = config_from_hf(read_json(path), path)
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    weights = load_weights(model_dir, cfg)
+    with torch.device("meta"):
+        model = PLT(cfg)
+    if cfg.tie_embeddings:
+        weights["lm_head.weight"] = weights["embed.weight"]
+    model.load_state_dict(weights, strict=True, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos, model.rope_sin = cos, sin
+    return model.eval()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
