@@ -416,3 +416,11 @@ def test_check_and_layout_commands_on_hf_folder(hf_folder, hf_export, capsys):
     assert code == 0 and "PASSED" in out, out + err
     code, out, err = run_cli(capsys, "layout", "--model", str(hf_folder))
     assert code == 0 and "model.gate_projections.1.bias" in out and "negated at load" in out, out + err
+
+
+def test_loopcoder_caches_written_by_kv_cache_update(hf_export):
+    """LoopCoder writes its shared K/V and its per-loop rings through the same PLTCache API: every
+    cache output of its decode graph is one TensorScatter in the form TensorRT imports in place."""
+    from test_kv_inplace import assert_caches_written_by_kv_cache_update
+
+    assert_caches_written_by_kv_cache_update(hf_export)

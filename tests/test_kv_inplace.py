@@ -42,7 +42,11 @@ def test_every_cache_output_is_a_kv_cache_update(tiny_exports, mode):
     """onnx-tensorrt's TensorScatter importer (TensorRT >= 10.15) makes IKVCacheUpdateLayer of a node
     whose cache and update are 4-D, axis -2, mode linear; the layer needs the cache to be a network
     input (docs/tensorrt.md). Each in_place decode output must be exactly that node on its alias_of."""
-    _, ex = tiny_exports[mode]
+    assert_caches_written_by_kv_cache_update(tiny_exports[mode][1])
+
+
+def assert_caches_written_by_kv_cache_update(ex) -> None:
+    """The check above on one export folder (also used by test_hf_loopcoder.py)."""
     m = read_manifest(ex)
     model = onnx.load(str(m.graph_path("decode")), load_external_data=False)
     assert {o.domain: o.version for o in model.opset_import}[""] >= kv_update.ONNX_OPSET
