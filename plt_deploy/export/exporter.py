@@ -27,6 +27,9 @@ from ..model import PLT
 from ..progress import progress_reporter
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
+from .quantize import FLOAT_WEIGHTS, WeightSpec, check_quantizable, quantize_graph
+
+FLOAT_NAMES = {v: k for k, v in FLOAT_WEIGHTS.items()}  # float32 -> fp32: the manifest's weights.format
 
 DEFAULT_OPSET = 24  # ONNX Attention (23) with nonpad_kv_seqlen (24): the G-SWA decode body needs no global mask
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
@@ -146,11 +149,12 @@ def save_onnx(model_proto, path: Path) -> list[str]:
 
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
                  max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
-                 progress: bool = True, log=None) -> Path:
+                 progress: bool = True, log=None, weights: WeightSpec | None = None) -> Path:
     """Library entry point of `plt-deploy export`. Returns the export folder.
 
     One export into `out` at a time (a second is refused), stale temporaries of killed runs
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
+    `weights` (quantize.parse_weights): linear weights stored int8/int4 (export/quantize.py).
     """
     from .output_folder import claim_output
 
@@ -159,10 +163,10 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
-        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress)
+        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log)
 
 
-def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress) -> Path:
+def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log) -> Path:
     import onnx
     import onnxruntime
 
@@ -193,6 +197,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         if not MIN_EXPORT_SEQ <= max_seq <= cfg.max_seq_len:
             raise InputError(f"--max-seq must be in [{MIN_EXPORT_SEQ}, {cfg.max_seq_len}] (the model's max_seq_len), "
                              f"got {max_seq}")
+        if weights is not None:
+            check_quantizable(cfg, weights)  # before anything is traced or written
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
         advance()
@@ -224,7 +230,11 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             graphs, op_nodes = {}, {}
             static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
                       "decode": {"R": cfg.loops, "G": 1, "S": 1, "D": cfg.head_dim, "W": ring_len(cfg)}}
+            quantized = {}
             for name, proto in protos.items():
+                if weights is not None:
+                    quantized[name] = quantize_graph(proto, weights, where=f"{name} graph",
+                                                     tokens=specs[name].one("tokens").name)
                 proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
                 files = save_onnx(proto, tmp / f"{name}.onnx")
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
@@ -243,7 +253,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             manifest = {
                 "format": manifest_lib.FORMAT, "format_version": manifest_lib.FORMAT_VERSION,
                 "model": {"config": cfg.to_dict(), "source": str(model_dir), "sha256": identity},
-                "dtype": dtype, "opset": opset, "max_batch": max_batch, "max_seq": max_seq,
+                "dtype": dtype, "opset": opset,
+                "weights": weights.to_manifest(quantized) if weights else {"format": FLOAT_NAMES[dtype]},
+                "max_batch": max_batch, "max_seq": max_seq,
                 "custom_op": manifest_lib.op_entry(),
                 "graphs": graphs,
                 "cache": cache_layout(cfg, max_seq),
@@ -252,7 +264,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 "tolerances": dict(zip(("atol", "rtol"), tolerance("onnxruntime", dtype))),
             }
             manifest_lib.write_manifest(tmp, manifest)
-            if validate:
+            if validate and weights is not None:
+                validate_quantized(tmp, model, dtype, weights, log)
+            elif validate:
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             advance()
             advance()
@@ -309,6 +323,25 @@ def validate_export(folder: Path, model: PLT, dtype: str, max_batch: int = 2, ma
         worst = max(report["results"], key=lambda r: r["used"])
         raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
                             f"{worst['max_abs']:.3g}, allowed {worst['allowed']:.3g} ({report['rule']})")
+    return report
+
+
+def validate_quantized(folder: Path, model: PLT, dtype: str, weights: WeightSpec, log) -> dict:
+    """A quantized export is not expected to match torch to 1e-5: measure its quantization error
+    (check.quant_error, a short token stream) and report it; ArtifactError if ONNX Runtime cannot run it
+    or it falls below its bound."""
+    from ..backends.ort_backend import OrtBackend
+    from ..backends.torch_backend import TorchBackend
+    from ..check.quant_error import VALIDATE_POSITIONS, quantization_error
+
+    if dtype == "bfloat16":
+        return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for these graphs"}
+    with OrtBackend(folder) as ort_be:
+        report = quantization_error(TorchBackend(model), ort_be, weights.format, positions=VALIDATE_POSITIONS,
+                                    greedy_tokens=16)
+    log(f"quantization error ({weights.format}, block {weights.block_size}): {report['line']}")
+    if not report["passed"]:
+        raise ArtifactError(f"{folder.name}: {weights.format} export outside its quantization bound: {report['line']}")
     return report
 
 
