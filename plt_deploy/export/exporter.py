@@ -159,6 +159,8 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     from .output_folder import claim_output
 
     log = log or (lambda line: None)
+    if weights is not None:  # a block size that does not fit: refused before anything starts
+        check_quantizable(PLTConfig.from_json(Path(model_dir) / "config.json"), weights)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
@@ -197,8 +199,6 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         if not MIN_EXPORT_SEQ <= max_seq <= cfg.max_seq_len:
             raise InputError(f"--max-seq must be in [{MIN_EXPORT_SEQ}, {cfg.max_seq_len}] (the model's max_seq_len), "
                              f"got {max_seq}")
-        if weights is not None:
-            check_quantizable(cfg, weights)  # before anything is traced or written
         torch_dtype = getattr(torch, dtype)
         specs = io_spec.graph_specs(cfg, max_seq, dtype)
         advance()
