@@ -177,3 +177,24 @@ def test_quantizing_a_quantized_export_is_refused(quantized, tmp_path, capsys):
                                "--weights", w, "--block-size", "16")
         assert_one_line_error(code, err, "already quantized (int4, block 16)")
     assert _nothing_written(tmp_path, "again")
+
+
+def test_quantize_embeddings_reads_the_table_through_dequantize(tiny_exports, tmp_path):
+    """--quantize-embeddings: the token Gather reads DequantizeLinear(axis=1) of the table; RoPE's
+    position Gathers keep their float tables; the export still agrees with torch."""
+    from plt_deploy.export.quantize import WeightSpec
+    from plt_deploy.export.quantize_export import quantize_export
+
+    ck, ex = tiny_exports["vanilla"]
+    out = quantize_export(ex, tmp_path / "emb", WeightSpec("int8", block_size=16, embeddings=True))
+    m = manifest_lib.read_manifest(out)
+    model = onnx.load(str(m.graph_path("decode")))
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    assert gathers and all(g.input[0] in dq for g in gathers)
+    assert all(onnx.helper.get_attribute_value(a) == 1 for g in gathers for a in dq[g.input[0]].attribute
+               if a.name == "axis")
+    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    assert floats  # the RoPE cos/sin tables
+    r = quantization_error(load_torch(ck), OrtBackend(out), "int8", positions=128, greedy_tokens=16)
+    assert r["passed"], r["line"]

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -270,12 +269,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             advance()
             advance()
-            for f in tmp.iterdir():
-                f.chmod(0o644)
-            tmp.chmod(0o755)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            from .output_folder import publish
+
+            publish(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -8,7 +8,6 @@ export: a temporary folder renamed into place, the manifest last; a quantized so
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     import onnx
 
     from .exporter import save_onnx
-    from .output_folder import claim_output
+    from .output_folder import claim_output, publish
 
     src, out = Path(src), Path(out)
     m = manifest_lib.read_manifest(src)
@@ -55,12 +54,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
             data.update(graphs=graphs, weights={**spec.to_manifest(counts), "quantized_from": str(src)})
             manifest_lib.write_manifest(tmp, data)
             manifest_lib.read_manifest(tmp)  # the result loads like any export
-            for f in tmp.iterdir():
-                f.chmod(0o644)
-            tmp.chmod(0o755)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            publish(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
