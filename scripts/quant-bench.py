@@ -41,18 +41,34 @@ def main() -> None:
     p.add_argument("--trained", help="A trained checkpoint (plt-deploy train) for the exact-match comparison.")
     p.add_argument("--trained-block-size", type=int, default=16, help="tiny's mlp_hidden 176 needs 16")
     p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--parts", default="speed,random,trained", help="any of speed, random, trained")
     p.add_argument("--work", default="runs/quant-bench")
     p.add_argument("--json", default="runs/quant-bench.json")
     a = p.parse_args()
     r = run(a.preset, tuple(a.variants.split(",")), block_size=a.block_size, batches=a.batch,
             prompt_len=a.prompt_len, new_tokens=a.new_tokens, repeats=a.repeats, threads=a.threads,
             positions=a.positions, trained=a.trained, trained_block=a.trained_block_size, examples=a.examples,
-            workdir=a.work, tick=lambda s: print(s, file=sys.stderr, flush=True))
+            workdir=a.work, tick=lambda s: print(s, file=sys.stderr, flush=True),
+            parts=tuple(a.parts.split(",")))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=2) + "\n")
     print(f"{a.preset}, ONNX Runtime CPU, {a.threads} thread(s), block {a.block_size}, prompt {a.prompt_len}, "
           f"{a.new_tokens} steps x {a.repeats} rounds; load average {r['load_before'][0]:.1f} before, "
           f"{r['load_after'][0]:.1f} after ({r['cpus']} CPUs)")
+    if "speed" in r:
+        print_speed(r)
+    if "accuracy_random" in r:
+        print_random(r)
+    if "accuracy_trained" in r:
+        t = r["accuracy_trained"]
+        print(f"\nheld-out exact match, {t['task']}, {t['examples']} examples ({t['checkpoint']}, block {t['block_size']}):")
+        for k, v in t["exact_match"].items():
+            print(f"  {k}: {v:.4f}")
+        print(f"  bound {t['bound']}: {'met' if t['passed'] else 'NOT met'}")
+    print(f"\nwrote {a.json}")
+
+
+def print_speed(r: dict) -> None:
     print("\n| variant | weights | batch | decode ms/step (median) | tokens/s | decode.onnx MB |")
     print("|---|---|---|---|---|---|")
     for row in r["speed"]:
@@ -62,19 +78,15 @@ def main() -> None:
     print("\n| ratio | batch | value |\n|---|---|---|")
     for x in r["ratios"]:
         print(f"| {x['ratio']} | {x['batch']} | {x['value']:.3f} |")
+
+
+def print_random(r: dict) -> None:
     print("\n| variant | weights | positions | top-1 agreement | bound | logit RMS error (relative) | greedy agreement |")
     print("|---|---|---|---|---|---|---|")
     for x in r["accuracy_random"]:
         print(f"| {x['variant']} | {x['weights']} | {x['positions']} | {x['top1_agreement']:.4f} | {x['bound']} | "
               f"{x['logit_rms_error']:.3g} ({x['logit_rms_error_relative']:.2%}) | "
               f"{x['greedy_agreement_lengths']} of {x['greedy_new_tokens']} |")
-    if "accuracy_trained" in r:
-        t = r["accuracy_trained"]
-        print(f"\nheld-out exact match, {t['task']}, {t['examples']} examples ({t['checkpoint']}, block {t['block_size']}):")
-        for k, v in t["exact_match"].items():
-            print(f"  {k}: {v:.4f}")
-        print(f"  bound {t['bound']}: {'met' if t['passed'] else 'NOT met'}")
-    print(f"\nwrote {a.json}")
 
 
 if __name__ == "__main__":

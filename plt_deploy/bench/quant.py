@@ -139,22 +139,28 @@ def accuracy_trained(checkpoint: Path, workdir: Path, block_size: int, examples:
 def run(preset: str = "small", variants=("vanilla", "plt-2", "looped-2"), weights=("fp32", "int8", "int4"),
         block_size: int = 32, batches=(1, 8), prompt_len: int = 32, new_tokens: int = 64, repeats: int = 3,
         warmup: int = 8, threads: int = 1, positions: int = 2000, trained: str | None = None, trained_block: int = 16,
-        examples: int = 256, workdir: str | Path = "runs/quant-bench", seed: int = 0, tick=print) -> dict:
+        examples: int = 256, workdir: str | Path = "runs/quant-bench", seed: int = 0, tick=print,
+        parts=("speed", "random", "trained")) -> dict:
+    """parts: speed (interleaved decode timing), random (quantization error of the random preset),
+    trained (exact match of `trained`'s exports; needs `trained`)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     result = {"preset": preset, "threads": threads, "block_size": block_size, "prompt_len": prompt_len,
               "new_tokens": new_tokens, "repeats": repeats, "load_before": os.getloadavg(), "cpus": os.cpu_count(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    models, exports = make_exports(preset, variants, weights, block_size, workdir, max(batches), seed, tick)
-    result["sizes_bytes"] = {f"{v}/{w}": sum(f.stat().st_size for f in p.glob("decode.onnx*"))
-                             for (v, w), p in exports.items()}
-    result["speed"] = speed(exports, batches, prompt_len, new_tokens, repeats, threads, warmup,
-                            models[variants[0]].cfg.vocab_size, seed, tick)
-    result["ratios"] = ratios(result["speed"])
-    result["accuracy_random"] = accuracy_random(models, exports, [v for v in ("plt-2", "vanilla") if v in models],
-                                                positions, threads, tick)
-    if trained:
+    if "speed" in parts or "random" in parts:
+        models, exports = make_exports(preset, variants, weights, block_size, workdir, max(batches), seed, tick)
+        result["sizes_bytes"] = {f"{v}/{w}": sum(f.stat().st_size for f in p.glob("decode.onnx*"))
+                                 for (v, w), p in exports.items()}
+    if "speed" in parts:
+        result["speed"] = speed(exports, batches, prompt_len, new_tokens, repeats, threads, warmup,
+                                models[variants[0]].cfg.vocab_size, seed, tick)
+        result["ratios"] = ratios(result["speed"])
+    if "random" in parts:
+        result["accuracy_random"] = accuracy_random(models, exports, [v for v in ("plt-2", "vanilla") if v in models],
+                                                    positions, threads, tick)
+    if trained and "trained" in parts:
         result["accuracy_trained"] = accuracy_trained(Path(trained), workdir, trained_block, examples, threads, tick)
     result["load_after"] = os.getloadavg()
     return result
