@@ -81,12 +81,15 @@ def print_speed(r: dict) -> None:
 
 
 def print_random(r: dict) -> None:
-    print("\n| variant | weights | positions | top-1 agreement | bound | logit RMS error (relative) | greedy agreement |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| variant | weights | positions | top-1 agreement | bound | logit RMS error (relative) | greedy agreement "
+          "| vs torch with the rounded weights: top-1, relative RMS |")
+    print("|---|---|---|---|---|---|---|---|")
     for x in r["accuracy_random"]:
         print(f"| {x['variant']} | {x['weights']} | {x['positions']} | {x['top1_agreement']:.4f} | {x['bound']} | "
               f"{x['logit_rms_error']:.3g} ({x['logit_rms_error_relative']:.2%}) | "
-              f"{x['greedy_agreement_lengths']} of {x['greedy_new_tokens']} |")
+              f"{x['greedy_agreement_lengths']} of {x['greedy_new_tokens']} | "
+              f"{x['vs_rounded_torch']['top1_agreement']:.4f} over {x['vs_rounded_torch']['positions']}, "
+              f"{x['vs_rounded_torch']['logit_rms_error_relative']:.2%} |")
 
 
 if __name__ == "__main__":

@@ -87,11 +87,14 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def accuracy_random(models: dict, exports: dict, variants, positions: int, threads: int, tick=print) -> list[dict]:
-    """Quantization error of each int export against its float torch model (random weights)."""
+def accuracy_random(models: dict, exports: dict, variants, positions: int, threads: int, block_size: int,
+                    tick=print) -> list[dict]:
+    """Quantization error of each int export against its float torch model (random weights), and against
+    torch with the same rounded weights (export.quantize.fake_quantized): what the runtime adds."""
     from ..backends.ort_backend import OrtBackend
     from ..backends.torch_backend import TorchBackend
     from ..check.quant_error import quantization_error
+    from ..export.quantize import fake_quantized
 
     out = []
     for v in variants:
@@ -99,11 +102,16 @@ def accuracy_random(models: dict, exports: dict, variants, positions: int, threa
         for w in INT_WEIGHTS:
             if (v, w) in exports:
                 tick(f"accuracy {v} {w}")
+                rounded = TorchBackend(fake_quantized(models[v], WeightSpec(w, block_size)), threads=threads)
                 with OrtBackend(exports[v, w], threads=threads) as be:
                     r = quantization_error(ref, be, w, positions=positions)
+                    # the runtime's own share: ORT against torch computing with the same rounded weights
+                    rt = quantization_error(rounded, be, w, positions=positions // 4, greedy_tokens=16)
                 out.append({"variant": v, **{k: r[k] for k in ("weights", "positions", "top1_agreement", "bound",
                                                                 "passed", "logit_rms_error", "logit_rms_error_relative",
-                                                                "greedy_agreement_lengths", "greedy_new_tokens")}})
+                                                                "greedy_agreement_lengths", "greedy_new_tokens")},
+                            "vs_rounded_torch": {k: rt[k] for k in ("positions", "top1_agreement",
+                                                                     "logit_rms_error_relative")}})
     return out
 
 
@@ -159,7 +167,7 @@ def run(preset: str = "small", variants=("vanilla", "plt-2", "looped-2"), weight
         result["ratios"] = ratios(result["speed"])
     if "random" in parts:
         result["accuracy_random"] = accuracy_random(models, exports, [v for v in ("plt-2", "vanilla") if v in models],
-                                                    positions, threads, tick)
+                                                    positions, threads, block_size, tick)
     if trained and "trained" in parts:
         result["accuracy_trained"] = accuracy_trained(Path(trained), workdir, trained_block, examples, threads, tick)
     result["load_after"] = os.getloadavg()

@@ -261,3 +261,26 @@ def _drop_dead(graph) -> None:
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def fake_quantized(model, spec: WeightSpec):
+    """The plain torch reference of a quantized export: a copy of `model` whose linear weights (and
+    the embedding table with spec.embeddings) are the dequantized values the graph computes with.
+    A tied lm_head is untied (the graph quantizes the lm_head MatMul, not the embedding Gather)."""
+    import copy
+
+    import torch
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for mod in ref.modules():
+            if isinstance(mod, torch.nn.Linear):
+                w = mod.weight.detach().float().numpy().T  # [K, N] as the graph's MatMul reads it
+                q, scale = rtn(w, spec.block_size, spec.qmax)
+                deq = torch.from_numpy(np.ascontiguousarray(dequantize(q, scale, spec.block_size).T))
+                mod.weight = torch.nn.Parameter(deq.to(mod.weight.dtype), requires_grad=False)
+            elif isinstance(mod, torch.nn.Embedding) and spec.embeddings:
+                q, scale = rtn(mod.weight.detach().float().numpy().T, spec.block_size, spec.qmax)  # blocks along d
+                deq = torch.from_numpy(np.ascontiguousarray(dequantize(q, scale, spec.block_size).T))
+                mod.weight = torch.nn.Parameter(deq.to(mod.weight.dtype), requires_grad=False)
+    return ref
