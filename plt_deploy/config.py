@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # every seed (CLI flags, server requests): a signed 64-bit
+# integer, what torch.Generator.manual_seed takes (here, not in generate.py: --help must not import torch)
 MIN_EXPORT_SEQ = 3  # the shortest --max-seq an export accepts: a prompt token, one decode step, its output
 
 MODES = ("plt", "looped", "vanilla")
@@ -42,12 +44,24 @@ class PLTConfig:
     def __post_init__(self):
         self.validate_types()
         if self.head_dim is None:
-            self.head_dim = self.d_model // max(self.n_heads, 1)
+            self._derive_head_dim()
         if self.mlp_hidden is None:
             self.mlp_hidden = 16 * ((8 * self.d_model // 3 + 15) // 16)
         if self.mode == "vanilla" and self.loops != 1:
             self.loops = 1
         self.validate()
+
+    def _derive_head_dim(self) -> None:
+        """head_dim = d_model / n_heads, refused (naming the fields written) unless exact and even."""
+        d, h = self.d_model, self.n_heads
+        if d >= 1 and h >= 1:
+            if d % h:
+                raise ConfigError(f"invalid config: d_model ({d}) is not divisible by n_heads ({h}); change one, "
+                                  "or give head_dim explicitly (then n_heads * head_dim may differ from d_model)")
+            if (d // h) % 2:
+                raise ConfigError(f"invalid config: d_model / n_heads = {d} / {h} = {d // h} is the head size, which "
+                                  "must be even for RoPE; change d_model or n_heads, or give an even head_dim")
+        self.head_dim = d // max(h, 1)
 
     def validate_types(self) -> None:
         """Every field has its declared type (checked before anything is derived from it)."""

@@ -9,7 +9,9 @@ from typing import Callable
 import torch
 
 from .backends.base import Backend
+from .config import SEED_MAX, SEED_MIN  # noqa: F401  (serve.protocol imports them from here)
 from .errors import InputError, ModelError
+
 
 
 @dataclass
@@ -23,16 +25,34 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = field(default_factory=tuple)  # text that ends a sequence (not returned)
 
     def validate(self) -> None:
-        if self.max_new_tokens < 0:
+        def number(name: str, integer: bool = False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+                raise InputError(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}")
+            return v
+
+        if number("max_new_tokens", integer=True) < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k < 0:
+        t = number("temperature")
+        try:
+            finite = math.isfinite(t)
+        except OverflowError:  # an int beyond a float's range
+            finite = False
+        if not finite or t < 0:
+            raise InputError(f"temperature must be a finite number >= 0, got {t}")
+        if number("top_k", integer=True) < 0:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < number("top_p") <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not isinstance(t, str) or not t for t in self.stop_strings):
             raise InputError("stop strings must be non-empty text")
+        if self.seed is not None and not SEED_MIN <= number("seed", integer=True) <= SEED_MAX:
+            raise InputError(f"seed must be in [{SEED_MIN}, {SEED_MAX}] (a signed 64-bit integer), got {self.seed}")
+
+    def greedy_for(self, dtype: torch.dtype = torch.float32) -> bool:
+        """Whether sampling logits of `dtype` is greedy: temperature 0, or one that rounds to 0 in
+        that dtype (below ~1e-45 in fp32), where dividing by it would give NaN."""
+        return self.temperature == 0.0 or torch.tensor(self.temperature, dtype=dtype).item() == 0.0
 
 
 class TextStream:
@@ -55,6 +75,7 @@ class TextStream:
         self.stable = ""  # text of ids[:read], ends on a complete character
         self.sent = 0  # characters of the text already released
         self.text = ""
+        self.stopped = False  # a stop string was found: nothing more is released
 
     def _decode_tail(self) -> str:
         """The text of ids[read:] in the context of ids[prefix:read]; settles it once it is complete."""
@@ -70,14 +91,17 @@ class TextStream:
         return tail
 
     def push(self, token: int) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
         self.ids.append(token)
+        settled = len(self.stable)  # text[:settled] was searched by earlier pushes: only the new text is
         pending = self._decode_tail()
         self.text = text = self.stable + pending
-        hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
+        hits = [i for i in (text.find(s, max(self.sent, settled - len(s) + 1)) for s in self.stops) if i >= 0]
         if hits:
             end = min(hits)
             delta, self.sent = text[self.sent:end], end
-            self.text = text[:end]
+            self.text, self.stopped = text[:end], True
             return delta, True
         end = len(text.rstrip("\ufffd"))
         safe = end
@@ -99,7 +123,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if not torch.isfinite(logits).all():
         raise ModelError("the model produced NaN or infinite logits; check the weights and the dtype "
                          "(fp16 overflow?)")
-    if params.temperature == 0.0:
+    if params.greedy_for(logits.dtype):
         return logits.argmax(dim=-1)
     # Shift by the row maximum before dividing: the best token gets exactly 0, the others a
     # negative number (or -inf for tiny temperatures), so softmax stays finite for any T > 0 and
@@ -112,6 +136,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop_sorted = cum - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses top_p
+        drop_sorted[:, 0] = False  # and always the best one (a top_p that rounds to 0 in fp32 would drop it too)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)

@@ -1,4 +1,5 @@
-"""Progress for long commands: a live bar on a terminal, plain throttled lines on stderr otherwise.
+"""Progress for long commands: a live bar on a terminal, plain throttled lines on stderr otherwise
+(pipes, files, TERM=dumb).
 
 `with progress_reporter("train plt", total) as report: report(done, "loss 0.31")`. When stderr is
 not a terminal (piped, logged, CI), a line is printed at most every `every` seconds and at the
@@ -12,18 +13,57 @@ import time
 from contextlib import contextmanager
 
 
-def console(stderr: bool = False):
-    """A rich Console that never cuts tables to 80 columns when the output is a file or a pipe,
-    and lets a closed pipe (`| head`) reach the CLI as BrokenPipeError (exit 141), where rich
-    itself would exit 1, the code of a failed check."""
+def console(stderr: bool = False, width: int | None = None):
+    """The one rich Console every command prints with.
+
+    - A table never has a number cut: one wider than the terminal is printed in a narrow layout,
+      one line per row (`column: value; ...`, wrapped at the separators) under its title.
+    - Files and pipes get 200 columns (nothing to fit), a terminal its width (COLUMNS if set).
+    - A closed pipe (`| head`) reaches the CLI as BrokenPipeError (exit 141), where rich itself
+      would exit 1, the code of a failed check.
+    - TERM=dumb or NO_COLOR: plain text, no colours or cursor moves (rich's own rules).
+    """
     from rich.console import Console
 
-    class PipeAwareConsole(Console):
+    class FittingConsole(Console):
         def on_broken_pipe(self) -> None:
             raise BrokenPipeError(32, "Broken pipe")
 
+        def print(self, *objects, **kwargs) -> None:
+            super().print(*(fit_table(self, o) for o in objects), **kwargs)
+
     stream = sys.stderr if stderr else sys.stdout
-    return PipeAwareConsole(file=stream, width=None if stream.isatty() else 200, soft_wrap=not stream.isatty())
+    tty = stream.isatty()
+    return FittingConsole(file=stream, width=width or (None if tty else 200), soft_wrap=not tty and width is None)
+
+
+def fit_table(console, renderable):
+    """`renderable` itself, or for a rich Table too wide for `console` (rich would cut its cells with
+    '…'), its title, one `column: value; ...` line per row, and its caption."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if not isinstance(renderable, Table):
+        return renderable
+    def text(cell) -> Text:
+        return cell if isinstance(cell, Text) else Text.from_markup(str(cell))
+
+    columns = renderable.columns
+    # rich wraps cells at spaces, and cuts a word wider than its column: the table fits when every
+    # column can be as wide as its longest word (plus padding and a border each)
+    words = [max((len(w) for cell in (c.header, *c.cells) for w in text(cell).plain.split()), default=0)
+             for c in columns]
+    if sum(words) + 3 * len(columns) + 1 <= console.width:
+        return renderable
+
+    lines = [text(renderable.title)] if renderable.title else []
+    for cells in zip(*(list(c.cells) for c in columns)):
+        pairs = [Text.assemble(text(c.header), ": ", text(v)) for c, v in zip(columns, cells)]
+        lines.append(Text("- ").append(Text("; ").join(pairs)))
+    if renderable.caption:
+        lines.append(text(renderable.caption))
+    return Group(*lines)
 
 
 class _Reporter:
@@ -77,11 +117,12 @@ def progress_reporter(description: str, total: int | None, every: float = 10.0, 
     if not enabled:
         yield _Silent(total)
         return
-    if sys.stderr.isatty():
+    err = console(stderr=True)
+    if err.is_terminal and not err.is_dumb_terminal:  # TERM=dumb: no live display, plain lines as for pipes
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console(stderr=True),
+                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err,
                       transient=transient) as bar:
             yield _Reporter(description, total, every, bar, bar.add_task(description, total=total, detail=detail))
         return

@@ -18,7 +18,11 @@ class ByteTokenizer:
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         # surrogateescape: command-line bytes that are not UTF-8 (Python keeps them as lone
         # surrogates) become the original bytes again, which this tokenizer represents exactly.
-        ids = list(text.encode("utf-8", errors="surrogateescape"))
+        try:
+            ids = list(text.encode("utf-8", errors="surrogateescape"))
+        except UnicodeEncodeError as exc:  # a lone surrogate that is no escaped byte (U+D800..U+DC7F, ...)
+            raise InputError(f"text is not valid Unicode (lone surrogate U+{ord(text[exc.start]):04X} at "
+                             f"character {exc.start})") from None
         return [self.bos_id, *ids] if add_bos else ids
 
     def decode(self, ids) -> str:

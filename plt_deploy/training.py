@@ -126,6 +126,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
                    save_every: int = 100, threads: int | None = None, progress=None, should_stop=None) -> list[dict]:
     """`plt-deploy train`: one checkpoint per variant (out/ itself for one variant), then held-out accuracy.
 
+    One run into `out` at a time (output_folder.claim_output: a second is refused, naming the first).
     Checkpoints are written atomically every `save_every` steps and at the end, so an interrupted
     run (should_stop() turning true, raising TrainingInterrupted) keeps its last finished step.
     progress(variant, step, loss) runs after every step. threads=None picks 1 CPU thread for
@@ -136,38 +137,43 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
     from .errors import InputError
+    from .output_folder import check_writable, claim_output
 
     out = Path(out)
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    variants = check_variants(variants)
-    the_task = TASKS[task]
-    dirs = variant_dirs(out, variants)
-    refuse_existing_checkpoints(out, variants, force)
-    configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
-    for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
-        cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
-    results = []
+    with claim_output(out, command="train"):  # a second run into the same --out is refused at once
+        if task not in TASKS:
+            raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        variants = check_variants(variants)
+        the_task = TASKS[task]
+        dirs = variant_dirs(out, variants)
+        refuse_existing_checkpoints(out, variants, force)
+        configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
+        for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
+            cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
+        for folder in dirs.values():  # a read-only --out fails now, not after training
+            check_writable(folder)
+        results = []
 
-    def write_results():
-        atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "steps": steps,
-                                                           "results": results}, indent=2) + "\n").encode())
+        def write_results():
+            atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "steps": steps,
+                                                               "results": results}, indent=2) + "\n").encode())
 
-    saved_threads = torch.get_num_threads()
-    try:
-        for name, cfg in configs.items():
-            torch.set_num_threads(threads or (1 if cfg.parameter_count() < SMALL_MODEL_PARAMETERS else saved_threads))
-            results.append(_train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
-                                      max_minutes, save_every, progress, should_stop))
-    except TrainingInterrupted as exc:  # record how far it got beside the kept checkpoint
-        results.append({"variant": exc.variant, "steps": exc.step, "interrupted": True,
-                        "checkpoint": str(exc.checkpoint)})
+        saved_threads = torch.get_num_threads()
+        try:
+            for name, cfg in configs.items():
+                small = cfg.parameter_count() < SMALL_MODEL_PARAMETERS
+                torch.set_num_threads(threads or (1 if small else saved_threads))
+                results.append(_train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
+                                          max_minutes, save_every, progress, should_stop))
+        except TrainingInterrupted as exc:  # record how far it got beside the kept checkpoint
+            results.append({"variant": exc.variant, "steps": exc.step, "interrupted": True,
+                            "checkpoint": str(exc.checkpoint)})
+            write_results()
+            raise
+        finally:
+            torch.set_num_threads(saved_threads)
         write_results()
-        raise
-    finally:
-        torch.set_num_threads(saved_threads)
-    write_results()
-    return results
+        return results
 
 
 def _train_one(name: str, cfg, task: Task, out_dir: Path, steps: int, batch: int, lr: float, seed: int,

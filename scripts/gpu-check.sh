@@ -9,7 +9,12 @@
 #                  torch sees a CUDA device
 #   cuda-toolkit   nvcc's CUDA major version = the one the installed TensorRT was built for (the plugin
 #                  links the CUDA runtime statically, so it must match)
-#   plugin         cmake build of plugins/ -> plugins/build/libplt_trt_plugins.so
+#   plugin         cmake build of plugins/ -> plugins/build/libplt_trt_plugins{,_dynamic}.so; headers found
+#                  offline (plt_deploy.build.headers), else SKIP with the reason (and the stages needing it)
+#   plugin-load:*  every loading path of plugins/README.md, each in a fresh process: ctypes, load_library,
+#                  both-libraries (no double registration), logger (plugin errors reach TensorRT's
+#                  logger on the dlopen path), and after the first export: polygraphy, trtexec-static,
+#                  trtexec-dynamic, serialized-library (a plan embedding the library), triton-plugins
 #   per preset x dtype (PRESETS, DTYPES):
 #     <p>-<d>:export  init + export (validated against torch on ONNX Runtime)
 #     <p>-<d>:engines plt-deploy build (exactly one G-SWA plugin layer per node)
@@ -21,10 +26,13 @@
 #                     checked by quantization error against torch (top-1 agreement bound per format)
 #   pytest-gpu     pytest -m gpu
 #   generate       generate --backend tensorrt on the first preset and first dtype that exported
+#   triton-device  a TensorRT backend on the last GPU (Triton's model_instance_device_id) keeps its caches
+#                  and engines there (SKIP with one GPU)
 #   bench          bench --backend tensorrt --preset small (SKIP_BENCH=1 skips)
 #
-# Environment: TENSORRT_ROOT or TENSORRT_INCLUDE_DIR (headers; else /usr/include or the NVIDIA/TensorRT
-# GitHub release branch matching the installed wheel), PYTHON (default python3), OUT (default
+# Environment: TENSORRT_ROOT or TENSORRT_INCLUDE_DIR (headers; else /usr/include, a tensorrt wheel's
+# include/, or TENSORRT_OSS_DIR = a local git clone of NVIDIA/TensorRT, whose newest release/X.Y branch
+# not newer than the installed TensorRT is used; never the network), PYTHON (default python3), OUT (default
 # runs/gpu-check), PRESETS (default "tiny small"), DTYPES (default "float32 float16"; any of float32,
 # float16, bfloat16), WEIGHTS (default "int8 int4"; "" skips), SKIP_INSTALL=1, SKIP_BENCH=1.
 set -uo pipefail
@@ -111,34 +119,27 @@ stage cuda-toolkit cuda_toolkit || die "$(tail -n 1 "$LOGS/cuda-toolkit.log")"
 sed 's/^/    /' "$LOGS/cuda-toolkit.log"
 
 # -- plugin -------------------------------------------------------------------------------------------
+HEADERS=$("$PYTHON" -m plt_deploy.build.headers "$OUT/headers" 2>/dev/null); headers_rc=$?
+PLUGIN_OK=0
 build_plugin() {
-  local trt_version inc="${TENSORRT_INCLUDE_DIR:-}"
-  trt_version=$("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)')
-  if [ -z "$inc" ] && [ -n "${TENSORRT_ROOT:-}" ]; then inc="$TENSORRT_ROOT/include"; fi
-  if [ -z "$inc" ]; then
-    for d in /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu /usr/include /usr/local/tensorrt/include; do
-      if [ -f "$d/NvInferRuntime.h" ]; then inc=$d; break; fi
-    done
-  fi
-  if [ -z "$inc" ]; then
-    # The pip wheels ship no headers; the public headers are in NVIDIA/TensorRT's release branches.
-    local branch hdrs="$OUT/tensorrt-oss"
-    branch="release/$(echo "$trt_version" | cut -d. -f1-2)"
-    if [ ! -f "$hdrs/include/NvInferRuntime.h" ]; then
-      echo "no TensorRT headers found: fetching include/ of NVIDIA/TensorRT $branch"
-      rm -rf "$hdrs"
-      git clone --quiet --depth 1 --branch "$branch" https://github.com/NVIDIA/TensorRT.git "$hdrs" || {
-        echo "cannot fetch TensorRT headers for $trt_version; set TENSORRT_ROOT or TENSORRT_INCLUDE_DIR"; return 1; }
-    fi
-    inc="$(cd "$hdrs/include" && pwd)"
-  fi
-  echo "TensorRT headers: $inc (runtime $trt_version)"
+  echo "TensorRT headers: $HEADERS (runtime $("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)'))"
   cmake -S plugins -B plugins/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=native \
-    -DTENSORRT_INCLUDE_DIR="$inc" && cmake --build plugins/build -j "$(nproc)" \
-    && [ -f plugins/build/libplt_trt_plugins.so ]
+    -DTENSORRT_INCLUDE_DIR="$HEADERS" && cmake --build plugins/build -j "$(nproc)" \
+    && [ -f plugins/build/libplt_trt_plugins.so ] && [ -f plugins/build/libplt_trt_plugins_dynamic.so ]
 }
-stage plugin build_plugin || die "the plugin did not build (log: $LOGS/plugin.log)"
-export PLT_TRT_PLUGIN="$(pwd)/plugins/build/libplt_trt_plugins.so"
+if [ "$headers_rc" -ne 0 ]; then
+  skip plugin "$HEADERS"
+else
+  stage plugin build_plugin || die "the plugin did not build (log: $LOGS/plugin.log)"
+  PLUGIN_OK=1
+  export PLT_TRT_PLUGIN="$(pwd)/plugins/build/libplt_trt_plugins.so"
+  PLT_TRT_PLUGIN_DYNAMIC="$(pwd)/plugins/build/libplt_trt_plugins_dynamic.so"
+  paths() { "$PYTHON" scripts/plugin-paths.py "$@"; }
+  stage plugin-load:ctypes paths ctypes "$PLT_TRT_PLUGIN"
+  stage plugin-load:load_library paths load_library "$PLT_TRT_PLUGIN_DYNAMIC"
+  stage plugin-load:both-libraries paths both-libraries "$PLT_TRT_PLUGIN" "$PLT_TRT_PLUGIN_DYNAMIC"
+  stage plugin-load:logger paths logger "$PLT_TRT_PLUGIN"
+fi
 
 # -- presets x dtypes: export, engines, check -------------------------------------------------------
 first_export=""
@@ -152,6 +153,9 @@ for preset in $PRESETS; do
     }
     if ! stage "$name:export" export_one; then
       skip "$name:engines" "needs $name:export"; skip "$name:check" "needs $name:export"; continue
+    fi
+    if [ "$PLUGIN_OK" != 1 ]; then
+      skip "$name:engines" "needs plugin"; skip "$name:check" "needs plugin"; continue
     fi
     if ! stage "$name:engines" plt build --onnx "$ex" --plugin "$PLT_TRT_PLUGIN" --max-batch 4; then
       skip "$name:check" "needs $name:engines"; continue
@@ -174,12 +178,86 @@ for preset in $PRESETS; do
   done
 done
 
+# -- the loading paths that need an export with engines (commands as in plugins/README.md) ----------
+decode_plan() { "$PYTHON" -c 'import sys, json; from pathlib import Path
+d = Path(sys.argv[1]); s = json.loads((d / "manifest.json").read_text())["tensorrt"]
+print(d / s["engines"]["decode"]["file"])' "$1"; }
+if [ -z "$first_export" ]; then
+  for n in polygraphy trtexec-static trtexec-dynamic serialized-library triton-plugins; do
+    skip "plugin-load:$n" "no export built engines"
+  done
+else
+  plan=$(decode_plan "$first_export")
+  polygraphy_path() {
+    polygraphy inspect model "$first_export/decode.onnx" --display-as=trt --show layers --plugins "$PLT_TRT_PLUGIN" \
+      | tee /dev/stderr | grep -q "PLUGIN_V3"  # a plugin layer: the parser found the creator
+  }
+  stage plugin-load:polygraphy polygraphy_path
+  if command -v trtexec >/dev/null 2>&1; then
+    stage plugin-load:trtexec-static trtexec --loadEngine="$plan" --staticPlugins="$PLT_TRT_PLUGIN" --skipInference
+    stage plugin-load:trtexec-dynamic trtexec --loadEngine="$plan" --dynamicPlugins="$PLT_TRT_PLUGIN_DYNAMIC" \
+      --skipInference
+    serialized_library() {  # build a plan that embeds the library, then load it with no plugin flag
+      local shapes; shapes=$("$PYTHON" scripts/plugin-paths.py trtexec-shapes "$first_export") || return 1
+      trtexec --onnx="$first_export/decode.onnx" --shapes="$shapes" --dynamicPlugins="$PLT_TRT_PLUGIN_DYNAMIC" \
+        --setPluginsToSerialize="$PLT_TRT_PLUGIN_DYNAMIC" --saveEngine="$OUT/embedded-plugin.plan" --skipInference \
+        && trtexec --loadEngine="$OUT/embedded-plugin.plan" --skipInference
+    }
+    stage plugin-load:serialized-library serialized_library
+  else
+    for n in trtexec-static trtexec-dynamic serialized-library; do skip "plugin-load:$n" "trtexec not on PATH"; done
+  fi
+  if command -v tritonserver >/dev/null 2>&1; then
+    triton_plugins() {  # Triton's TensorRT backend on a plan model; the server dlopens the plugin
+      local repo="$OUT/triton-plan-repo" pid ok=1
+      rm -rf "$repo"; mkdir -p "$repo/gswa_decode/1"
+      cp "$plan" "$repo/gswa_decode/1/model.plan"
+      printf 'platform: "tensorrt_plan"\nmax_batch_size: 0\n' > "$repo/gswa_decode/config.pbtxt"
+      tritonserver --model-repository="$repo" --backend-config=tensorrt,plugins="$PLT_TRT_PLUGIN" \
+        --http-address=127.0.0.1 --http-port=18000 --grpc-address=127.0.0.1 --grpc-port=18001 \
+        --metrics-address=127.0.0.1 --metrics-port=18002 & pid=$!
+      for _ in $(seq 120); do
+        if curl -sf 127.0.0.1:18000/v2/models/gswa_decode/ready >/dev/null; then ok=0; break; fi
+        kill -0 "$pid" 2>/dev/null || break; sleep 1
+      done
+      kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return $ok
+    }
+    stage plugin-load:triton-plugins triton_plugins
+  else
+    skip plugin-load:triton-plugins "tritonserver not on PATH"
+  fi
+fi
+
 # -- tests, generate, bench ---------------------------------------------------------------------------
 stage pytest-gpu "$PYTHON" -m pytest -m gpu -q tests
 if [ -n "$first_export" ]; then
   stage generate plt generate --backend tensorrt --model "$first_export" --prompt "Hello" --max-new-tokens 16
 else
   skip generate "no export built engines"
+fi
+if [ -z "$first_export" ]; then
+  skip triton-device "no export built engines"
+elif [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
+  skip triton-device "one GPU: needs two"
+else
+  triton_device() {  # what model.py does with args["model_instance_device_id"] of the last GPU
+    "$PYTHON" - "$first_export" <<'EOF'
+import sys, torch
+from plt_deploy.serve import load_engine
+from plt_deploy.triton.runtime import instance_device
+dev = instance_device({"model_instance_kind": "GPU", "model_instance_device_id": str(torch.cuda.device_count() - 1)})
+engine = load_engine(sys.argv[1], backend="tensorrt", slots=2, device=dev)
+engine.start()
+assert engine.wait_ready(600), engine.load_error
+used = {d: torch.cuda.memory_allocated(d) for d in range(torch.cuda.device_count())}
+session_device = engine.session.device
+engine.stop(cancel_running=True, timeout=5)
+assert session_device == torch.device("cuda", dev), session_device
+assert used[dev] > 0 and all(v == 0 for d, v in used.items() if d != dev), used  # caches only on that GPU
+print(f"engine and caches on cuda:{dev} ({used[dev]} bytes)")
+EOF
+  }
+  stage triton-device triton_device
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stage bench plt bench --backend tensorrt --preset small --workdir "$OUT/bench" --json "$OUT/bench.json"

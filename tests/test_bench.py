@@ -73,7 +73,7 @@ def check_sections(data):
     ids = [t["id"] for t in data["targets"]]
     assert ids == TARGET_IDS
     for t in data["targets"]:
-        assert set(t) == {"id", "target", "measured", "threshold", "passed", "note"}
+        assert set(t) == {"id", "target", "measured", "threshold", "passed", "note", "noisy"}
         assert t["passed"] in (True, False, None)
     by_id = {t["id"]: t for t in data["targets"]}
     assert by_id["plt_kv_bytes"]["passed"] is True
@@ -120,7 +120,7 @@ def test_defaults_are_clipped_to_the_models_context_with_a_note():
     from plt_deploy.bench.suite import fit_to_model
 
     assert fit_to_model(2304, 512, 128, (128, 2048), 32) == (512, 128, (128, 2048), [])
-    prompt, new, ctx, notes = fit_to_model(256, 512, 128, (128, 2048), 32)
+    prompt, new, ctx, notes = fit_to_model(256, 512, 128, (128, 2048), 32, 8)
     assert prompt + new + 1 <= 256 and new == 64 and ctx == (14, 224) and len(notes) == 2
     assert "max_seq_len 256" in notes[0] and "contexts clipped to 14,224" in notes[1]
 

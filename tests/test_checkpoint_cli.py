@@ -83,8 +83,10 @@ def test_impossible_config_values():
         PLTConfig(n_heads=4, n_kv_heads=3)
     with pytest.raises(ConfigError, match="mode"):
         PLTConfig(mode="diagonal")
-    with pytest.raises(ConfigError, match="head_dim must be even"):
+    with pytest.raises(ConfigError, match="12 / 4 = 3 is the head size, which must be even for RoPE"):
         PLTConfig(d_model=12, n_heads=4, n_kv_heads=2)
+    with pytest.raises(ConfigError, match="head_dim must be even"):
+        PLTConfig(d_model=12, n_heads=4, n_kv_heads=2, head_dim=5)
 
 
 def test_cli_flags(tmp_path, capsys):

@@ -221,7 +221,7 @@ def test_backend_and_folder_mixups(tiny_exports, tmp_path, capsys):
 # --- nothing lost, nothing half-done --------------------------------------------------------
 
 def test_one_export_at_a_time_and_stale_temporaries(tmp_path):
-    from plt_deploy.export.output_folder import claim_output
+    from plt_deploy.output_folder import claim_output
 
     out = tmp_path / "ex"
     stale = tmp_path / ".ex.123.tmp"
@@ -237,7 +237,7 @@ def test_one_export_at_a_time_and_stale_temporaries(tmp_path):
 
 
 def test_full_disk_names_the_path(tmp_path):
-    from plt_deploy.export.output_folder import claim_output
+    from plt_deploy.output_folder import claim_output
 
     with pytest.raises(ArtifactError, match=f"{tmp_path}: no space left on device"):
         with claim_output(tmp_path / "ex"):

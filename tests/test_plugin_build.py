@@ -6,10 +6,12 @@ link policy, registration) are the documented ones, and CMake builds the kernels
 With TensorRT headers (TENSORRT_INCLUDE_DIR = one include directory, or several separated by
 os.pathsep, e.g. a 10.x and an 11.x one; skipped with a one-line reason otherwise, CI has none):
 for each header set the plugin library builds with -Wall -Wextra without a warning, exports exactly
-getCreators and setLoggerFinder, has no NEEDED libnvinfer or libcudart (and no RUNPATH), leaves
-getPluginRegistry weak, and tests/cpp/plugin_load_check.cpp drives its entry points on the CPU:
-dlopen without libnvinfer, getCreators, createPlugin (build and runtime phases), configurePlugin's
-workspace sizing and failure, enqueue's dims from inputDesc and its workspace check.
+getCreators and setLoggerFinder (libplt_trt_plugins_dynamic.so, for loadLibrary) or nothing
+(libplt_trt_plugins.so, which registers on dlopen), has no NEEDED libnvinfer or libcudart (and no
+RUNPATH), leaves getPluginRegistry weak, and tests/cpp/plugin_load_check.cpp drives them on the CPU:
+dlopen without libnvinfer (the self-registering one then says it registered nothing), getCreators,
+createPlugin (build and runtime phases), configurePlugin's workspace sizing and failure, enqueue's
+dims from inputDesc, its workspace check, and the fallback for plans without a workspace size.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ PLUGINS = ROOT / "plugins"
 GSWA = PLUGINS / "gatedSlidingWindowAttentionPlugin"
 LOAD_CHECK = ROOT / "tests" / "cpp" / "plugin_load_check.cpp"
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
-PLUGIN_CXX = [PLUGINS / "common" / "pluginEntryPoints.cpp", PLUGINS / "common" / "pluginLogging.cpp",
-              PLUGINS / "common" / "pluginRegistry.cpp", GSWA / "gatedSlidingWindowAttentionPlugin.cpp"]
+COMMON = PLUGINS / "common"
+PLUGIN_CXX = [COMMON / "registerOnLoad.cpp", COMMON / "loadLibraryEntryPoints.cpp", COMMON / "pluginCreators.cpp",
+              COMMON / "pluginLogging.cpp", COMMON / "pluginRegistry.cpp", GSWA / "gatedSlidingWindowAttentionPlugin.cpp"]
+LIBS = {"on_load": "libplt_trt_plugins.so", "dynamic": "libplt_trt_plugins_dynamic.so"}
 BUILD_ARCH = "75-real"  # the oldest default architecture (T4); test_kernels.py compiles the others
 
 
@@ -131,15 +135,41 @@ def test_default_architectures_include_t4():
     assert {"80-real", "86-real", "89-real"} <= set(archs) and "90" in archs  # + compute_90 PTX for newer GPUs
 
 
+def _code(path: Path) -> str:
+    return re.sub(r"//.*", "", re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S))
+
+
 def test_registration_is_explicit_and_single():
-    """No REGISTER_TENSORRT_PLUGIN (it registers under ""): one creator object, registered under its
-    own namespace on dlopen, and getCreators returns it only if that did not happen."""
-    entry = (PLUGINS / "common" / "pluginEntryPoints.cpp").read_text()
-    code = re.sub(r"//.*", "", re.sub(r"/\*.*?\*/", "", entry, flags=re.S))
-    assert "REGISTER_TENSORRT_PLUGIN" not in code
-    assert re.search(r"registerCreator\(gswaCreator\(\), gswaCreator\(\)\.getPluginNamespace\(\)\)", code)
-    assert code.count("GatedSlidingWindowAttentionPluginCreator sCreator") == 1  # one creator object
-    assert re.search(r"nbCreators = gRegisteredOnLoad \? 0 :", code)
+    """One creator object per plugin (pluginCreators), handed out by two libraries: the dlopen one
+    registers it under its own namespace from a static initialiser and exports no entry point; the
+    loadLibrary one has no static initialiser and its getCreators always returns the creators (never an
+    empty list). No REGISTER_TENSORRT_PLUGIN (it registers under "")."""
+    on_load, dynamic, creators = (_code(COMMON / f) for f in ("registerOnLoad.cpp", "loadLibraryEntryPoints.cpp",
+                                                               "pluginCreators.cpp"))
+    for code in (on_load, dynamic, creators):
+        assert "REGISTER_TENSORRT_PLUGIN" not in code
+    assert re.search(r"registerCreator\(\*creator, creator->getPluginNamespace\(\)\)", on_load)
+    assert "PLT_PLUGIN_EXPORT" not in on_load and "getCreators" not in on_load
+    assert "registerCreator" not in dynamic and "struct" not in dynamic  # no static initialiser
+    assert re.search(r"return plt::plugin::pluginCreators\(nbCreators\);", dynamic)
+    assert creators.count("GatedSlidingWindowAttentionPluginCreator sGswaCreator") == 1  # one creator object
+    cmake = (PLUGINS / "CMakeLists.txt").read_text()
+    assert re.search(r"add_library\(plt_trt_plugins SHARED common/registerOnLoad.cpp\)", cmake)
+    assert re.search(r"add_library\(plt_trt_plugins_dynamic SHARED common/loadLibraryEntryPoints.cpp\)", cmake)
+    assert re.search(r'target_link_options\(plt_trt_plugins PRIVATE "LINKER:-z,nodelete"\)', cmake)
+
+
+def test_every_loading_path_is_documented_and_checked():
+    """plugins/README.md lists every loading path with its command, and gpu-check.sh has a stage for each."""
+    readme = (PLUGINS / "README.md").read_text()
+    script = (ROOT / "scripts" / "gpu-check.sh").read_text()
+    for needle in ("ctypes.CDLL", "polygraphy run", "--plugins", "--staticPlugins", "--dynamicPlugins",
+                   "--setPluginsToSerialize", "load_library", "backend-config=tensorrt,plugins="):
+        assert needle in readme, needle
+    stages = set(re.findall(r"stage (plugin-load:[\w-]+)", script))
+    assert stages >= {"plugin-load:ctypes", "plugin-load:load_library", "plugin-load:both-libraries",
+                      "plugin-load:polygraphy", "plugin-load:trtexec-static", "plugin-load:trtexec-dynamic",
+                      "plugin-load:serialized-library", "plugin-load:triton-plugins", "plugin-load:logger"}, stages
 
 
 def test_link_policy_is_one():
@@ -175,24 +205,26 @@ def kernels_build(tmp_path_factory):
     return _cmake_build(tmp_path_factory.mktemp("plugins_kernels"), None)[0]
 
 
-_PLUGIN_BUILDS: dict[Path, Path] = {}
+_PLUGIN_BUILDS: dict[Path, dict[str, Path]] = {}
 
 
 @pytest.fixture
-def plugin_lib(include_dir, tmp_path_factory) -> Path:
-    """libplt_trt_plugins.so built against `include_dir` (once per header set)."""
+def plugin_libs(include_dir, tmp_path_factory) -> dict[str, Path]:
+    """{"on_load": libplt_trt_plugins.so, "dynamic": libplt_trt_plugins_dynamic.so} built against
+    `include_dir` (once per header set)."""
     if include_dir not in _PLUGIN_BUILDS:
-        build, _ = _cmake_build(tmp_path_factory.mktemp(f"plugins_{include_dir.name}"), include_dir)
-        lib = build / "libplt_trt_plugins.so"
-        assert lib.exists(), f"CMake found {include_dir}/NvInferRuntime.h but built no libplt_trt_plugins.so"
-        _PLUGIN_BUILDS[include_dir] = lib
+        build, _ = _cmake_build(tmp_path_factory.mktemp(f"plugins_{include_dir.parent.name}"), include_dir)
+        libs = {kind: build / name for kind, name in LIBS.items()}
+        for lib in libs.values():
+            assert lib.exists(), f"CMake found {include_dir}/NvInferRuntime.h but built no {lib.name}"
+        _PLUGIN_BUILDS[include_dir] = libs
     return _PLUGIN_BUILDS[include_dir]
 
 
 def test_kernels_library_builds(kernels_build):
     libs = list(kernels_build.rglob("libplt_gswa_kernels.a"))
     assert libs and libs[0].stat().st_size > 0
-    assert not (kernels_build / "libplt_trt_plugins.so").exists()
+    assert not [p for p in kernels_build.glob("libplt_trt_plugins*.so")]
 
 
 @headers
@@ -200,33 +232,43 @@ def test_plugin_compiles_without_warnings(include_dir):
     gxx = shutil.which("g++") or pytest.skip("g++ not found")
     for src in PLUGIN_CXX:  # -Werror: any warning fails; TensorRT's headers are system headers, as in CMake
         _run([gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-isystem", include_dir,
-              "-isystem", CUDA_HOME / "include", "-I", PLUGINS, "-I", GSWA, "-DPLT_STATIC_PLUGIN_REGISTRATION=1", src])
+              "-isystem", CUDA_HOME / "include", "-I", PLUGINS, "-I", GSWA, src])
 
 
 @headers
-def test_plugin_library_exports_and_dependencies(plugin_lib):
+@pytest.mark.parametrize("kind, exports", [("dynamic", ["getCreators", "setLoggerFinder"]), ("on_load", [])])
+def test_plugin_library_exports_and_dependencies(plugin_libs, kind, exports):
     nm, readelf = _tool("nm"), _tool("readelf")
-    exported = _run([nm, "-D", "--defined-only", plugin_lib]).stdout
+    lib = plugin_libs[kind]
+    exported = _run([nm, "-D", "--defined-only", lib]).stdout
     functions = sorted(re.findall(r"^\S+ T (\S+)$", exported, re.M))
-    assert functions == ["getCreators", "setLoggerFinder"], exported
-    undefined = _run([nm, "-D", "--undefined-only", plugin_lib]).stdout
+    assert functions == exports, exported
+    undefined = _run([nm, "-D", "--undefined-only", lib]).stdout
     assert re.search(r"^\s+w getPluginRegistry$", undefined, re.M), "getPluginRegistry must be weak:\n" + undefined
-    dynamic = _run([readelf, "-d", plugin_lib]).stdout
+    assert not re.search(r"^\s+\w getLogger$", undefined, re.M), "getLogger is looked up in libnvinfer only"
+    dynamic = _run([readelf, "-d", lib]).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
     assert needed and not [n for n in needed if n.startswith(("libnvinfer", "libcudart"))], needed
     assert "RPATH" not in dynamic and "RUNPATH" not in dynamic, dynamic
+    assert ("NODELETE" in dynamic) == (kind == "on_load"), dynamic  # -z nodelete on the self-registering one
 
 
 @headers
-def test_plugin_entry_points_on_cpu(include_dir, plugin_lib, tmp_path):
+def test_plugin_entry_points_on_cpu(include_dir, plugin_libs, tmp_path):
     gxx = shutil.which("g++") or pytest.skip("g++ not found")
     exe = tmp_path / "plugin_load_check"
     _run([gxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", include_dir, "-isystem", CUDA_HOME / "include",
           LOAD_CHECK, "-o", exe, "-ldl"])
-    proc = subprocess.run([str(exe), str(plugin_lib)], capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
+    proc = subprocess.run([str(exe), str(plugin_libs["dynamic"]), str(plugin_libs["on_load"])], capture_output=True,
+                          text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
     out = proc.stdout
     assert proc.returncode == 0 and out.rstrip().endswith("all ok"), out + proc.stderr
+    # No TensorRT in this process: the self-registering library registered nothing and said why.
+    assert "[plt_trt_plugins] no TensorRT runtime is loaded in this process: nothing registered" in proc.stderr
+    assert "ok runtime_accepts_missing_workspace" in out and "ok runtime_accepts_unset_workspace" in out, out
+    if "skip enqueue_uses_given_workspace" not in out:  # no CUDA driver here: the fallback ran up to the launch
+        assert out.count("ok enqueue_unset_trusts_given_workspace") == 2, out
+        assert out.count("ok enqueue_unset_null_workspace_no_split") == 2, out
     creator = re.search(r"^creator (\S+) (\S+) (\S+)$", out, re.M).groups()
     assert creator == (contract.OP_NAME, str(contract.OP_VERSION), contract.PLUGIN_NAMESPACE)
     fields = re.search(r"^fields (.*)$", out, re.M).group(1).split()

@@ -211,3 +211,74 @@ def test_context_beyond_the_export_names_its_max_seq(backends):
         Engine(be, ByteTokenizer(), slots=1, max_context=65)
     with pytest.raises(InputError, match="exceeds the export's --max-seq of 64"):
         generate(be, [[1] * 60], SamplingParams(max_new_tokens=5))
+
+
+def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
+    """Extreme sampling parameters (floats that round to 0 in fp32, huge ints, bools, NaN) submitted
+    while greedy requests run: each is refused at submit (InputError) or ends normally, and the
+    running requests produce the same tokens as alone. A temperature or top_p below ~1e-45 is greedy."""
+    import random
+
+    be = backends["torch"]
+    long_params = SamplingParams(max_new_tokens=40)  # outlasts the ~15 steps of the requests below
+    engine = Engine(be, ByteTokenizer(), slots=6, max_context=128).start()
+    engine.wait_ready(60)
+    tokens = lambda handle: [e.token_id for e in handle]  # noqa: E731
+    alone = [tokens(engine.submit(p, long_params)) for p in PROMPTS[:2]]  # one at a time
+    greedy3 = tokens(engine.submit(PROMPTS[3], SamplingParams(max_new_tokens=3)))
+    assert greedy3 == generate(be, [PROMPTS[3]], SamplingParams(max_new_tokens=3))[0]
+    running = [engine.submit(p, long_params) for p in PROMPTS[:2]]
+    # the exact request of the report: temperature 1e-300 is greedy, top_p 1e-300 keeps the top token
+    for kw in ({"temperature": 1e-300}, {"temperature": 5e-324}, {"temperature": 1.0, "top_p": 1e-300}):
+        ev = list(engine.submit(PROMPTS[3], SamplingParams(max_new_tokens=3, **kw)))
+        assert ev[-1].finish_reason == "length" and [e.token_id for e in ev] == greedy3, (kw, ev[-1])
+    rng = random.Random(17)
+    nan, inf = float("nan"), float("inf")
+    values = {  # name: (accepted values, refused values); each is refused in about 1 request of 7
+        "temperature": ([0.0, -0.0, 1e-300, 5e-324, 1e-45, 1e-40, 1e-38, 1e-8, 0.5, 1, 2.0, 1e38, 1e300],
+                        [inf, -inf, nan, True, 10 ** 400, -1e-300, "1"]),
+        "top_p": ([1e-300, 5e-324, 1e-45, 1e-40, 1e-8, 0.5, 0.9999999, 1.0, 1], [0.0, nan, inf, True, 1.0000001, -1]),
+        "top_k": ([0, 1, 2, 259, 1 << 70, 10 ** 400], [-1, True, 2.0]),
+        "seed": ([None, 0, -1, (1 << 63) - 1, -(1 << 63), 12345], [1 << 63, 1 << 64, -(1 << 63) - 1, True, 1.5]),
+    }
+    handles, refused = [], 0
+    for _ in range(40):  # all queued at once: they run 4 at a time beside the 2 long requests
+        kw = {k: rng.choice(bad if rng.random() < 0.15 else ok) for k, (ok, bad) in values.items()}
+        params = SamplingParams(max_new_tokens=rng.choice([1, 2, 3]), **kw)
+        try:
+            handles.append((params, engine.submit(PROMPTS[rng.randrange(10)][:8], params)))
+        except InputError:
+            refused += 1
+    for params, handle in handles:
+        last = list(handle)[-1]
+        assert last.finish_reason == "length", (params, last)
+    assert refused > 4 and len(handles) > 15, (refused, len(handles))
+    for h, want in zip(running, alone):
+        assert not h.done  # still running after the whole fuzz
+        assert tokens(h) == want
+    engine.stop(timeout=30)
+
+
+def test_an_error_in_one_request_ends_that_request_only(backends):
+    """An exception while sampling or finishing one request (here: its detokenizer) ends it with an
+    error event; the step goes on for the other requests, which produce the same tokens as alone."""
+    be = backends["torch"]
+    alone = [generate(be, [p], SamplingParams(max_new_tokens=12))[0] for p in PROMPTS[:3]]
+    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64)  # not started: all three join one step
+    handles = [engine.submit(p, SamplingParams(max_new_tokens=12)) for p in PROMPTS[:3]]
+    pushes = []
+
+    def broken_push(token):
+        pushes.append(token)
+        if len(pushes) == 4:
+            raise RuntimeError("injected detokenizer failure")
+        return "", False
+    handles[1].text.push = broken_push
+    engine.start()
+    bad = list(handles[1])
+    assert bad[-1].finish_reason == "error" and "injected detokenizer failure" in bad[-1].error
+    for i in (0, 2):
+        ev = list(handles[i])
+        assert ev[-1].finish_reason == "length" and [e.token_id for e in ev] == alone[i]
+    assert engine.stats()["slots_in_use"] == 0 and engine.load_error is None
+    engine.stop(timeout=30)

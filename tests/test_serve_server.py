@@ -30,6 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, seconds: float, alive=lambda: True) -> bool:
+    """Whether url/health answered 200 within `seconds` (giving up early once `alive()` is false)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class ServerThread:
     """uvicorn serving `app` on a free loopback port in a daemon thread."""
 
@@ -42,15 +55,8 @@ class ServerThread:
                                                     lifespan="on", timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become healthy in 30 s")
+        if not wait_healthy(self.url, 30):
+            raise RuntimeError("server did not become healthy in 30 s")
 
     def stop(self):
         self.server.should_exit = True

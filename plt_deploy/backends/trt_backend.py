@@ -1,10 +1,14 @@
 """The TensorRT backend: an export folder with engines from `plt-deploy build` behind Backend.
 
-Loading checks, in order, each with a one-line error: TensorRT and a CUDA device are present
-(build.availability), the export's manifest verifies, the manifest records engines (if not, they
-are built now with default options unless build_missing=False), the plugin library is found and
-loaded and is the one the engines were built with, the plans were built by this TensorRT version
-for this GPU's compute capability, and their sha256 match (build.plan_check).
+Loading checks, in order, each with a one-line error: the export's manifest verifies and records
+engines (a runtime loader never builds: an export without engines is refused with the
+`plt-deploy build` command to run), TensorRT and a CUDA device are present (build.availability),
+the plugin library is found and loaded and is the one the engines were built with, the plans were
+built by this TensorRT version for this GPU's compute capability, and their sha256 match
+(build.plan_check); every engine deserializes and its I/O matches the manifest with static output
+shapes (an output with a -1 dimension would need an IOutputAllocator, which this backend does not
+implement). An execution context TensorRT cannot create (None: out of device memory) is an
+ArtifactError, not an AttributeError later.
 
 A session (`TrtSession`) owns device-resident, preallocated caches: the decode step's inputs and
 outputs are fixed device addresses, tokens and positions are copied into fixed device buffers,
@@ -32,6 +36,7 @@ shapes from `IOTensor.concrete`); none is spelled or derived here.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,10 +55,37 @@ def decode_state(spec) -> dict[str, str]:
     return {o.alias_of: o.name for o in spec.state_outputs()}
 
 
+def on_device(method):
+    """Run a session method with the session's GPU current in the calling thread: TensorRT enqueues on the
+    current device, and a serving engine calls the session from its own thread (whose current device is 0)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.cuda.device(self.device):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+def execution_context(engine, graph: str, stream):
+    """A new execution context of `engine` on profile 0, or ArtifactError: TensorRT returns None (it
+    logs why) when it cannot allocate the context's device memory."""
+    ctx = engine.create_execution_context()
+    if ctx is None:
+        raise ArtifactError(f"TensorRT could not create a {graph} execution context (out of device memory? see the "
+                            "TensorRT log above); free GPU memory or use a smaller --max-batch / --max-seq")
+    ctx.set_optimization_profile_async(0, stream.cuda_stream)
+    return ctx
+
+
+def dynamic_outputs(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Output names with a -1 dimension once every input shape is set: data-dependent sizes, known only
+    after enqueue, which would need an IOutputAllocator (shapes: name -> tuple(context.get_tensor_shape(name)))."""
+    return [name for name, shape in shapes.items() if any(int(d) < 0 for d in shape)]
+
+
 class TrtSession(DecoderSession):
     def __init__(self, backend: "TrtBackend", batch: int, max_seq: int):
         self.be, self.batch, self.max_seq = backend, batch, max_seq
-        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = backend.device  # the GPU the engines were deserialized on (Triton: the instance's)
         self.stream = torch.cuda.Stream(self.device)
         T = backend.cache_len  # the decode engine's fixed cache length (>= max_seq)
         spec = backend.manifest.graphs["decode"]
@@ -75,10 +107,7 @@ class TrtSession(DecoderSession):
             self._position = torch.zeros(batch, dtype=torch.int64, device=self.device)
             self._logits = torch.empty(batch, backend.config.vocab_size, dtype=dt, device=self.device)
         self.stream.synchronize()
-        ctx = backend.engines["decode"].create_execution_context()
-        if ctx is None:
-            raise ArtifactError("TensorRT could not create a decode execution context (out of device memory?)")
-        ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
+        ctx = execution_context(backend.engines["decode"], "decode", self.stream)
         for t in spec.inputs:
             if not ctx.set_input_shape(t.name, t.concrete(self._sizes)):
                 raise InputError(f"decode engine rejects {t.name} of shape {t.concrete(self._sizes)} (outside its "
@@ -109,14 +138,18 @@ class TrtSession(DecoderSession):
         return total
 
     # -- prefill -------------------------------------------------------------------------------
+    def _prefill_context(self):
+        """The prefill engine's execution context, created on first use."""
+        if self._prefill_ctx is None:
+            self._prefill_ctx = execution_context(self.be.engines["prefill"], "prefill", self.stream)
+        return self._prefill_ctx
+
+    @on_device
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         self.check_prefill(tokens)
         _, S = tokens.shape
-        be, spec = self.be, self.be.manifest.graphs["prefill"]
-        if self._prefill_ctx is None:
-            self._prefill_ctx = be.engines["prefill"].create_execution_context()
-            self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
-        ctx = self._prefill_ctx
+        spec = self.be.manifest.graphs["prefill"]
+        ctx = self._prefill_context()
         with torch.cuda.stream(self.stream):
             feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64),
                      spec.one("lengths").name: lengths.to(self.device, torch.int64)}
@@ -150,11 +183,8 @@ class TrtSession(DecoderSession):
     def _run_prefill_engine(self, tokens: torch.Tensor, lengths: torch.Tensor):
         """Enqueue the prefill engine on tokens [k, S] (on self.stream) -> (outputs by name, the
         input tensors, which must stay alive until the stream has run)."""
-        be, spec = self.be, self.be.manifest.graphs["prefill"]
-        if self._prefill_ctx is None:
-            self._prefill_ctx = be.engines["prefill"].create_execution_context()
-            self._prefill_ctx.set_optimization_profile_async(0, self.stream.cuda_stream)
-        ctx = self._prefill_ctx
+        spec = self.be.manifest.graphs["prefill"]
+        ctx = self._prefill_context()
         feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64).contiguous(),
                  spec.one("lengths").name: lengths.to(self.device, torch.int64).contiguous()}
         for t in spec.inputs:
@@ -170,6 +200,7 @@ class TrtSession(DecoderSession):
             raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
         return outs, feeds
 
+    @on_device
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Prefill k prompts; their caches are written into rows `slots` of the live buffers (the
         set the next decode reads), the other rows untouched -> last-token logits [k, V]."""
@@ -219,6 +250,7 @@ class TrtSession(DecoderSession):
             self.cuda_graph = False
             self.cuda_graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
+    @on_device
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.check_decode(self._prefilled)
         with torch.cuda.stream(self.stream):
@@ -247,24 +279,21 @@ class TrtSession(DecoderSession):
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, export_dir: str | Path, plugin: str | Path | None = None, build_missing: bool = True,
-                 cuda_graph: bool = True, verify_hashes: bool = True, log=None):
+    def __init__(self, export_dir: str | Path, plugin: str | Path | None = None, cuda_graph: bool = True,
+                 verify_hashes: bool = True, device: int | None = None):
         from ..build import availability, plan_check
         from ..export.manifest import read_manifest
 
-        trt = availability.require()
-        self.trt, self.cuda_graph = trt, cuda_graph
         export_dir = Path(export_dir)
         manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
-        if plan_check.SECTION not in manifest.data and build_missing:
-            from ..build.engine import build_engines
-
-            build_engines(export_dir, plugin, log=log or (lambda *_: None))
-            manifest = read_manifest(export_dir, verify_hashes=False)
+        where = export_dir / "manifest.json"
+        section = plan_check.trt_section(manifest.data, where)  # no engines: one line naming `plt-deploy build`
+        trt = availability.require()
+        self.trt, self.cuda_graph = trt, cuda_graph
+        # device: a CUDA ordinal (Triton's model_instance_device_id); None = the current device.
+        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else int(device))
         self.manifest, self.config = manifest, manifest.config
         self.tokenizer_dir = str(export_dir) if (export_dir / "tokenizer.json").is_file() else None
-        where = export_dir / "manifest.json"
-        section = plan_check.trt_section(manifest.data, where)
         self.plugin = None
         if section.get("plugin"):
             from ..build.plugin import ENV_VAR, load_plugin
@@ -273,18 +302,19 @@ class TrtBackend(Backend):
             explicit = plugin or (None if os.environ.get(ENV_VAR) or not recorded.is_file() else recorded)
             self.plugin = load_plugin(trt, explicit)
         self.section, plans = plan_check.check_all(
-            export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(),
+            export_dir, manifest.data, availability.trt_version(trt), availability.compute_capability(self.device.index),
             self.plugin.sha256 if self.plugin else None, self.plugin.path if self.plugin else None, verify_hashes)
         self.cache_len = int(self.section["decode_cache_len"])
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engines = {}
         for graph, path in plans.items():
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise ArtifactError(f"{path}: TensorRT could not deserialize the plan (see the log above); rebuild "
-                                    f"with `plt-deploy build --onnx {export_dir}`")
-            self._check_io(engine, graph, path)
+            with torch.cuda.device(self.device):  # an engine lives on the device it is deserialized on
+                engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+                if engine is None:
+                    raise ArtifactError(f"{path}: TensorRT could not deserialize the plan (see the log above); "
+                                        f"rebuild with `plt-deploy build --onnx {export_dir}`")
+                self._check_io(engine, graph, path)
             self.engines[graph] = engine
         dec = self.engines["decode"]
         get_alias = getattr(dec, "get_aliased_input_tensor", None)  # TensorRT >= 10.15
@@ -294,7 +324,7 @@ class TrtBackend(Backend):
                 self.aliased.add(o.name)
 
     def _check_io(self, engine, graph: str, path: Path) -> None:
-        """The plan's I/O names, directions and dtypes are the manifest's."""
+        """The plan's I/O names, directions and dtypes are the manifest's; no output has a data-dependent (-1) dim."""
         trt, spec = self.trt, self.manifest.graphs[graph]
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         for t, mode in [(t, trt.TensorIOMode.INPUT) for t in spec.inputs] + \
@@ -306,6 +336,18 @@ class TrtBackend(Backend):
             if got != t.dtype:
                 raise ArtifactError(f"{path}: {t.name} is {got} in the engine, {t.dtype} in the manifest; rebuild "
                                     "with `plt-deploy build`")
+        # The engine's own output shapes carry -1 for every dynamic input dim too; only a context with all
+        # input shapes set (profile max; USER_MANAGED: no device memory) leaves -1 on data-dependent dims.
+        ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if ctx is None:
+            raise ArtifactError(f"{path}: TensorRT could not create an execution context (see the log above)")
+        for t in spec.inputs:
+            ctx.set_input_shape(t.name, tuple(engine.get_tensor_profile_shape(t.name, 0)[2]))
+        dynamic = dynamic_outputs({t.name: tuple(ctx.get_tensor_shape(t.name)) for t in spec.outputs})
+        del ctx
+        if dynamic:
+            raise ArtifactError(f"{path}: output {dynamic[0]} has a data-dependent (-1) dimension, which needs an output "
+                                "allocator this backend does not have; rebuild the engine from this plt-deploy's export")
 
     @property
     def limits(self) -> SessionLimits:
@@ -313,7 +355,8 @@ class TrtBackend(Backend):
 
     def start(self, batch: int, max_seq: int) -> TrtSession:
         self.limits.check(batch, max_seq)
-        return TrtSession(self, batch, max_seq)
+        with torch.cuda.device(self.device):  # its buffers, stream and execution contexts on the backend's GPU
+            return TrtSession(self, batch, max_seq)
 
     def close(self) -> None:
         self.engines.clear()
@@ -330,9 +373,9 @@ def engine_limits(manifest, section: dict) -> SessionLimits:
                          int(section["max_batch"]), "the engines' --max-batch")
 
 
-def load(path, plugin: str | None = None, build_missing: bool = True, cuda_graph: bool = True,
-         verify_hashes: bool = True, **_ignored) -> TrtBackend:
-    """An export folder (with engines from `plt-deploy build`, built now if absent) on TensorRT.
+def load(path, plugin: str | None = None, cuda_graph: bool = True, verify_hashes: bool = True,
+         device: int | None = None, **_ignored) -> TrtBackend:
+    """An export folder with engines from `plt-deploy build` on TensorRT (never builds them: loading an
+    export without engines fails in one line naming the build command).
     verify_hashes=False only when the caller has just verified the export's files itself."""
-    return TrtBackend(path, plugin=plugin, build_missing=build_missing, cuda_graph=cuda_graph,
-                      verify_hashes=verify_hashes)
+    return TrtBackend(path, plugin=plugin, cuda_graph=cuda_graph, verify_hashes=verify_hashes, device=device)

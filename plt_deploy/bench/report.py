@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -63,7 +64,8 @@ def targets_table(result: dict) -> Table:
     for c in result["targets"]:
         m = c["measured"]
         shown = _f(m, "{:.3f}") if isinstance(m, (int, float)) or m is None else str(m)
-        verdict = {True: "[green]pass", False: "[red]fail", None: "[yellow]n/a"}[c["passed"]]
+        verdict = "[yellow]noisy" if c.get("noisy") else {True: "[green]pass", False: "[red]fail",
+                                                           None: "[yellow]n/a"}[c["passed"]]
         t.add_row(c["target"], shown, "-" if c["threshold"] is None else str(c["threshold"]), verdict)
     return t
 
@@ -74,10 +76,16 @@ def print_report(result: dict, console: Console | None = None) -> None:
 
         console = default_console()  # files and pipes: wide enough that no number is cut
     for note in result.get("notes") or ():
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     console.print(results_table(result))
+    from .targets import NOISE_LIMIT, noisy_rows, spread
+
+    for r in noisy_rows(result["rows"]):
+        console.print(escape(f"warning: {r['variant']} batch {r['batch']}: decode p90 is {spread(r):.1f}x its median "
+                             f"(> {NOISE_LIMIT}): the machine was busy or the run too short; its latency ratios are "
+                             "not meaningful (more --new-tokens and --repeats, a quieter machine)"))
     if not result["peer"].get("available"):
-        console.print(f"hf-llama peer: not run ({result['peer'].get('reason')})")
+        console.print(escape(f"hf-llama peer: not run ({result['peer'].get('reason')})"))  # keeps [bench]
     if result.get("context_scaling"):
         console.print(context_table(result["context_scaling"]))
     bw = result.get("bandwidth")

@@ -119,21 +119,22 @@ def run_bench(preset: str | None = None, model: str | Path | None = None, backen
 
 
 def fit_to_model(max_seq_len: int, prompt_len: int, new_tokens: int, contexts: tuple[int, int] | None,
-                 ctx_steps: int) -> tuple[int, int, tuple[int, int] | None, list[str]]:
+                 ctx_steps: int, warmup_tokens: int = 1) -> tuple[int, int, tuple[int, int] | None, list[str]]:
     """Clip the prompt / new tokens / contexts to what the model's max_seq_len holds, with a note each.
 
     The defaults (prompt 512, 128 new tokens, contexts 128 and 2048) suit the small preset; on a
     model with a shorter context (tiny: 256) the run is shrunk instead of refused.
     """
     notes = []
-    if prompt_len + new_tokens + 1 > max_seq_len:  # +1: the peer's cache holds one more token
+    if prompt_len + max(new_tokens, warmup_tokens) + 1 > max_seq_len:  # +1: the peer's cache holds one more token
         if new_tokens > max_seq_len // 4:
             new_tokens = max(1, max_seq_len // 4)
-        prompt_len = max(1, min(prompt_len, max_seq_len - new_tokens - 1))
+        steps = max(new_tokens, warmup_tokens)  # a warm-up run decodes warmup_tokens after the same prompt
+        prompt_len = max(1, min(prompt_len, max_seq_len - steps - 1))
         notes.append(f"prompt and new tokens clipped to {prompt_len} + {new_tokens} to fit max_seq_len {max_seq_len}")
     if contexts:
         lo, hi = min(contexts), max(contexts)
-        room = max_seq_len - ctx_steps
+        room = max_seq_len - max(ctx_steps, warmup_tokens)
         if hi > room:
             if room < 2:
                 raise InputError(f"--ctx-steps {ctx_steps} leaves no room for a context within max_seq_len "
@@ -143,6 +144,29 @@ def fit_to_model(max_seq_len: int, prompt_len: int, new_tokens: int, contexts: t
             notes.append(f"contexts clipped to {lo},{hi} to fit max_seq_len {max_seq_len} with {ctx_steps} steps")
         contexts = (lo, hi)
     return prompt_len, new_tokens, contexts, notes
+
+
+def run_bytes(cfg: PLTConfig, batch: int, prompt: int, max_seq: int) -> int:
+    """Peak bytes of one timed run (BackendRunner.run, torch) beyond the weights: the session's
+    caches (SessionLimits.session_bytes), prefill's own K/V before they are copied in, and its
+    working set (one layer's attention scores and probabilities [B, Hq, S, S] fp32, the causal mask
+    [B, 1, S, S] bool, a layer's activations: norms, q/k/v, SwiGLU)."""
+    from ..backends.base import SessionLimits
+
+    elem = 4 if cfg.dtype == "float32" else 2
+    session = SessionLimits.of_config(cfg).session_bytes(batch, max_seq)
+    activations = batch * prompt * (8 * cfg.d_model + 4 * cfg.mlp_hidden + 4 * cfg.n_heads * cfg.head_dim) * elem
+    attention = batch * prompt * prompt * (2 * 4 * cfg.n_heads + 1)
+    return session + kv_bytes_formula(cfg, batch, prompt, elem) + activations + attention
+
+
+def check_run_memory(cfg: PLTConfig, batch: int, prompt: int, max_seq: int) -> None:
+    """InputError naming --batch when one timed run of `cfg` cannot fit this machine's memory."""
+    from ..config import check_fits
+
+    check_fits(run_bytes(cfg, batch, prompt, max_seq), f"--batch {batch}: a {cfg.mode} run (L = {cfg.loops})",
+               f"caches and prefill of {batch:,} sequences x {max_seq} tokens", error=InputError,
+               advice="; lower --batch or --prompt-len")
 
 
 def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmup_tokens, contexts, ctx_steps, peer,
@@ -160,7 +184,7 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     else:
         base = PLTConfig.from_name(preset)
     prompt_len, new_tokens, contexts, notes = fit_to_model(base.max_seq_len, prompt_len, new_tokens, contexts,
-                                                           ctx_steps)
+                                                           ctx_steps, warmup_tokens)
     if not batches or min(batches) < 1:
         raise InputError("--batch needs positive batch sizes")
     unknown = sorted(set(names or ()) - set(V.BY_NAME))
@@ -169,6 +193,9 @@ def _run(preset, model, backend, batches, prompt_len, new_tokens, repeats, warmu
     chosen = tuple(v for v in V.VARIANTS if names is None or v.name in names)
     if "vanilla" not in {v.name for v in chosen}:
         raise InputError("the variants must include vanilla: every ratio is taken against it")
+    for v in chosen:  # --batch too big for this machine: refused before any model or session exists
+        check_run_memory(V.variant_config(base, v), max(batches), prompt_len,
+                         prompt_len + max(new_tokens, warmup_tokens))
 
     n_runs = len(chosen) + int(peer)
     total = len(chosen) + int(peer) + len(batches) * n_runs * (1 + repeats) + 1

@@ -121,4 +121,18 @@ def open_backend(backend: str, model: PLT, name: str, workdir: Path, threads: in
     options = {"threads": threads}
     if provider:
         options["provider"] = provider
-    return load_backend(backend, str(_export(model, workdir, name, max_batch, validate)), **options)
+    folder = _export(model, workdir, name, max_batch, validate)
+    if backend == "tensorrt":  # the loader never builds: bench builds its engines like `plt-deploy build`
+        _build_engines(folder)
+    return load_backend(backend, str(folder), **options)
+
+
+def _build_engines(folder: Path) -> None:
+    """Engines for an export of the bench's workdir, unless `plt-deploy build` already recorded some."""
+    import json
+
+    from ..build import plan_check
+    from ..build.engine import build_engines
+
+    if plan_check.SECTION not in json.loads((folder / "manifest.json").read_text()):
+        build_engines(folder, log=lambda *_: None)

@@ -4,11 +4,13 @@ Where it comes from, first match wins: `--plugin PATH`, env `PLT_TRT_PLUGIN`, th
 folders `plugins/build/` and `build/plugins/` under the repository root and the working directory.
 An explicit path that does not exist is an error naming that path (no silent fallback).
 
-How it is loaded (plugins/README.md): `ctypes.CDLL` after `import tensorrt`. On dlopen the library
-registers its one creator under namespace "plt" in this process's registry (it finds the registry
-itself: no libnvinfer link, no RTLD_GLOBAL step). Only if that did not happen (a library built with
--DPLT_STATIC_PLUGIN_REGISTRATION=OFF) `IPluginRegistry.load_library` registers it through
-`getCreators`: one mechanism per load, never both. Success means the exact lookup
+How it is loaded (plugins/README.md lists every path): `ctypes.CDLL(path, mode=os.RTLD_LOCAL)` after
+`import tensorrt`. RTLD_LOCAL (ctypes' default, stated): nothing else resolves symbols from the library.
+libplt_trt_plugins.so registers its creator under namespace "plt" in this process's registry on that
+dlopen (it finds the registry itself: no libnvinfer link) and logs through TensorRT's global logger.
+libplt_trt_plugins_dynamic.so registers nothing on dlopen; it exports getCreators, so it is then
+handed to `IPluginRegistry.load_library`, which calls setLoggerFinder and getCreators: one mechanism
+per library, never both. Success means the exact lookup
 `get_creator(GatedSlidingWindowAttention, OP_VERSION, "plt")`, the one the ONNX parser does.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from ..errors import ArtifactError, BackendUnavailable
 from ..ops import contract
 
-LIBRARY_NAME = "libplt_trt_plugins.so"
+LIBRARY_NAME = "libplt_trt_plugins.so"  # registers on dlopen; libplt_trt_plugins_dynamic.so is loadLibrary's
 ENV_VAR = "PLT_TRT_PLUGIN"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_HINT = ("build it with: cmake -S plugins -B plugins/build -DTENSORRT_ROOT=<TensorRT root> && "
@@ -95,12 +97,12 @@ def load_plugin(trt, explicit: str | os.PathLike | None = None) -> LoadedPlugin:
         how = "already-registered"
     else:
         try:
-            ctypes.CDLL(str(path))  # registers the creator on dlopen (namespace "plt")
+            lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)  # libplt_trt_plugins.so registers here ("plt")
         except OSError as exc:
             raise BackendUnavailable(f"{path}: cannot load the plugin library ({str(exc).splitlines()[0]}); "
                                      "rebuild it against this TensorRT and CUDA") from None
         how = "dlopen"
-        if not creator_registered(registry):  # built without registration on dlopen: getCreators route
+        if not creator_registered(registry) and hasattr(lib, "getCreators"):  # the loadLibrary library
             if registry.load_library(str(path)) is None:
                 raise BackendUnavailable(f"{path}: IPluginRegistry.load_library failed; rebuild the plugin against "
                                          f"TensorRT {trt.__version__}")

@@ -20,10 +20,17 @@ import numpy as np
 RULE = "max|d| <= atol + rtol*max|ref| per row"
 
 
-def error_stats(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> dict:
+def as_float64(x) -> np.ndarray:
+    """numpy or torch (Polygraphy's runners return torch tensors when fed torch, e.g. bfloat16) -> float64."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def error_stats(ref, out, atol: float, rtol: float) -> dict:
     """Statistics and verdict of one output of one iteration (rows = the leading batch axis)."""
-    ref64 = np.asarray(ref, dtype=np.float64)
-    out64 = np.asarray(out, dtype=np.float64)
+    ref64 = as_float64(ref)
+    out64 = as_float64(out)
     if ref64.shape != out64.shape:
         return {"max_abs": float("inf"), "scale": float("nan"), "allowed": 0.0, "used": float("inf"),
                 "atol": atol, "rtol": rtol, "passed": False,

@@ -28,7 +28,7 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     """
     from ..backends import load_backend
     from ..backends.torch_backend import load as load_torch
-    from ..checkpoint import atomic_write_bytes
+    from ..checkpoint import WEIGHTS_FILE, atomic_write_bytes, weights_header
     from ..export.manifest import read_manifest
 
     log = log or (lambda line: None)
@@ -39,6 +39,11 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     tested = [b for b in backends if b != "torch"]
     if not tested:
         raise InputError("--backends names nothing to compare: torch is the reference; add onnxruntime or tensorrt")
+    if report:  # an unwritable --report fails now, not after the comparison
+        from ..output_folder import check_writable
+
+        check_writable(Path(report).parent, "--report")
+    weights_header(Path(model) / WEIGHTS_FILE)  # a damaged checkpoint is named as such, not as "another model"
     manifest = read_manifest(onnx, expect_model=model)  # refuses damaged files or another model's export
     dtype = manifest.dtype
     batch, prompt_lengths, steps, new_tokens, notes = fit_workload(manifest.max_batch, manifest.max_seq, 2, steps,
@@ -77,10 +82,10 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
             entry["passed"] = entry["passed"] and entry["graphs"]["passed"]
         out["backends"][name] = entry
         out["passed"] &= entry["passed"]
+    if console is not None:  # the verdict first: a failed write below does not hide it
+        print_report(out, console)
     if report:
         atomic_write_bytes(Path(report), (json.dumps(out, indent=2) + "\n").encode())
-    if console is not None:
-        print_report(out, console)
     return out
 
 
@@ -97,6 +102,7 @@ def _quantization_entry(reference, name: str, onnx, options: dict, manifest, log
 
 
 def print_report(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if report.get("weights"):
@@ -125,7 +131,7 @@ def print_report(report: dict, console) -> None:
                           _verdict(gr["passed"]))
     console.print(table)
     for note in report.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
 
 

@@ -6,7 +6,9 @@ Two levels of comparison use TensorRT:
   - graphs: `trt_runners(export_dir)` gives one Polygraphy TrtRunner per graph (prefill, decode),
     built from loaders (`EngineFromBytes(BytesFromPath(plan))`), and `compare_graphs` feeds the same
     inputs to ONNX Runtime's OnnxrtRunner and to TensorRT and compares every output (logits and
-    every present_* cache), which localises a mismatch to one graph and one tensor.
+    every present_* cache), which localises a mismatch to one graph and one tensor. A bfloat16
+    export feeds torch.bfloat16 tensors and its reference is the graph's float32 copy
+    (bf16_reference.py): Polygraphy rejects numpy bf16 arrays, ONNX Runtime's CPU has no bf16 kernels.
 
 The plugin is loaded by `build.plugin.load_plugin` (dlopen, which registers the creator under
 namespace "plt", then an exact registry lookup) rather than Polygraphy's LoadPlugins, which only
@@ -58,14 +60,35 @@ def trt_runners(export_dir: str | Path, plugin: str | Path | None = None) -> dic
 
 
 def onnxrt_runners(export_dir: str | Path) -> dict:
-    """graph -> Polygraphy OnnxrtRunner on the same ONNX files (CPU provider), the graph-level reference."""
+    """graph -> Polygraphy OnnxrtRunner on the same ONNX files (CPU provider), the graph-level reference.
+    A bfloat16 export's graphs run as their float32 copy (bf16_reference: ORT's CPU provider has no
+    bf16 kernels), taking the torch.bfloat16 feeds the engines get."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     from ..export.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
+    if manifest.dtype == "bfloat16":
+        from .bf16_reference import Bf16ReferenceRunner
+
+        return {g: Bf16ReferenceRunner(manifest.graph_path(g), name=f"onnxruntime-fp32:{g}") for g in manifest.graphs}
     return {g: OnnxrtRunner(SessionFromOnnx(str(manifest.graph_path(g)), providers=["CPUExecutionProvider"]),
                             name=f"onnxruntime:{g}") for g in manifest.graphs}
+
+
+def polygraphy_feeds(feeds: list[dict], dtype: str) -> list[dict]:
+    """Feeds as Polygraphy's runners accept them: numpy, except for a bfloat16 export, whose feeds are
+    torch tensors (Polygraphy rejects numpy ml_dtypes.bfloat16; bf16 values convert exactly)."""
+    if dtype != "bfloat16":
+        return feeds
+    import torch
+
+    def convert(a: np.ndarray):
+        if a.dtype == numpy_dtype("bfloat16"):
+            return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return [{k: convert(v) for k, v in f.items()} for f in feeds]
 
 
 def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 7, iterations: int = 2,
@@ -93,24 +116,32 @@ def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 
 def compare_graphs(export_dir: str | Path, plugin: str | Path | None = None, batch: int = 2, prompt: int = 7,
                    iterations: int = 2, seed: int = 0) -> dict:
     """ONNX Runtime vs TensorRT on each graph, every output; a JSON-able report."""
-    from polygraphy.comparator import Comparator
-
     from ..export.manifest import read_manifest
-    from .compare import RULE, compare_run, quiet_polygraphy
     from .tolerances import tolerance
 
     manifest = read_manifest(export_dir)
-    atol, rtol = tolerance("tensorrt", manifest.dtype)
     trt = trt_runners(export_dir, plugin)
-    ort = onnxrt_runners(export_dir)
     section = manifest.data["tensorrt"]  # present: trt_runners checked it
     cache_len = int(section["decode_cache_len"])
     batch, prompt = min(batch, int(section["max_batch"])), min(prompt, cache_len)
+    return compare_graph_runners(manifest, onnxrt_runners(export_dir), trt, tolerance("tensorrt", manifest.dtype),
+                                 batch, cache_len, prompt, iterations, seed)
+
+
+def compare_graph_runners(manifest, reference: dict, tested: dict, tol: tuple[float, float], batch: int,
+                          cache_len: int, prompt: int = 7, iterations: int = 2, seed: int = 0) -> dict:
+    """Per graph, every output of `tested[graph]` against `reference[graph]` on the same feeds."""
+    from polygraphy.comparator import Comparator
+
+    from .compare import RULE, compare_run, quiet_polygraphy
+
+    atol, rtol = tol
     quiet_polygraphy()
     report = {"dtype": manifest.dtype, "atol": atol, "rtol": rtol, "rule": RULE, "graphs": {}}
     for graph in manifest.graphs:
-        feeds = graph_feeds(manifest, graph, batch, cache_len, prompt, iterations, seed)
-        rows = compare_run(Comparator.run([ort[graph], trt[graph]], data_loader=feeds), atol, rtol)
+        feeds = polygraphy_feeds(graph_feeds(manifest, graph, batch, cache_len, prompt, iterations, seed),
+                                 manifest.dtype)
+        rows = compare_run(Comparator.run([reference[graph], tested[graph]], data_loader=feeds), atol, rtol)
         report["graphs"][graph] = {"passed": bool(rows) and all(r["passed"] for r in rows), "results": rows}
     report["passed"] = all(g["passed"] for g in report["graphs"].values())
     return report

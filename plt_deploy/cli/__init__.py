@@ -50,6 +50,11 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return list(COMMANDS)
 
+    def format_commands(self, ctx, formatter):
+        """The COMMANDS descriptions, wrapped, never cut with '...' (and no subcommand imported)."""
+        with formatter.section("Commands"):
+            formatter.write_dl(list(COMMANDS.items()))
+
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None

@@ -6,7 +6,7 @@ import click
 
 from ..backends import LOADERS
 from ..config import PRESETS
-from .options import positive_ints
+from .options import positive_ints, seed_option
 
 
 @click.command("bench")
@@ -34,7 +34,7 @@ from .options import positive_ints
               help="Size of the array copied to measure memory bandwidth.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (torch and the runtime).")
 @click.option("--provider", help="ONNX Runtime execution provider.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option(default=0, show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False),
               help="Keep exports here (reused when the weights match) instead of a temp folder.")
 @click.option("--validate-exports/--no-validate-exports", default=True, show_default=True,

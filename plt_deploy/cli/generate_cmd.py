@@ -7,27 +7,33 @@ import sys
 import click
 
 from ..backends import BACKEND_NAMES
-from .options import finite, non_empty
+from .options import finite, non_empty, seed_option
 
 
 @click.command("generate")
 @click.option("--model", required=True, help="Checkpoint folder (torch) or export folder (onnxruntime, tensorrt).")
-@click.option("--prompt", "prompts", required=True, multiple=True, help="Prompt text; repeat for a batch.")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text; repeat for a batch.")
+@click.option("--prompt-file", "prompt_files", multiple=True, type=click.File("r", encoding="utf-8"),
+              help="Read a prompt from this file ('-' = stdin), for prompts too long for the shell; repeatable.")
 @click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
               help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Sampling seed.")
+@seed_option(help="Sampling seed.")
 @click.option("--stop", multiple=True, callback=non_empty, help="Stop when this text appears (not printed; repeatable); EOS always stops.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (one prompt).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")
-def command(model, prompts, backend, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, threads,
+def command(model, prompts, prompt_files, backend, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, threads,
             provider):
     """Generate a continuation of each --prompt (the prompt is printed, then the new text)."""
     from ..backends.folders import preflight
+
+    prompts = prompts + tuple(f.read() for f in prompt_files)  # the files' text as it is (no newline stripped)
+    if not prompts:
+        raise click.UsageError("give a prompt: --prompt TEXT or --prompt-file PATH ('-' = stdin)")
 
     preflight(backend, model)  # a wrong folder or a bad config fails before torch loads
     from ..generate import generate_text

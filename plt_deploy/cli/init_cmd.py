@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .options import loops_for_mode, seed_option
+
 from ..config import MODES, PRESETS
 
 
@@ -14,14 +16,13 @@ from ..config import MODES, PRESETS
 @click.option("--loops", type=click.IntRange(min=2), help="Number of loops L for plt/looped (default: 2).")
 @click.option("--window", type=click.IntRange(min=1), help="G-SWA window w.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option(default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing checkpoint.")
 def command(preset, out, mode, loops, window, dtype, seed, force):
     """Write a randomly initialised checkpoint (config.json + model.safetensors)."""
     from ..config import PLTConfig
 
-    if mode == "vanilla" and loops is not None:
-        raise click.BadParameter("vanilla has one loop; --loops goes with --mode plt or looped", param_hint="'--loops'")
+    loops_for_mode(mode, loops)
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, dtype=dtype).items() if v is not None}
     PLTConfig.from_name(preset, **changes)  # a bad combination fails here, before torch is imported
     from ..checkpoint import init_checkpoint

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..config import MODES, PRESETS
+from .options import loops_for_mode
 
 
 @click.command("layout")
@@ -15,7 +16,8 @@ from ..config import MODES, PRESETS
 @click.option("--model", type=click.Path(file_okay=False, exists=True),
               help="A checkpoint folder: its config, and its model.safetensors checked against it.")
 @click.option("--mode", type=click.Choice(MODES), help="With --preset: plt, looped or vanilla.")
-@click.option("--loops", type=click.IntRange(min=1), help="With --preset: number of loops L.")
+@click.option("--loops", type=click.IntRange(min=2), help="With --preset: number of loops L for plt/looped (vanilla "
+              "has one).")
 @click.option("--window", type=click.IntRange(min=1), help="With --preset: G-SWA window w.")
 def command(preset, config_path, model, mode, loops, window):
     """Print every tensor (name, shape, role) that model.safetensors must hold for a config: the map
@@ -28,6 +30,7 @@ def command(preset, config_path, model, mode, loops, window):
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window).items() if v is not None}
     if changes and preset is None:
         raise click.UsageError("--mode, --loops and --window go with --preset (a config file already sets them)")
+    loops_for_mode(mode, loops)
     if preset:
         cfg = PLTConfig.from_name(preset, **changes)
     elif config_path:
@@ -72,7 +75,14 @@ def command(preset, config_path, model, mode, loops, window):
             click.echo(f"error: {model}/{WEIGHTS_FILE}: {problems} tensor(s) missing or of the wrong shape, "
                        f"{len(unexpected)} unexpected", err=True)
             sys.exit(1)
-        out.print(escape(f"{model}/{WEIGHTS_FILE} matches its config"))
+        out.print(escape(f"{model}/{WEIGHTS_FILE} matches its config in names and shapes"))
+    out.print(escape(PARITY_NOTE))
+
+
+# A shape match is not an architecture match: said wherever layout reports one (and in the README).
+PARITY_NOTE = ("note: matching names and shapes do not prove the architecture matches (another loop model, norm or "
+               "RoPE variant has the same shapes and gives different logits): compare logits with your own "
+               "implementation on a few tokens, as README 'Weights trained by other code' shows")
 
 
 def _numel(shape) -> int:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import positive_ints
+from .options import positive_ints, seed_option
 
 
 @click.command("loadtest")
@@ -16,7 +16,7 @@ from .options import positive_ints
 @click.option("--prompt-lens", default="16,64,96", show_default=True, callback=positive_ints,
               help="Prompt characters (the defaults fit serve's default --max-context 256 with --output-lens).")
 @click.option("--output-lens", default="32,64,128", show_default=True, callback=positive_ints, help="max_tokens values.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option(default=0, show_default=True)
 @click.option("--api-key", envvar="PLT_API_KEY", help="Bearer key (default: $PLT_API_KEY).")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=1800, show_default=True,
               help="No new request starts after this.")

@@ -28,3 +28,17 @@ def non_empty(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     if any(not v for v in values):
         raise click.BadParameter("must be non-empty text")
     return values
+
+
+def seed_option(**kw):
+    """--seed for every command: config.SEED_MIN..SEED_MAX, the server's range too (a usage error, not an
+    overflow deep in torch)."""
+    from ..config import SEED_MAX, SEED_MIN
+
+    return click.option("--seed", type=click.IntRange(SEED_MIN, SEED_MAX), **kw)
+
+
+def loops_for_mode(mode: str | None, loops: int | None) -> None:
+    """init and layout: --loops (>= 2, a click range) goes with plt or looped; vanilla has one loop."""
+    if mode == "vanilla" and loops is not None:
+        raise click.BadParameter("vanilla has one loop; --loops goes with --mode plt or looped", param_hint="'--loops'")

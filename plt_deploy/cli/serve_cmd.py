@@ -25,7 +25,14 @@ from ..backends import LOADERS
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", help="Require `Authorization: Bearer KEY` on /v1 (default: $PLT_API_KEY).")
 @click.option("--served-model-name", help="Model id in the API (default: the folder's name).")
-@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="Larger request bodies get 413.")
+@click.option("--max-header-bytes", type=click.IntRange(min=1024), default=16384, show_default=True,
+              help="Request line + headers; larger get 431.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections served at once; requests on more get 503.")
+@click.option("--timeout-keep-alive", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds a connection may stay silent (idle, or sending its headers or body) before it is closed.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds open streams get to finish after SIGTERM/SIGINT; then they end with an error chunk.")
@@ -41,7 +48,8 @@ from ..backends import LOADERS
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True)
 def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, host, port, api_key,
-            served_model_name, max_body_bytes, max_tokens_limit, shutdown_timeout, threads, provider, plugin,
+            served_model_name, max_body_bytes, max_header_bytes, max_connections, timeout_keep_alive,
+            max_tokens_limit, shutdown_timeout, threads, provider, plugin,
             ort_spinning, replicas, max_replicas, ray_address, ray_cpus, log_level):
     """Serve --model over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
     from ..backends.folders import preflight
@@ -67,7 +75,8 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
     from ..serve.server import serve_forever
 
     click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
-    stopped_by = serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, **options)
+    stopped_by = serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, max_connections=max_connections,
+                               max_header_bytes=max_header_bytes, timeout_keep_alive=timeout_keep_alive, **options)
     click.echo("stopped", err=True)
     if stopped_by == signal.SIGINT:
         sys.exit(130)  # like every plt-deploy command interrupted by Ctrl-C

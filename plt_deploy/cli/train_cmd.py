@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .options import seed_option
+
 from ..config import PRESETS
 from ..tasks import TASKS
 
@@ -22,7 +24,7 @@ from ..tasks import TASKS
 @click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option(default=0, show_default=True)
 @click.option("--eval-examples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time cap per variant.")
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,

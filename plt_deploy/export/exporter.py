@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -97,7 +99,7 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     else:
         args, shapes = tuple(args), tuple(shapes)
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _noticing_interrupts() as interrupted:
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         try:
@@ -106,8 +108,30 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
                                         custom_translation_table=onnx_op.translation_table(),
                                         opset_version=opset, optimize=True, verbose=False)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
+            if interrupted:  # torch.export reports a Ctrl-C during tracing as a failed export
+                raise KeyboardInterrupt from None
             raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _noticing_interrupts():
+    """Yields a list that gets an entry when Ctrl-C arrives (main thread, default handler only)."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def postprocess(model_proto, spec: io_spec.GraphSpec, meta: dict, static: dict[str, int] | None = None):
@@ -155,7 +179,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
     `weights` (quantize.parse_weights): linear weights stored int8/int4 (export/quantize.py).
     """
-    from .output_folder import claim_output
+    from ..output_folder import check_replaceable, claim_output
 
     log = log or (lambda line: None)
     if weights is not None:  # a block size that does not fit: refused before anything starts
@@ -164,6 +188,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
         return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log)
 
 
@@ -175,8 +200,6 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if opset not in IR_FOR_OPSET:
         raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
                          f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
@@ -269,7 +292,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             advance()
             advance()
-            from .output_folder import publish
+            from ..output_folder import publish
 
             publish(tmp, out)
         except BaseException:

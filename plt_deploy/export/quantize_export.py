@@ -22,7 +22,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     import onnx
 
     from .exporter import save_onnx
-    from .output_folder import claim_output, publish
+    from ..output_folder import check_replaceable, claim_output, publish
 
     src, out = Path(src), Path(out)
     m = manifest_lib.read_manifest(src)
@@ -32,9 +32,8 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     check_quantizable(m.config, spec)
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out} is the source export; write the quantized export to another folder")
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     with claim_output(out, log=log):
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src])
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
         try:
             data = dict(m.data)

@@ -11,7 +11,8 @@ DEFAULT_MAX_CONTEXT = 256  # load_engine's (and so a Triton model's) context whe
 def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = DEFAULT_MAX_CONTEXT,
                 max_queue: int = 64, max_prefill_tokens: int = 512, threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
-                metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True):
+                metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True,
+                device: int | None = None):
     """An Engine over `model_dir` (checkpoint folder for torch, export folder for onnxruntime/tensorrt).
 
     Not started: call `engine.start()` (warms up, then steps in a background thread).
@@ -19,6 +20,7 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
     HTTP server need the CPU; ONNX Runtime's busy-waiting intra-op threads would hold it
     (docs/serving.md measures the difference). None keeps ONNX Runtime's default.
     verify_hashes=False skips re-hashing an export the caller has just verified (Triton's model load).
+    device (tensorrt): the CUDA ordinal to run on (Triton: the instance's model_instance_device_id).
     """
     from ..backends import load_backend
     from .chat import load_serve_tokenizer
@@ -31,6 +33,8 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
         options["provider"] = provider
     if backend == "onnxruntime":
         options["spinning"] = ort_spinning
+    if device is not None:
+        options["device"] = device
     be = load_backend(backend, str(model_dir), **options)
     tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size)
     return Engine(be, tok, slots=slots, max_context=max_context, max_queue=max_queue,

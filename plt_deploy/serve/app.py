@@ -9,27 +9,34 @@ goes away cancels its request, which frees its slot at the engine's next step.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..errors import InputError, PLTError
 from . import protocol
-from .engine import Engine, EngineStoppedError, QueueFullError
+from .engine import ContextLengthError, Engine, EngineStoppedError, QueueFullError
 
 API_KEY_ENV = "PLT_API_KEY"
+log = logging.getLogger("plt_deploy.serve")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # JSON's \ud800..\udfff: maybe a lone surrogate
 
 
 @dataclass
 class ServerSettings:
     api_key: str | None = None  # every /v1 route requires `Authorization: Bearer KEY` when set
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    body_timeout: float = 5.0  # seconds of silence while a body is being sent -> 408 (half-sent uploads)
     max_tokens_limit: int | None = None  # max_tokens above this get 400 (None: the engine's max_context)
     default_max_tokens: int = 16  # OpenAI's default for completions when max_tokens is absent
     replica_id: str = "0"  # shown as system_fingerprint and the X-Replica-Id header
@@ -37,13 +44,15 @@ class ServerSettings:
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
 
-def _error_response(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
-    return JSONResponse(protocol.error_body(message, type_, param, code), status_code=status)
+def _error_response(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
+                    headers: dict | None = None):
+    return JSONResponse(protocol.error_body(message, type_, param, code), status_code=status, headers=headers)
 
 
 def _sse(obj) -> str:
@@ -91,7 +100,8 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
 
     @app.exception_handler(APIError)
     async def on_api_error(request, exc: APIError):
-        return _error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message[:200])
+        return _error_response(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(Exception)
     async def on_bug(request, exc: Exception):  # a bug: still one error body, and the server goes on
@@ -122,17 +132,36 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
             raise APIError(413, f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}",
                            code="body_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise APIError(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes",
-                               code="body_too_large")
+        try:
+            async with asyncio.timeout(settings.body_timeout) as silence:
+                async for chunk in request.stream():
+                    silence.reschedule(asyncio.get_running_loop().time() + settings.body_timeout)
+                    body += chunk
+                    if len(body) > settings.max_body_bytes:
+                        raise APIError(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes",
+                                       code="body_too_large")
+        except TimeoutError:
+            raise APIError(408, f"the client sent no part of the body for {settings.body_timeout:g} s",
+                           code="request_timeout") from None
+        except ClientDisconnect:  # a client going away is normal: no traceback, nobody to answer
+            log.debug("%s %s: the client closed the connection before sending the whole body",
+                      request.method, request.url.path)
+            raise APIError(400, "the client closed the connection before sending the whole body") from None
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the body is not valid JSON (nested too deeply)", code="invalid_json") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+            why = "a number has too many digits" if "digits" in str(exc) else exc
+            raise APIError(400, f"the body is not valid JSON ({why})", code="invalid_json") from None
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
+        if _SURROGATE_ESCAPE.search(body):
+            try:
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "the body holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its "
+                               "pair): not valid Unicode text", code="invalid_json") from None
         return data
 
     def parse(model_cls, data: dict):
@@ -169,18 +198,22 @@ def build_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | 
             return engine.submit(ids, params, rid)
         except QueueFullError as exc:
             raise APIError(429, str(exc), "rate_limit_error", code="queue_full") from None
-        except EngineStoppedError as exc:
-            raise APIError(503, str(exc), "unavailable") from None
+        except EngineStoppedError as exc:  # and close a kept-alive connection: the server is going away
+            raise APIError(503, str(exc), "unavailable", headers={"Connection": "close"}) from None
+        except ContextLengthError as exc:
+            raise APIError(400, str(exc), param=exc.param, code="context_length_exceeded") from None
         except InputError as exc:
-            raise APIError(400, str(exc), param="max_tokens" if "exceeds the context" in str(exc) else None,
-                           code="context_length_exceeded" if "exceeds the context" in str(exc) else None) from None
+            raise APIError(400, str(exc)) from None
 
     def completion_ids(req: protocol.CompletionRequest, engine: Engine) -> list[int]:
         p = req.prompt
         if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
             p = p[0]  # a batch of one prompt
         if isinstance(p, str):
-            return engine.tokenizer.encode(p)
+            try:
+                return engine.tokenizer.encode(p)
+            except PLTError as exc:
+                raise APIError(400, str(exc), param="prompt") from None
         if p and all(isinstance(t, int) for t in p):
             vocab = engine.backend.config.vocab_size
             if any(not 0 <= t < vocab for t in p):

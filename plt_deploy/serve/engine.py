@@ -38,6 +38,14 @@ class EngineStoppedError(PLTError):
     """The engine is shutting down and admits no new requests (HTTP 503)."""
 
 
+class ContextLengthError(InputError):
+    """The prompt, or the prompt and max_tokens, do not fit the context; `param` names which (HTTP 400)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass
 class TokenEvent:
     token_id: int | None  # None on events that carry no token (cancelled, error, stop-string flush)
@@ -181,9 +189,12 @@ class Engine:
         params.validate()
         if n_prompt < 1:
             raise InputError("the prompt is empty: it needs at least one token")
+        if n_prompt > self.max_context or (n_prompt == self.max_context and params.max_new_tokens):
+            raise ContextLengthError(f"the prompt of {n_prompt} tokens leaves no room in the context of "
+                                     f"{self.max_context} tokens", "prompt")
         if n_prompt + params.max_new_tokens > self.max_context:
-            raise InputError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
-                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens")
+            raise ContextLengthError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
+                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens", "max_tokens")
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> EngineRequest:
         """Queue a request; raises InputError (too long, bad params), QueueFullError, EngineStoppedError."""
@@ -226,6 +237,12 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def busy(self) -> bool:
+        """Whether requests are running or waiting."""
+        with self._cond:
+            return bool(self._running or self._waiting)
 
     def stats(self) -> dict:
         with self._cond:
@@ -342,32 +359,42 @@ class Engine:
         self._sample_and_emit(running, logits[torch.tensor([r.slot for r in running])])
 
     def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
-        """logits [k, V], row i for reqs[i]: sample, stream, finish."""
+        """logits [k, V], row i for reqs[i]: sample, stream, finish. An error while doing so for one
+        request ends that request only (an error event); the others go on."""
         greedy = logits.argmax(dim=-1).tolist()  # [k]; one call (and one conversion) for every greedy request
         now = time.monotonic()
         finite = torch.isfinite(logits).all(dim=-1).tolist()  # [k]; sample() refuses NaN rows, greedy too
         for i, r in enumerate(reqs):
-            p = r.params
             if not finite[i]:
                 self._finish(r, TokenEvent(None, "", "error", error="the model produced NaN or infinite logits"))
                 continue
-            tok = greedy[i] if p.temperature == 0.0 else int(sample(logits[i:i + 1], p, r.generator)[0])
-            r.generated.append(tok)
-            if self.metrics:
-                self.metrics.on_token(r, now)
-            r.t_last_token = now
-            if tok in r.stop_tokens:
-                ev = TokenEvent(tok, r.text.flush(), "stop")
-            else:
-                text, hit = r.text.push(tok)
-                ev = TokenEvent(tok, text, "stop" if hit else None)
-                if ev.finish_reason is None and len(r.generated) >= p.max_new_tokens:
-                    ev.text += r.text.flush()
-                    ev.finish_reason = "length"
-            if ev.finish_reason is not None:
-                self._finish(r, ev)
-            else:
-                r._emit(ev)
+            try:
+                self._advance(r, logits[i:i + 1], greedy[i], now)
+            except Exception as exc:  # noqa: BLE001  (a bug or an edge in one request's sampling or text)
+                if not r.done:
+                    self._finish(r, TokenEvent(None, "", "error",
+                                               error=f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _advance(self, r: EngineRequest, logits: torch.Tensor, greedy: int, now: float) -> None:
+        """One token for r from its logits [1, V] (greedy: their argmax): stream it, finish r if it stops."""
+        p = r.params
+        tok = greedy if p.greedy_for(logits.dtype) else int(sample(logits, p, r.generator)[0])
+        r.generated.append(tok)
+        if self.metrics:
+            self.metrics.on_token(r, now)
+        r.t_last_token = now
+        if tok in r.stop_tokens:
+            ev = TokenEvent(tok, r.text.flush(), "stop")
+        else:
+            text, hit = r.text.push(tok)
+            ev = TokenEvent(tok, text, "stop" if hit else None)
+            if ev.finish_reason is None and len(r.generated) >= p.max_new_tokens:
+                ev.text += r.text.flush()
+                ev.finish_reason = "length"
+        if ev.finish_reason is not None:
+            self._finish(r, ev)
+        else:
+            r._emit(ev)
 
     def _finish(self, r: EngineRequest, ev: TokenEvent) -> None:
         with self._cond:

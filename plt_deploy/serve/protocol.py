@@ -2,8 +2,9 @@
 
 Fields OpenAI defines that this server does not implement are accepted only at their neutral
 value (n=1, echo=false, no logprobs, zero penalties, ...); anything else is a 400 naming the
-field. Unknown fields are refused the same way (extra="forbid"). Extensions (as in vLLM):
-`top_k`, `ignore_eos`, `stream_options.continuous_usage_stats`.
+field. Unknown fields are refused the same way (extra="forbid"). Types are strict, as in
+OpenAI's API: `"max_tokens": "5"`, `"temperature": true` or `"stream": "yes"` are 400s naming the
+field. Extensions (as in vLLM): `top_k`, `ignore_eos`, `stream_options.continuous_usage_stats`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..generate import SamplingParams
+from ..generate import SEED_MAX, SEED_MIN, SamplingParams
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256  # per stop sequence: matching holds back at most this many characters
+STRICT = ConfigDict(extra="forbid", strict=True)
+ALSO_NEUTRAL = {"logit_bias": ({},), "logprobs": (False,), "best_of": (1,), "tools": ([],),  # values that mean
+                "tool_choice": ("none",), "response_format": ({"type": "text"},)}  # "nothing special" too
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False
     continuous_usage_stats: bool = False  # extension (vLLM's name): usage in every chunk, and a chunk for
     # every token, also one whose text is held back (empty text): clients see each token's arrival
@@ -27,14 +34,14 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)  # extension: 0 = off
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)  # what the sampler's generator takes
+    stop: str | list[str] | None = None  # at most MAX_STOP_SEQUENCES of 1..MAX_STOP_CHARS characters
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # extension: keep generating past EOS (load tests with fixed lengths)
@@ -46,13 +53,22 @@ class _Sampling(BaseModel):
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_SEQUENCES or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences of 1 to {MAX_STOP_CHARS} characters "
+                             f"each (got {len(stops)}, of up to {max(map(len, stops), default=0)} characters)")
+        return stop
+
     def unsupported(self) -> str | None:
         """The first field set to a value this server does not implement, else None."""
         neutral = {"n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": None, "logprobs": None}
         neutral.update(self._neutral_extra())
         for name, value in neutral.items():
             got = getattr(self, name)
-            if got != value and not (name == "logit_bias" and got == {}) and not (name == "logprobs" and got is False):
+            if got != value and got not in ALSO_NEUTRAL.get(name, ()):
                 return name
         return None
 
@@ -90,7 +106,7 @@ class CompletionRequest(_Sampling):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]]
     name: str | None = None

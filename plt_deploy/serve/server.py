@@ -7,11 +7,19 @@ speed and the server returns when they have finished. If some are still open aft
 slots freed) and the server returns right after; uvicorn's own cancellation of whatever is still
 running comes BACKSTOP_SECONDS later and only matters if the engine is stuck. `serve_forever`
 returns the signal; uvicorn would re-raise it (SIGINT as KeyboardInterrupt): the CLI prints
-`stopped` and exits 0 after SIGTERM, 130 after SIGINT. A second SIGINT stops at once.
+`stopped` and exits 0 after SIGTERM, 130 after SIGINT. A second SIGINT stops at once. Idle
+kept-alive connections stay open until the engine has drained, so a request on one gets the 503.
+
+Connection limits (uvicorn's h11 protocol, whatever else is installed: httptools has no header
+limit): a request head (request line + headers) above `max_header_bytes` gets 431; a connection
+that sends no complete head within `timeout_keep_alive` seconds (idle after connecting, between
+requests, or sending its headers slowly) is closed, and so is a body that stalls that long (408,
+in the app); over `max_connections` open connections, requests get 503 at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -20,6 +28,66 @@ from ..errors import PLTError
 
 
 BACKSTOP_SECONDS = 5.0  # uvicorn cancels the tasks still running this long after our grace period
+
+
+def _protocol_class():
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        """uvicorn's h11 protocol with the connection limits described in the module docstring."""
+
+        head_timer = None  # closes the connection unless a whole request head arrives in time
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            # uvicorn's keep-alive timer starts only after a response and stops at the first byte
+            # received: a connection that never finishes a request head would stay open forever
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            self.head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+        def _head_timeout(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            limit = self.conn._max_incomplete_event_size  # h11 itself checks only a head still incomplete
+            if self.conn.their_state is h11.IDLE:  # a request head is being received
+                pending = self.conn.trailing_data[0] + data
+                if len(pending) > limit and b"\r\n\r\n" not in pending[:limit]:
+                    return self._refuse(431, b"Request Header Fields Too Large",
+                                        f"the request head exceeds the limit of {limit} bytes", "header_too_large")
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE and self.head_timer is not None:
+                self.head_timer.cancel()
+
+        def send_400_response(self, msg: str) -> None:  # h11 could not parse the request
+            self._refuse(400, b"Bad Request", f"{msg.rstrip('.')}: not a valid HTTP/1.1 request", "invalid_http")
+
+        def _refuse(self, status: int, reason: bytes, message: str, code: str) -> None:
+            from .protocol import error_body
+
+            body = json.dumps(error_body(message, code=code)).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
 
 
 def _server_class():
@@ -46,6 +114,10 @@ def _server_class():
             self.engine.close()
             timer = asyncio.get_running_loop().call_later(self.grace, self.engine.close, True)
             try:
+                for listener in self.servers:  # no new connections; the kept-alive ones get 503s
+                    listener.close()
+                while not self.force_exit and self.engine.busy:
+                    await asyncio.sleep(0.05)
                 await super().shutdown(sockets)
             finally:
                 timer.cancel()
@@ -87,7 +159,8 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
-                  log_level: str = "warning", ort_spinning: bool | None = False) -> int | None:
+                  log_level: str = "warning", ort_spinning: bool | None = False, max_connections: int = 256,
+                  max_header_bytes: int = 16384, timeout_keep_alive: float = 5.0) -> int | None:
     """Serve until SIGTERM or SIGINT; returns that signal's number once shut down (see above)."""
     import uvicorn
 
@@ -102,10 +175,13 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
                          model_name=model_name, ort_spinning=ort_spinning)
     engine.metrics = Metrics(engine.model_name)
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
-                              max_tokens_limit=max_tokens_limit)
+                              max_tokens_limit=max_tokens_limit, body_timeout=timeout_keep_alive)
     app = build_app(engine, settings)
     config = uvicorn.Config(QuietCancel(app), host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_SECONDS, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_SECONDS, lifespan="on",
+                            http=_protocol_class(), h11_max_incomplete_event_size=max_header_bytes,
+                            timeout_keep_alive=timeout_keep_alive,
+                            limit_concurrency=max_connections + 1)  # uvicorn counts the new connection too
     server = _server_class()(config, engine, shutdown_timeout)
 
     def announce():  # one line once the engine has warmed up (the app then answers /health with 200)

@@ -77,7 +77,11 @@ def _check_tensorrt(path: Path, manifest, plugin, plugin_sha256: str | None) -> 
     manifest_data = manifest.data
 
     where = path / "manifest.json"
+    if plugin is not None:  # the user's own --plugin flag is checked before the artifact's content
+        find_plugin(plugin)
     built = manifest_data.get(plan_check.SECTION)
+    if not built:  # engines first: a runtime never builds them, the message names `plt-deploy build`
+        plan_check.trt_section(manifest_data, where)
     if built and not built.get("plugin"):  # vanilla / looped exports: no G-SWA node, no plugin
         section = plan_check.trt_section(manifest_data, where)
         plan_check.check_engine_files(path, section, verify_hashes=True)

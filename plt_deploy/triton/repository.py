@@ -2,6 +2,7 @@
 
     REPO/
       README.md                  the tritonserver command and curl examples
+      plt-deploy-repo.json       marker: this folder was written by triton-repo (what --force may replace)
       NAME/
         config.pbtxt             python backend, decoupled, generate-extension I/O, parameters
         1/
@@ -10,8 +11,9 @@
           plugins/libplt_trt_plugins.so   TensorRT only: the plugin the engines were built with
 
 Everything is checked first (artifact.check_artifact: unknown backend, bad hash, missing plugin or
-engines), then written into a temporary folder beside REPO and renamed into place; an existing REPO
-is kept unless force=True.
+engines; a checkpoint is loaded as the torch backend will load it), then written into a temporary
+folder beside REPO and renamed into place. An existing REPO is replaced only with force=True and
+only when it holds MARKER (this command wrote it); the model is never inside REPO.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import ArtifactError, InputError
+from ..errors import InputError
+from ..output_folder import check_replaceable
 from ..serve import DEFAULT_MAX_CONTEXT
 from .artifact import check_artifact, check_backend
 from .config import ModelParams, check_model_name, parse_config, render_config
@@ -31,6 +34,7 @@ VERSION = "1"
 ARTIFACT_DIR = "artifact"
 PLUGIN_DIR = "plugins"
 MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
+MARKER = "plt-deploy-repo.json"  # written into every repository: what --force may replace
 
 
 def write_repository(model: str | Path, out: str | Path, backend: str = "onnxruntime", slots: int = 4,
@@ -43,13 +47,13 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
         raise InputError(f"--slots must be >= 1, got {slots}")
     if plugin is not None and backend != "tensorrt":
         raise InputError(f"--plugin is for --backend tensorrt, not {backend}")
-    out = Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out}: exists and is not a folder")
-    model = Path(model)
+    out, model = Path(out), Path(model)
+    check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin])
     checked = check_artifact(model, backend, plugin=plugin)
+    if backend == "torch":  # what the torch backend's load refuses (truncated file, extra tensor), refused now
+        from ..checkpoint import load_checkpoint
+
+        load_checkpoint(model)
     # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
     checked.limits.check(slots, max_context or DEFAULT_MAX_CONTEXT, "--slots",
                          "--max-context" if max_context else "the default --max-context", memory=False)
@@ -72,6 +76,8 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
         shutil.copy2(MODEL_TEMPLATE, version / "model.py")
         (tmp / name / "config.pbtxt").write_text(config_text)
         (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
+        (tmp / MARKER).write_text(json.dumps({"written_by": "plt-deploy triton-repo", "model": name,
+                                              "backend": backend}) + "\n")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +111,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def readme_text(repo: Path, name: str, params: ModelParams) -> str:
     gpu = params.backend == "tensorrt"
-    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_GLOBAL) before the "
+    plugin_note = (f" and loads the TensorRT plugin `{name}/1/{params.plugin}` with ctypes (RTLD_LOCAL) before the "
                    "engines" if params.plugin else "")
     return f"""# Triton model repository for a PLT model
 

@@ -44,8 +44,24 @@ def params_from_model_config(model_config: dict, where: str = "config.pbtxt") ->
     return ModelParams.from_dict(raw, where)
 
 
+def instance_device(args: dict) -> int | None:
+    """The CUDA ordinal of this model instance from initialize()'s args, None for a CPU instance.
+
+    Triton makes one instance per GPU for `instance_group [{kind: KIND_GPU}]` without `gpus` and tells
+    each which one in args["model_instance_device_id"] (a string, with model_instance_kind "GPU")."""
+    if str(args.get("model_instance_kind", "")).upper() != "GPU":
+        return None
+    raw = args.get("model_instance_device_id")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"Triton passed model_instance_device_id={raw!r} for a GPU instance; expected a "
+                            "CUDA device ordinal") from None
+
+
 def load_trt_plugin(path: Path):
-    """ctypes-load the G-SWA plugin library (RTLD_GLOBAL) into the server's Python process, once."""
+    """Load the G-SWA plugin library into the server's Python process, once (build.plugin.load_plugin:
+    ctypes with RTLD_LOCAL; it registers itself and logs through TensorRT's logger)."""
     from ..build import availability
     from ..build.plugin import load_plugin
 
@@ -120,8 +136,10 @@ class Served:
         self._watcher.start()
 
     @classmethod
-    def load(cls, model_config: dict, version_dir: str | Path, ready_timeout: float = READY_TIMEOUT_S) -> "Served":
-        """Check the artifact against config.pbtxt, load the TensorRT plugin, start the engine."""
+    def load(cls, model_config: dict, version_dir: str | Path, ready_timeout: float = READY_TIMEOUT_S,
+             device: int | None = None) -> "Served":
+        """Check the artifact against config.pbtxt, load the TensorRT plugin, start the engine on `device`
+        (the instance's GPU, instance_device(args); None: the current device)."""
         version_dir = Path(version_dir)
         params = params_from_model_config(model_config, str(version_dir.parent / "config.pbtxt"))
         checked = check_artifact(version_dir / params.artifact, params.backend,
@@ -134,7 +152,7 @@ class Served:
         options = {"max_context": params.max_context} if params.max_context else {}
         engine = load_engine(str(version_dir / params.artifact), backend=params.backend, slots=params.slots,
                              threads=params.threads, plugin=str(checked.plugin) if checked.plugin else None,
-                             verify_hashes=False, **options)  # check_artifact has just hashed every file
+                             verify_hashes=False, device=device, **options)  # check_artifact hashed every file
         engine.start()
         try:
             ready = engine.wait_ready(ready_timeout)  # PLTError with the load error, if any

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from plt_deploy.errors import PLTError
-from plt_deploy.triton.runtime import MetricsPump, Served
+from plt_deploy.triton.runtime import MetricsPump, Served, instance_device
 
 
 def _input(request, name):
@@ -36,8 +36,9 @@ def _response(chunk):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        try:
-            self.served = Served.load(config, Path(args["model_repository"]) / args["model_version"])
+        try:  # KIND_GPU: one instance per GPU, each on the device Triton names in args
+            self.served = Served.load(config, Path(args["model_repository"]) / args["model_version"],
+                                      device=instance_device(args))
         except PLTError as exc:  # one line in the server log; the model stays not ready
             raise pb_utils.TritonModelException(str(exc)) from None
         labels = {"model": config["name"]}

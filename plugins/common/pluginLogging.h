@@ -1,9 +1,12 @@
 /*
  * Error and message reporting for the plugins in libplt_trt_plugins.so.
  *
- * Messages go to the logger TensorRT hands over through setLoggerFinder (loadLibrary /
- * trtexec --dynamicPlugins) and errors also to the plugin registry's error recorder when the
- * application set one. Without either (a plain dlopen before any logger exists) they go to stderr.
+ * Messages go to the logger of the library's ILoggerFinder: on loadLibrary paths (trtexec
+ * --dynamicPlugins, serialized plugin libraries) the one TensorRT passes to setLoggerFinder (the
+ * logger of the engine or context calling the plugin); on dlopen paths the one registerOnLoad.cpp
+ * sets, which returns TensorRT's global logger. Errors also go to the plugin registry's error
+ * recorder when the application set one. Only when no TensorRT runtime is loaded (no logger at
+ * all) do warnings and errors go to stderr.
  */
 #ifndef PLT_PLUGIN_LOGGING_H
 #define PLT_PLUGIN_LOGGING_H
@@ -18,7 +21,8 @@ namespace plt
 namespace plugin
 {
 
-//! Stores the logger finder passed to the library's setLoggerFinder entry point (first one wins).
+//! Stores the logger finder: TensorRT's (setLoggerFinder entry point) or registerOnLoad.cpp's; the
+//! first non-null one wins, as in TensorRT's own plugin libraries.
 void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
 //! Logs a message at the given severity (messages start with "[plt_trt_plugins]").

@@ -18,20 +18,31 @@ namespace plugin
 namespace
 {
 
-using GetPluginRegistryFn = nvinfer1::IPluginRegistry* (*) ();
+// The sonames of the TensorRT major version the library was compiled for (NvInferVersion.h).
+char const* const kSONAMES[]
+    = {"libnvinfer.so." PLT_STR(NV_TENSORRT_MAJOR), "libnvinfer_lean.so." PLT_STR(NV_TENSORRT_MAJOR)};
 
-//! getPluginRegistry of an already loaded library `soname` (never loads one), or nullptr.
-nvinfer1::IPluginRegistry* registryOfLoaded(char const* soname) noexcept
+//! `symbol()` of the first already loaded TensorRT runtime library that exports it (never loads
+//! one), or nullptr. T is the pointer type the function returns.
+template <typename T>
+T* callInLoaded(char const* symbol) noexcept
 {
-    void* handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD);
-    if (handle == nullptr)
+    for (char const* soname : kSONAMES)
     {
-        return nullptr;
+        void* handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD);
+        if (handle == nullptr)
+        {
+            continue;
+        }
+        auto fn = reinterpret_cast<T* (*) ()>(dlsym(handle, symbol));
+        T* result = fn != nullptr ? fn() : nullptr;
+        dlclose(handle); // drops the reference RTLD_NOLOAD took; the library stays loaded
+        if (result != nullptr)
+        {
+            return result;
+        }
     }
-    auto fn = reinterpret_cast<GetPluginRegistryFn>(dlsym(handle, "getPluginRegistry"));
-    nvinfer1::IPluginRegistry* registry = fn != nullptr ? fn() : nullptr;
-    dlclose(handle); // drops the reference RTLD_NOLOAD took; the library stays loaded
-    return registry;
+    return nullptr;
 }
 
 } // namespace
@@ -45,17 +56,13 @@ nvinfer1::IPluginRegistry* findPluginRegistry() noexcept
             return registry;
         }
     }
-    // The sonames of the TensorRT major version the library was compiled for (NvInferVersion.h).
-    static char const* const kSONAMES[]
-        = {"libnvinfer.so." PLT_STR(NV_TENSORRT_MAJOR), "libnvinfer_lean.so." PLT_STR(NV_TENSORRT_MAJOR)};
-    for (char const* soname : kSONAMES)
-    {
-        if (nvinfer1::IPluginRegistry* registry = registryOfLoaded(soname))
-        {
-            return registry;
-        }
-    }
-    return nullptr;
+    return callInLoaded<nvinfer1::IPluginRegistry>("getPluginRegistry");
+}
+
+nvinfer1::ILogger* findGlobalLogger() noexcept
+{
+    // Only from TensorRT's own library: a global `getLogger` symbol could be any library's.
+    return callInLoaded<nvinfer1::ILogger>("getLogger");
 }
 
 } // namespace plugin

@@ -9,7 +9,8 @@
  *   2. getPluginRegistry of an already loaded libnvinfer.so.<major> (or the lean runtime), looked up
  *      with dlopen(RTLD_NOLOAD) + dlsym: Python extension modules load libnvinfer RTLD_LOCAL, so
  *      this is what makes a plain ctypes.CDLL / `polygraphy run --plugins` register the creator;
- *   3. none: nothing is registered at dlopen and getCreators() hands the creator out instead.
+ *   3. none: libplt_trt_plugins.so registers nothing and says so (libplt_trt_plugins_dynamic.so never
+ *      looks: loadLibrary registers what its getCreators() returns).
  */
 #ifndef PLT_PLUGIN_REGISTRY_H
 #define PLT_PLUGIN_REGISTRY_H
@@ -23,6 +24,10 @@ namespace plugin
 
 //! The process's plugin registry, or nullptr when no TensorRT runtime is loaded.
 nvinfer1::IPluginRegistry* findPluginRegistry() noexcept;
+
+//! TensorRT's global logger (libnvinfer's getLogger(), NvInferRuntime.h) of the TensorRT runtime
+//! loaded in the process, or nullptr when none is loaded.
+nvinfer1::ILogger* findGlobalLogger() noexcept;
 
 } // namespace plugin
 } // namespace plt

@@ -423,14 +423,27 @@ int32_t GatedSlidingWindowAttentionPlugin::enqueue(PluginTensorDesc const* input
         {
             throw PluginError(msg);
         }
-        // The decode path needs gswaDecodeWorkspaceBytes(g); TensorRT gave mWorkspaceBytes (the
-        // profile's bound, from the plan). Less than needed means the plan and the plugin disagree.
+        // The decode path needs gswaDecodeWorkspaceBytes(g) bytes of workspace.
         size_t const needed = gswa::gswaDecodeWorkspaceBytes(g);
-        check(mWorkspaceBytes >= 0, std::string("no ") + kWORKSPACE_FIELD + " in the plugin's fields: rebuild the engine");
-        auto const given = static_cast<size_t>(mWorkspaceBytes);
-        check(needed <= given && (needed == 0 || workspace != nullptr),
-            "workspace of " + std::to_string(given) + " bytes" + (workspace == nullptr ? " (null)" : "")
-                + " is smaller than the " + std::to_string(needed) + " bytes these shapes need");
+        size_t given = 0;
+        if (mWorkspaceBytes >= 0)
+        {
+            // The plan's value (getWorkspaceSize of the profile, recorded by configurePlugin): less than
+            // needed means the plan and the plugin disagree.
+            given = static_cast<size_t>(mWorkspaceBytes);
+            check(needed <= given && (needed == 0 || workspace != nullptr),
+                "workspace of " + std::to_string(given) + " bytes" + (workspace == nullptr ? " (null)" : "")
+                    + " is smaller than the " + std::to_string(needed) + " bytes these shapes need");
+        }
+        else
+        {
+            // Unset: the serialized copy never saw configurePlugin (nothing guarantees it does, e.g. a
+            // timing-cache hit skips profiling). TensorRT allocated getWorkspaceSize for this layer =
+            // gswaDecodeWorkspaceBytes of the profile's max shapes, which is >= `needed` for any shapes in
+            // the profile (it grows with every dim), so a non-null workspace holds `needed` bytes; a null
+            // one sends launchGswa down its no-workspace path.
+            given = workspace != nullptr ? needed : 0;
+        }
         cudaError_t err = cudaErrorInvalidValue;
         switch (inputDesc[kQUERY].type)
         {
@@ -567,10 +580,11 @@ nvinfer1::IPluginV3* GatedSlidingWindowAttentionPluginCreator::createPlugin(
         attrs.numHeads = toInt32(*numHeads, "num_heads");
         attrs.numKvHeads = toInt32(*numKvHeads, "num_kv_heads");
         attrs.globalRows = toInt32(*globalRows, "global_rows");
-        // Deserializing (kRUNTIME): the plan's workspace size is required. Building: set by configurePlugin.
-        check(phase != nvinfer1::TensorRTPhase::kRUNTIME || (workspaceBytes && *workspaceBytes >= 0),
-            std::string("the plan holds no valid ") + kWORKSPACE_FIELD + " for this layer: rebuild the engine");
-        int64_t const ws = phase == nvinfer1::TensorRTPhase::kRUNTIME ? *workspaceBytes : -1;
+        // Deserializing (kRUNTIME): the plan's workspace size when it holds a valid one; missing or unset
+        // (-1) falls back to the workspace TensorRT hands enqueue (see enqueue), never refuses the plan.
+        // Building: set by configurePlugin.
+        int64_t const ws
+            = phase == nvinfer1::TensorRTPhase::kRUNTIME && workspaceBytes && *workspaceBytes >= 0 ? *workspaceBytes : -1;
         return std::make_unique<GatedSlidingWindowAttentionPlugin>(attrs, ws).release(); // validates
     }
     catch (std::exception const& e)

@@ -8,7 +8,9 @@
  *   serialized attributes  window, scale, num_heads, num_kv_heads, global_rows (getFieldsToSerialize,
  *                          no byte blobs),
  *                          plus workspace_bytes: the workspace TensorRT allocates for this layer, fixed
- *                          at build time (getWorkspaceSize) and known at run time only from the plan
+ *                          at build time (getWorkspaceSize) and known at run time only from the plan;
+ *                          missing or -1 (a copy serialized without configurePlugin) is not an error:
+ *                          enqueue then relies on TensorRT's workspace (getWorkspaceSize of the profile)
  *   shape-derived values   none kept: enqueue derives the sizes from its inputDesc on every call
  *   device properties      none kept; kernel attributes (shared-memory opt-in for large D) are set by
  *                          gswaPrepareKernels in configurePlugin (build) and onShapeChange (runtime)
@@ -114,7 +116,7 @@ private:
     size_t workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const;
 
     GswaAttributes mAttrs;                      // serialized
-    int64_t mWorkspaceBytes{-1};                // serialized (kWORKSPACE_FIELD), set by configurePlugin
+    int64_t mWorkspaceBytes{-1};                // serialized (kWORKSPACE_FIELD), set by configurePlugin; -1 unset
     std::vector<nvinfer1::PluginField> mFields; // getFieldsToSerialize storage (points into mAttrs)
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };

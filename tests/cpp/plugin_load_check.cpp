@@ -4,7 +4,10 @@
 // returns before a kernel launch. Prints "ok <check>" / "FAIL <check>: why" lines and, for the
 // Python side, "fields <name>:<type>..." and "version <v>"; exits 1 if any check failed.
 //
-// Usage: plugin_load_check /path/to/libplt_trt_plugins.so
+// Usage: plugin_load_check /path/to/libplt_trt_plugins_dynamic.so /path/to/libplt_trt_plugins.so
+//   the first (loadLibrary's library) is driven through getCreators / setLoggerFinder; the second
+//   (registers on dlopen) must export neither and, with no TensorRT loaded, register nothing and say
+//   so on stderr (the Python side checks that line).
 #include "NvInferRuntime.h"
 
 #include <algorithm>
@@ -166,6 +169,23 @@ PluginFieldCollection const* fields(Attrs& a, std::vector<PluginField>& storage,
     return &fc;
 }
 
+// Null tensors for enqueue calls that must not reach a GPU.
+PluginTensorDesc& outDesc0()
+{
+    static PluginTensorDesc d{};
+    return d;
+}
+void const* const* inPtrs0()
+{
+    static void const* p[9] = {};
+    return p;
+}
+void* const* outPtrs0()
+{
+    static void* p[1] = {nullptr};
+    return p;
+}
+
 char const* typeName(PluginFieldType t)
 {
     switch (t)
@@ -181,10 +201,17 @@ char const* typeName(PluginFieldType t)
 
 int main(int argc, char** argv)
 {
-    if (argc != 2)
+    if (argc != 3)
     {
-        std::fprintf(stderr, "usage: %s libplt_trt_plugins.so\n", argv[0]);
+        std::fprintf(stderr, "usage: %s libplt_trt_plugins_dynamic.so libplt_trt_plugins.so\n", argv[0]);
         return 2;
+    }
+    void* onLoad = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
+    expect(onLoad != nullptr, "dlopen_register_on_load_without_libnvinfer", onLoad ? "" : dlerror());
+    if (onLoad != nullptr)
+    {
+        expect(dlsym(onLoad, "getCreators") == nullptr && dlsym(onLoad, "setLoggerFinder") == nullptr,
+            "register_on_load_exports_no_entry_points");
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     expect(lib != nullptr, "dlopen_without_libnvinfer", lib ? "" : dlerror());
@@ -205,7 +232,7 @@ int main(int argc, char** argv)
     Finder finder(&logger);
     setLoggerFinder(&finder);
 
-    // No registry in this process: nothing was registered on dlopen, so getCreators hands it out.
+    // getCreators always hands out the creator (nothing of this library registers at dlopen).
     int32_t n = -1;
     IPluginCreatorInterface* const* list = getCreators(n);
     expect(n == 1 && list != nullptr && list[0] != nullptr, "get_creators_hands_out_one", "n=" + std::to_string(n));
@@ -305,11 +332,47 @@ int main(int argc, char** argv)
     delete built;
 
     // ---- runtime phase ---------------------------------------------------------------------------
-    IPluginV3* noWs = creator->createPlugin("gswa", fields(a, storage, v2, false), TensorRTPhase::kRUNTIME);
-    std::string const msgNoWs = logger.take();
-    expect(noWs == nullptr && msgNoWs.find("workspace_bytes") != std::string::npos, "runtime_requires_workspace_field",
-        msgNoWs);
-    delete noWs;
+    // A plan without workspace_bytes, or with -1 (a copy serialized without configurePlugin, e.g. after a
+    // timing-cache hit), is not refused: enqueue falls back to the workspace TensorRT hands it.
+    std::vector<DynamicPluginTensorDesc> noDescs;
+    for (int64_t const serialized : {int64_t{-2}, int64_t{-1}}) // -2: field missing; -1: serialized unset
+    {
+        a.workspace = serialized;
+        IPluginV3* unset
+            = creator->createPlugin("gswa", fields(a, storage, v2, serialized == -1), TensorRTPhase::kRUNTIME);
+        std::string const msgUnset = logger.take();
+        expect(unset != nullptr, serialized == -1 ? "runtime_accepts_unset_workspace" : "runtime_accepts_missing_workspace",
+            msgUnset);
+        if (unset == nullptr)
+        {
+            continue;
+        }
+        auto* unsetRun
+            = static_cast<IPluginV3OneRuntime*>(unset->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        // Past the workspace check enqueue launches kernels: only where no CUDA driver exists (then the
+        // launch fails with a CUDA error, not a workspace one) is that safe with these null tensors.
+        void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+        if (driver != nullptr)
+        {
+            dlclose(driver);
+            std::printf("skip enqueue_uses_given_workspace (a CUDA driver is present: would launch on null tensors)\n");
+        }
+        else
+        {
+            std::vector<PluginTensorDesc> descs = runtimeDescs(s);
+            char scratch[16];
+            for (void* ws : {static_cast<void*>(scratch), static_cast<void*>(nullptr)})
+            {
+                int32_t const rcUnset = unsetRun->enqueue(descs.data(), &outDesc0(), inPtrs0(), outPtrs0(), ws, nullptr);
+                std::string const msg = logger.take();
+                expect(rcUnset != 0 && msg.find("enqueue:") != std::string::npos
+                        && msg.find("workspace") == std::string::npos,
+                    ws != nullptr ? "enqueue_unset_trusts_given_workspace" : "enqueue_unset_null_workspace_no_split",
+                    "rc=" + std::to_string(rcUnset) + " log=" + msg);
+            }
+        }
+        delete unset;
+    }
 
     a.workspace = static_cast<int64_t>(ws);
     IPluginV3* rt = creator->createPlugin("gswa", fields(a, storage, v2, true), TensorRTPhase::kRUNTIME);

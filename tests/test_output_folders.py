@@ -1,0 +1,127 @@
+"""Issue 20 (data loss): `--force` replaces only what the same command wrote, never the command's
+own input; one `train` run into an --out at a time. Run as a user runs the commands."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import assert_one_line_error, run_cli
+from plt_deploy.checkpoint import init_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def cli_popen(*argv):
+    return subprocess.Popen([sys.executable, "-c", "from plt_deploy.cli import main; main()", *map(str, argv)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    """runs/walk (a checkpoint) and runs/notes.txt: the folder from the report."""
+    root = tmp_path / "runs"
+    init_checkpoint("tiny", root / "walk", seed=4)
+    (root / "notes.txt").write_text("mine")
+    return root
+
+
+def test_export_force_never_deletes_its_source_or_other_files(runs, capsys):
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(runs), "--force")
+    assert_one_line_error(code, err, f"{runs / 'walk'} is inside --out {runs}")
+    assert (runs / "walk" / "model.safetensors").is_file() and (runs / "notes.txt").read_text() == "mine"
+
+
+def test_export_force_refuses_a_folder_it_did_not_write(runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(other), "--force")
+    assert_one_line_error(code, err, f"{other}: not made by `plt-deploy export` (no manifest.json; it holds "
+                                     "notes.txt)", "--force replaces only")
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_export_force_is_allowed_over_an_export_only(runs, tmp_path, capsys):
+    from plt_deploy.output_folder import check_replaceable
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(old))
+    assert_one_line_error(code, err, f"{old}: already exists; pass --force")
+    check_replaceable(old, "export", "manifest.json", force=True, sources=[runs / "walk"])  # what --force passes
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", "export", "manifest.json", force=False)  # empty: written into
+
+
+def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, capsys):
+    pytest.importorskip("tritonclient", reason="needs the triton extra: pip install 'plt-deploy[triton]'")
+    ck = runs / "walk"
+    code, _, err = run_cli(capsys, "triton-repo", "--model", str(ck), "--out", str(runs), "--backend", "torch",
+                           "--force")
+    assert_one_line_error(code, err, f"{ck} is inside --out {runs}")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "data.csv").write_text("1,2")
+    code, _, err = run_cli(capsys, "triton-repo", "--model", str(ck), "--out", str(user), "--backend", "torch",
+                           "--force")
+    assert_one_line_error(code, err, "not made by `plt-deploy triton-repo`", "data.csv")
+    assert (user / "data.csv").read_text() == "1,2"
+    repo = tmp_path / "repo"
+    repo.mkdir()  # an empty existing folder is written into, without --force
+    argv = ("triton-repo", "--model", str(ck), "--out", str(repo), "--backend", "torch")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0 and (repo / "plt-deploy-repo.json").is_file(), err
+    code, _, err = run_cli(capsys, *argv, "--model", str(repo / "plt" / "1" / "artifact"), "--force")
+    assert_one_line_error(code, err, "is inside --out")  # its own copied checkpoint as the source
+    assert run_cli(capsys, *argv, "--force")[0] == 0  # its own repository: replaced
+
+
+def test_second_train_into_the_same_out_is_refused_at_once(tmp_path):
+    out = tmp_path / "run"
+    first = cli_popen("train", "--out", out, "--steps", "100000", "--batch", "8", "--save-every", "0")
+    try:
+        lock = tmp_path / ".run.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lock.read_text().strip() == str(first.pid), "the first run did not take the lock within 60 s"
+        second = subprocess.run([sys.executable, "-c", "from plt_deploy.cli import main; main()", "train", "--out",
+                                 str(out), "--task", "reverse", "--steps", "5"], env=ENV, capture_output=True,
+                                timeout=60)
+    finally:
+        first.kill()
+        first.communicate()
+    err = second.stderr.decode()
+    assert second.returncode == 1 and "Traceback" not in err, err
+    assert err.strip() == (f"error: {out}: another train into this folder is running (pid {first.pid}); "
+                           "wait for it or choose another --out")
+    assert not (out / "train_results.json").exists()  # the refused run wrote nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_into_a_read_only_out_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        code, _, err = run_cli(capsys, "train", "--out", str(out), "--steps", "100000")
+    finally:
+        out.chmod(0o755)
+    assert_one_line_error(code, err, f"--out {out}: cannot write there")
+
+
+def test_train_into_an_unwritable_out_fails_before_training(tmp_path, capsys):
+    """As root (CI containers), a folder under a file stands in for an unwritable place."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    start = time.monotonic()
+    code, _, err = run_cli(capsys, "train", "--out", str(blocker / "run"), "--steps", "100000")
+    assert_one_line_error(code, err, str(blocker))
+    assert time.monotonic() - start < 30  # refused, not trained first (100000 steps take an hour)
