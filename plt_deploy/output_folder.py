@@ -52,6 +52,17 @@ def claim_output(out: Path, log=None, command: str = "export"):
         os.close(fd)
 
 
+def publish(tmp: Path, out: Path) -> Path:
+    """Make the finished temporary folder `tmp` readable and rename it to `out` (replacing an old one)."""
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    tmp.chmod(0o755)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
 def _lock(fd: int, lock_path: Path, out: Path, command: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -89,9 +89,14 @@ def train(model: PLT, task: Task, settings: TrainSettings,
 @torch.no_grad()
 def held_out_accuracy(model: PLT, task: Task, examples: int = 256, seed: int = 1234, batch: int = 64) -> float:
     """Exact match of the greedy answer (up to <eos>) on held-out examples."""
+    return exact_match(TorchBackend(model), task, examples, seed, batch)
+
+
+def exact_match(backend, task: Task, examples: int = 256, seed: int = 1234, batch: int = 64) -> float:
+    """held_out_accuracy on any Backend (an export on ONNX Runtime: batches fit its --max-batch)."""
     rng = random.Random(seed)
     tok = ByteTokenizer()
-    backend = TorchBackend(model)
+    batch = min(batch, backend.max_batch or batch)
     pairs = [task.sample(rng, held_out=True) for _ in range(examples)]
     correct = 0
     for i in range(0, examples, batch):

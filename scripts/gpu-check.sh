@@ -20,6 +20,10 @@
 #     <p>-<d>:engines plt-deploy build (exactly one G-SWA plugin layer per node)
 #     <p>-<d>:check   plt-deploy check --backends torch,onnxruntime,tensorrt (graphs through Polygraphy,
 #                     sequences and greedy tokens against torch)
+#     <p>-<d>-<w>:quantize|engines|check  for w in WEIGHTS (default "int8 int4"): the float export
+#                     quantized (export --model EXPORT --weights w; block 16, tiny's mlp_hidden is 176),
+#                     built (TensorRT's weight-only block quantization: IDequantizeLayer -> MatMul), and
+#                     checked by quantization error against torch (top-1 agreement bound per format)
 #   KV bytes on device == formula
 #                  a TensorRT session of the first export holds one buffer per cache (bytes =
 #                  cache.kv_bytes_formula) and every in_place output shares its input's address
@@ -37,12 +41,13 @@
 # include/, or TENSORRT_OSS_DIR = a local git clone of NVIDIA/TensorRT, whose newest release/X.Y branch
 # not newer than the installed TensorRT is used; never the network), PYTHON (default python3), OUT (default
 # runs/gpu-check), PRESETS (default "tiny small"), DTYPES (default "float32 float16"; any of float32,
-# float16, bfloat16), SKIP_INSTALL=1, SKIP_BENCH=1.
+# float16, bfloat16), WEIGHTS (default "int8 int4"; "" skips), SKIP_INSTALL=1, SKIP_BENCH=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu-check}
+WEIGHTS=${WEIGHTS-int8 int4}
 PRESETS=${PRESETS:-tiny small}
 DTYPES=${DTYPES:-float32 float16}
 LOGS="$OUT/logs"
@@ -165,6 +170,18 @@ for preset in $PRESETS; do
     first_export=${first_export:-$ex}
     stage "$name:check" plt check --model "$ck" --onnx "$ex" --backends torch,onnxruntime,tensorrt \
       --report "$OUT/check-$name.json"
+    [ "$dtype" = bfloat16 ] && continue  # ONNX Runtime cannot run bf16: check's reference comparison needs it
+    for w in $WEIGHTS; do
+      qx="$OUT/export-$name-$w"
+      if ! stage "$name-$w:quantize" plt export --model "$ex" --out "$qx" --weights "$w" --block-size 16 --force; then
+        skip "$name-$w:engines" "needs $name-$w:quantize"; skip "$name-$w:check" "needs $name-$w:quantize"; continue
+      fi
+      if ! stage "$name-$w:engines" plt build --onnx "$qx" --plugin "$PLT_TRT_PLUGIN" --max-batch 4; then
+        skip "$name-$w:check" "needs $name-$w:engines"; continue
+      fi
+      stage "$name-$w:check" plt check --model "$ck" --onnx "$qx" --backends torch,onnxruntime,tensorrt \
+        --report "$OUT/check-$name-$w.json"
+    done
   done
 done
 

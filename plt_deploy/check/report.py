@@ -53,10 +53,19 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
     out = {"model": str(model), "export": str(onnx), "dtype": dtype, "export_versions": manifest.data["versions"],
            "reference": "torch", "rule": RULE, "notes": notes, "backends": {}, "passed": True}
+    if manifest.quantized:
+        from .quant_error import RULE as QUANT_RULE, BOUNDS
+
+        out["rule"] = QUANT_RULE.format(bound=BOUNDS[manifest.weights["format"]])
+        out["weights"] = manifest.weights["format"]
     for name in tested:
         options = {"threads": threads}
         if provider and name == "onnxruntime":
             options["provider"] = provider
+        if manifest.quantized:
+            out["backends"][name] = entry = _quantization_entry(reference, name, onnx, options, manifest, log)
+            out["passed"] &= entry["passed"]
+            continue
         with load_backend(name, str(onnx), **options) as be:
             log(f"check {name}: prefill + {steps} decode steps, batch {batch}, against torch")
             parity = compare_backends(reference, be, steps=steps, batch=batch, dtype=dtype,
@@ -80,9 +89,24 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     return out
 
 
+def _quantization_entry(reference, name: str, onnx, options: dict, manifest, log) -> dict:
+    """A quantized export against the float torch model: quantization error (check.quant_error), not parity."""
+    from ..backends import load_backend
+    from .quant_error import quantization_error
+
+    fmt = manifest.weights["format"]
+    with load_backend(name, str(onnx), **options) as be:
+        log(f"check {name}: {fmt} weights, quantization error against the float torch model")
+        q = quantization_error(reference, be, fmt)
+    return {"quantization": q, "passed": q["passed"]}
+
+
 def print_report(report: dict, console) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    if report.get("weights"):
+        return _print_quantization(report, console)
 
     table = Table(title=f"check: torch vs {', '.join(report['backends'])} ({report['dtype']})",
                   caption=f"pass rule (every row and the verdict): {report['rule']}; "
@@ -108,6 +132,23 @@ def print_report(report: dict, console) -> None:
     console.print(table)
     for note in report.get("notes", []):
         console.print(escape(f"note: {note}"))
+    console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
+
+
+def _print_quantization(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"check: {report['weights']} weights vs the float torch model ({report['dtype']} activations)",
+                  caption=f"quantization error, not parity; pass rule: {report['rule']}")
+    for col in ("backend", "positions", "top-1 agreement", "bound", "logit RMS error", "relative",
+                "greedy agreement (tokens)", "result"):
+        table.add_column(col)
+    for name, entry in report["backends"].items():
+        q = entry["quantization"]
+        table.add_row(name, str(q["positions"]), f"{q['top1_agreement']:.4f}", str(q["bound"]),
+                      f"{q['logit_rms_error']:.3g}", f"{q['logit_rms_error_relative'] or 0:.2%}",
+                      f"{q['greedy_agreement_lengths']} of {q['greedy_new_tokens']}", _verdict(q["passed"]))
+    console.print(table)
     console.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]")
 
 

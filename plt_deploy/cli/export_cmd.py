@@ -17,18 +17,37 @@ from ..config import MIN_EXPORT_SEQ
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
 @click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")
+@click.option("--weights", help="Weight storage: fp32, fp16, bf16 (the float dtype) or int8, int4 (weight-only "
+              "quantization of the linear layers, per-block scales; activations stay in --dtype).")
+@click.option("--block-size", type=int, help="int8/int4: input features per scale (16, 32, 64 or 128; default 32).")
+@click.option("--quant-method", help="int8/int4: how weights are rounded (rtn: round to nearest; default).")
+@click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also store the embedding table quantized.")
 @click.option("--force", is_flag=True, help="Replace an existing export folder (one holding manifest.json; "
               "any other non-empty folder is refused).")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
-def command(model, out, dtype, opset, max_batch, max_seq, force, no_validate):
-    """Export a checkpoint to ONNX with the G-SWA custom op, then validate it against PyTorch."""
-    from ..backends.folders import check_config, require_kind
+def command(model, out, dtype, opset, max_batch, max_seq, weights, block_size, quant_method, quantize_embeddings, force,
+            no_validate):
+    """Export a checkpoint to ONNX with the G-SWA custom op, then validate it against PyTorch.
 
+    With --weights int8|int4, --model may also be a float export folder: its graphs are quantized
+    without tracing again (check the result with `plt-deploy check --model CHECKPOINT --onnx OUT`)."""
+    from ..backends.folders import check_config, folder_kind, require_kind
+    from ..export.quantize import FLOAT_WEIGHTS, parse_weights
+
+    dtype = FLOAT_WEIGHTS.get(dtype, dtype)
+    dtype, spec = parse_weights(weights, dtype, block_size, quant_method, quantize_embeddings)
+    if spec is not None and folder_kind(model) == "export":
+        from ..export.quantize_export import quantize_export
+
+        if dtype is not None:
+            raise click.UsageError("--dtype does not apply to an export folder (its graphs keep their dtype)")
+        path = quantize_export(model, out, spec, force=force, log=lambda line: click.echo(line, err=True))
+        click.echo(f"wrote {path} ({spec.format} weights from the export {model})")
+        return
     require_kind(model, "checkpoint", "--model")
     check_config(model)  # a bad config fails before torch loads
     from ..export.exporter import export_model
 
-    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
     path = export_model(model, out, dtype=dtype, opset=opset, max_batch=max_batch, max_seq=max_seq, force=force,
-                        validate=not no_validate, log=lambda line: click.echo(line, err=True))
+                        validate=not no_validate, log=lambda line: click.echo(line, err=True), weights=spec)
     click.echo(f"wrote {path} (manifest.json, prefill.onnx, decode.onnx)")

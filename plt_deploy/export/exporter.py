@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -29,6 +28,9 @@ from ..model import PLT
 from ..progress import progress_reporter
 from ..check.tolerances import tolerance
 from . import io_spec, manifest as manifest_lib, onnx_op
+from .quantize import FLOAT_WEIGHTS, WeightSpec, check_quantizable, quantize_graph
+
+FLOAT_NAMES = {v: k for k, v in FLOAT_WEIGHTS.items()}  # float32 -> fp32: the manifest's weights.format
 
 DEFAULT_OPSET = 24  # TensorScatter (24) for in-place cache writes; Attention (23) with nonpad_kv_seqlen (24)
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
@@ -168,24 +170,27 @@ def save_onnx(model_proto, path: Path) -> list[str]:
 
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
                  max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
-                 progress: bool = True, log=None) -> Path:
+                 progress: bool = True, log=None, weights: WeightSpec | None = None) -> Path:
     """Library entry point of `plt-deploy export`. Returns the export folder.
 
     One export into `out` at a time (a second is refused), stale temporaries of killed runs
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
+    `weights` (quantize.parse_weights): linear weights stored int8/int4 (export/quantize.py).
     """
     from ..output_folder import check_replaceable, claim_output
 
     log = log or (lambda line: None)
+    if weights is not None:  # a block size that does not fit: refused before anything starts
+        check_quantizable(PLTConfig.from_json(Path(model_dir) / "config.json"), weights)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
-        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress)
+        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log)
 
 
-def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress) -> Path:
+def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log) -> Path:
     import onnx
     import onnxruntime
 
@@ -248,7 +253,11 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
                       "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
                                  "D": cfg.head_dim, "W": ring_len(cfg)}}
+            quantized = {}
             for name, proto in protos.items():
+                if weights is not None:
+                    quantized[name] = quantize_graph(proto, weights, where=f"{name} graph",
+                                                     tokens=specs[name].one("tokens").name)
                 proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
                 files = save_onnx(proto, tmp / f"{name}.onnx")
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
@@ -267,7 +276,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             manifest = {
                 "format": manifest_lib.FORMAT, "format_version": manifest_lib.FORMAT_VERSION,
                 "model": {"config": cfg.to_dict(), "source": str(model_dir), "sha256": identity},
-                "dtype": dtype, "opset": opset, "max_batch": max_batch, "max_seq": max_seq,
+                "dtype": dtype, "opset": opset,
+                "weights": weights.to_manifest(quantized) if weights else {"format": FLOAT_NAMES[dtype]},
+                "max_batch": max_batch, "max_seq": max_seq,
                 "custom_op": manifest_lib.op_entry(),
                 "graphs": graphs,
                 "cache": cache_layout(cfg, max_seq),
@@ -276,16 +287,15 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 "tolerances": dict(zip(("atol", "rtol"), tolerance("onnxruntime", dtype))),
             }
             manifest_lib.write_manifest(tmp, manifest)
-            if validate:
+            if validate and weights is not None:
+                validate_quantized(tmp, model, dtype, weights, log)
+            elif validate:
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             advance()
             advance()
-            for f in tmp.iterdir():
-                f.chmod(0o644)
-            tmp.chmod(0o755)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            from ..output_folder import publish
+
+            publish(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -338,6 +348,26 @@ def validate_export(folder: Path, model: PLT, dtype: str, max_batch: int = 2, ma
         worst = max(report["results"], key=lambda r: r["used"])
         raise ArtifactError(f"{folder.name}: ONNX Runtime output {worst['name']} differs from PyTorch by max abs "
                             f"{worst['max_abs']:.3g}, allowed {worst['allowed']:.3g} ({report['rule']})")
+    return report
+
+
+def validate_quantized(folder: Path, model: PLT, dtype: str, weights: WeightSpec, log) -> dict:
+    """A quantized export is not expected to match the float model to 1e-5: run it on ONNX Runtime
+    against torch and log its quantization error (check.quant_error, a short token stream). Its
+    bound is `check`'s verdict, not the exporter's: a correct export of a model that quantizes badly
+    (random weights: flat logits) is still the export asked for. ArtifactError if it does not run."""
+    from ..backends.ort_backend import OrtBackend
+    from ..backends.torch_backend import TorchBackend
+    from ..check.quant_error import VALIDATE_POSITIONS, quantization_error
+
+    if dtype == "bfloat16":
+        return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for these graphs"}
+    with OrtBackend(folder) as ort_be:
+        report = quantization_error(TorchBackend(model), ort_be, weights.format, positions=VALIDATE_POSITIONS,
+                                    greedy_tokens=16)
+    verdict = "within" if report["passed"] else "OUTSIDE"
+    log(f"quantization error ({weights.format}, block {weights.block_size}): {report['line']}; {verdict} "
+        f"check's bound")
     return report
 
 

@@ -68,6 +68,15 @@ class Manifest:
         self.dtype: str = data["dtype"]
         self.max_batch: int = data["max_batch"]
         self.max_seq: int = data["max_seq"]
+        # weight storage (export/quantize.py): {"format": "int4", "block_size": 32, "method": "rtn", ...};
+        # manifests written before quantized exports existed have float weights in `dtype`
+        self.weights: dict = data.get("weights") or {"format": {"float32": "fp32", "float16": "fp16",
+                                                                "bfloat16": "bf16"}.get(self.dtype, self.dtype)}
+
+    @property
+    def quantized(self) -> bool:
+        """int8/int4 weights: compared with the float model by quantization error, not parity."""
+        return "block_size" in self.weights
 
     def graph_path(self, graph: str) -> Path:
         return self.folder / self.data["graphs"][graph]["file"]
