@@ -150,3 +150,16 @@ def test_prefill_slots_writes_only_the_joining_rows(tiny_exports):
         np.testing.assert_array_equal(after[name][[0, 2]], before[name][[0, 2]], err_msg=name)
         assert not np.array_equal(after[name][1], before[name][1]), name
     assert s.lengths.tolist() == [6, 5, 6]
+
+
+def test_decode_logits_are_the_callers_own(tiny_exports):
+    """The logits buffer is bound once and rewritten every step: a step's returned logits must not
+    change when the next step runs (regression: a stream of steps stacked to the last one's)."""
+    _, ex = tiny_exports["plt"]
+    s = OrtBackend(ex).start(2, 40)
+    s.prefill(torch.tensor([[1, 5, 6, 7], [1, 8, 9, 0]]), torch.tensor([4, 3]))
+    first = s.decode(torch.tensor([3, 4]))
+    kept = first.clone()
+    second = s.decode(torch.tensor([9, 10]))
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    assert not torch.equal(first, second)

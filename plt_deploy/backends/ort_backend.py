@@ -132,7 +132,7 @@ class OrtSession(DecoderSession):
         for past, spare in list(self._spare.items()):
             self._spare[past], self._bufs[past] = self._bufs[past], spare
         self._lengths = self._lengths + 1
-        return self._logits.float().cpu()
+        return self._logits.to("cpu", torch.float32, copy=True)  # the caller's own copy: the buffer is rewritten
 
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers
