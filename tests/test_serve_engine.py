@@ -249,12 +249,14 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
             handles.append((params, engine.submit(PROMPTS[rng.randrange(10)][:8], params)))
         except InputError:
             refused += 1
+    # the long requests are still running while the fuzz is queued (the 3 edge requests above took
+    # ~9 of their 40 steps); whether they outlast the fuzz itself depends on thread timing, not asserted
+    assert not any(h.done for h in running)
     for params, handle in handles:
         last = list(handle)[-1]
         assert last.finish_reason == "length", (params, last)
     assert refused > 4 and len(handles) > 15, (refused, len(handles))
     for h, want in zip(running, alone):
-        assert not h.done  # still running after the whole fuzz
         assert tokens(h) == want
     engine.stop(timeout=30)
 
