@@ -1,0 +1,109 @@
+"""Each endpoint's handler called alone, without a server or HTTP (plt_deploy/serve/handlers.py),
+and the one table mapping engine errors to status codes (api_errors.py)."""
+
+import asyncio
+import json
+
+import pytest
+
+from plt_deploy.backends.torch_backend import load as load_torch
+from plt_deploy.checkpoint import init_checkpoint
+from plt_deploy.errors import InputError, ModelError
+from plt_deploy.serve.api_errors import APIError, from_engine_error
+from plt_deploy.serve.chat import load_serve_tokenizer
+from plt_deploy.serve.engine import ContextLengthError, Engine, EngineStoppedError, QueueFullError
+from plt_deploy.serve.handlers import (ChatHandler, CompletionsHandler, HealthHandler, MetricsHandler, ModelsHandler,
+                                       ServerSettings)
+from plt_deploy.serve.metrics import Metrics
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    ckpt = init_checkpoint("tiny", tmp_path_factory.mktemp("handlers") / "tiny", mode="plt", seed=5)
+    be = load_torch(ckpt)
+    e = Engine(be, load_serve_tokenizer(ckpt, be.config.vocab_size), slots=2, max_context=64, model_name="tiny",
+               metrics=Metrics("tiny"))
+    yield e
+    e.stop(True, 10.0)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def body(response) -> dict:
+    return json.loads(response.body)
+
+
+def test_health_is_503_until_started_then_200(engine):
+    h = HealthHandler(engine, ServerSettings(replica_id="r7"))
+    if not engine.ready:
+        r = h.check()
+        assert r.status_code == 503 and body(r)["error"]["type"] == "unavailable"
+    engine.start().wait_ready(120)
+    r = h.check()
+    assert r.status_code == 200 and body(r) == {"status": "ok", "replica": "r7"}
+
+
+def test_models_and_metrics_handlers(engine):
+    listed = ModelsHandler(lambda: engine).list()  # an engine client may be a callable (Ray replicas)
+    assert [m["id"] for m in listed["data"]] == ["tiny"] and listed["data"][0]["max_model_len"] == 64
+    r = MetricsHandler(engine).render()
+    assert r.status_code == 200 and b"plt:" in r.body
+
+
+def test_completion_handler_whole_answer(engine):
+    engine.start().wait_ready(120)
+    r = run(CompletionsHandler(engine).create({"prompt": [1, 2, 3], "max_tokens": 5, "ignore_eos": True}))
+    b = body(r)
+    assert b["object"] == "text_completion" and b["choices"][0]["finish_reason"] == "length"
+    assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+
+
+def test_chat_handler_streams_sse_ending_in_done(engine):
+    engine.start().wait_ready(120)
+    r = run(ChatHandler(engine).create({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                        "ignore_eos": True, "stream": True,
+                                        "stream_options": {"include_usage": True}}))
+
+    async def collect():
+        return [part async for part in r.body_iterator]
+    events = run(collect())
+    assert events[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["usage"]["completion_tokens"] == 3 and chunks[-1]["choices"] == []
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("handler, data, status, code, param", [
+    (CompletionsHandler, {"prompt": "x", "n": 2}, 400, "unsupported_field", "n"),
+    (CompletionsHandler, {"prompt": "x", "bogus": 1}, 400, "unsupported_field", "bogus"),
+    (CompletionsHandler, {"prompt": "x", "max_tokens": "5"}, 400, "invalid_value", "max_tokens"),
+    (CompletionsHandler, {"prompt": "x", "max_tokens": 1000}, 400, "max_tokens_too_large", "max_tokens"),
+    (CompletionsHandler, {"prompt": [1 << 30]}, 400, None, "prompt"),
+    (CompletionsHandler, {"prompt": ["a", "b"]}, 400, "unsupported_field", "prompt"),
+    (CompletionsHandler, {"prompt": "x", "model": "other"}, 404, "model_not_found", "model"),
+    (CompletionsHandler, {"prompt": list(range(1, 64)), "max_tokens": 40}, 400, "context_length_exceeded",
+     "max_tokens"),
+    (ChatHandler, {"messages": []}, 400, "invalid_value", "messages"),
+    (ChatHandler, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, None, "messages"),
+])
+def test_handlers_refuse_bad_requests_with_typed_errors(engine, handler, data, status, code, param):
+    engine.start().wait_ready(120)
+    with pytest.raises(APIError) as err:
+        run(handler(engine).create(data))
+    assert (err.value.status, err.value.code, err.value.param) == (status, code, param)
+    assert err.value.response().status_code == status
+
+
+def test_engine_errors_map_to_status_codes_in_one_table():
+    assert (lambda e: (e.status, e.type, e.code))(from_engine_error(QueueFullError("q"))) == \
+        (429, "rate_limit_error", "queue_full")
+    stopped = from_engine_error(EngineStoppedError("s"))
+    assert stopped.status == 503 and stopped.headers == {"Connection": "close"}
+    ctx = from_engine_error(ContextLengthError("too long", "prompt"))
+    assert (ctx.status, ctx.code, ctx.param) == (400, "context_length_exceeded", "prompt")
+    assert from_engine_error(InputError("bad")).status == 400
+    assert from_engine_error(ModelError("nan")) is None  # not a client's fault: the app answers 500
+    assert from_engine_error(RuntimeError("bug")) is None
