@@ -4,8 +4,9 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
   k[i], v[i]      [B, Hkv, T, D]     slot j holds position j. i < n_cache_layers:
                                      plt/vanilla: loop 1's keys (the shared cache), one per layer;
                                      looped: every loop's own cache, i = loop * N + layer.
-  local_k[n], local_v[n]  [B, rows, Hkv, ring_len, D]   G-SWA models: ring buffer of loops 2..L's own
-                                     keys, slot = position % ring_len, ring_len = window.
+  local_k[n], local_v[n]  [B, rows*Hkv, ring_len, D]   G-SWA models: ring buffer of loops 2..L's own
+                                     keys (row r, head h at r*Hkv + h: 4-D like k/v, the layout TensorRT's
+                                     KV-cache update takes), slot = position % ring_len, ring_len = window.
                                      plt: one per layer, rows = L-1 (loops 2..L);
                                      loopcoder: rows = 1, n = (loop - 2) * N + layer (config.n_local_layers).
   carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1 ([B, 0, d] otherwise).
@@ -13,9 +14,10 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
 
 The model writes keys through `update` / `update_local` / `set_carry` and never touches
 `lengths`: whoever drives the decode loop calls `advance` after a step (and `reset` before a new
-prefill). A cache made with `in_place=False` writes out of place (the buffers in its lists are
-replaced by updated copies): that is how export traces the decode graph, whose present_* outputs
-the runtime then binds to the past_* memory.
+prefill). A cache made with `in_place=False` writes out of place through the `plt::kv_cache_update` op (the
+buffers in its lists are replaced by updated copies): that is how export traces the decode graph,
+where every write becomes one ONNX TensorScatter whose present_* output the runtime binds to the
+past_* memory (ops/kv_update.py). Every cache write, of every model mode, goes through `write_at`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import PLTConfig
+from .ops import kv_update
 
 
 def ring_len(config: PLTConfig) -> int:
@@ -49,14 +52,15 @@ def ring_positions(pos: torch.Tensor, n_slots: int) -> torch.Tensor:
 
 
 def write_at(buf: torch.Tensor, slot: torch.Tensor, value: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """Write value[b] into buf[b, ..., slot[b], :] along dim -2.
+    """Write value[b] into buf[b, :, slot[b], :]: the one place a cache is written.
 
-    buf [B, *M, T, D], slot [B] int64, value [B, *M, 1, D]. In place for runtimes (no copy of the
-    cache); out of place when tracing for export (the graph then returns the updated buffer,
-    which the runtime binds to the same memory as the input).
+    buf [B, H, T, D], slot [B] int64, value [B, H, 1, D]. In place for runtimes (no copy of the
+    cache); out of place when tracing for export: `plt::kv_cache_update`, exported as one
+    TensorScatter (linear, axis -2) whose output the runtime binds to the input's memory.
     """
-    index = slot.view(-1, *([1] * (buf.dim() - 1))).expand(value.shape)  # [B, *M, 1, D]
-    return buf.scatter_(-2, index, value) if in_place else buf.scatter(-2, index, value)
+    if in_place:
+        return kv_update.write_in_place(buf, value, slot)
+    return torch.ops.plt.kv_cache_update(buf, value, slot)
 
 
 @dataclass
@@ -75,7 +79,7 @@ class PLTCache:
         Hkv, D = config.n_kv_heads, config.head_dim
         rows = config.local_rows
         full = lambda: torch.zeros(batch, Hkv, max_seq, D, dtype=dtype, device=device)  # noqa: E731
-        ring = lambda: torch.zeros(batch, rows, Hkv, ring_len(config), D, dtype=dtype, device=device)  # noqa: E731
+        ring = lambda: torch.zeros(batch, rows * Hkv, ring_len(config), D, dtype=dtype, device=device)  # noqa: E731
         n_local = config.n_local_layers
         carry_rows = config.loops - 1 if config.has_carry else 0
         return cls(
@@ -94,7 +98,7 @@ class PLTCache:
     @property
     def ring_len(self) -> int:
         """Slots of each local ring (0 without G-SWA)."""
-        return self.local_k[0].shape[3] if self.local_k else 0
+        return self.local_k[0].shape[2] if self.local_k else 0
 
     # Writes (the model calls these) ----------------------------------------------------------
     def update(self, i: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +110,12 @@ class PLTCache:
     def update_local(self, n: int, slot: torch.Tensor, k: torch.Tensor,
                      v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, rows, Hkv, 1, D] at ring slot[b] (= pos % ring_len) of local ring n (plt: loops
-        2..L of layer n; loopcoder: one loop's keys of one layer, see config.n_local_layers)."""
-        self.local_k[n] = write_at(self.local_k[n], slot, k, self.in_place)
-        self.local_v[n] = write_at(self.local_v[n], slot, v, self.in_place)
-        return self.local_k[n], self.local_v[n]
+        2..L of layer n; loopcoder: one loop's keys of one layer, see config.n_local_layers); returns
+        the ring as [B, rows, Hkv, ring_len, D] views of its 4-D buffer."""
+        rows = k.shape[1]
+        self.local_k[n] = write_at(self.local_k[n], slot, k.flatten(1, 2), self.in_place)  # [B, rows*Hkv, W, D]
+        self.local_v[n] = write_at(self.local_v[n], slot, v.flatten(1, 2), self.in_place)
+        return self.local_k[n].unflatten(1, (rows, -1)), self.local_v[n].unflatten(1, (rows, -1))
 
     def set_carry(self, carry: torch.Tensor) -> None:
         """carry [B, L-1, d]: loops 1..L-1's hidden state at the position just decoded."""
@@ -120,12 +126,13 @@ class PLTCache:
 
     def load_prefill(self, k: list[torch.Tensor], v: list[torch.Tensor], local_k: list[torch.Tensor],
                      local_v: list[torch.Tensor], carry: torch.Tensor) -> None:
-        """Copy a prefill's outputs in: k/v [B, Hkv, S, D] into slots 0..S-1, rings and carry whole."""
+        """Copy a prefill's outputs in: k/v [B, Hkv, S, D] into slots 0..S-1, rings ([B, L-1, Hkv, W, D]
+        or flat [B, (L-1)*Hkv, W, D]) and carry whole."""
         S = k[0].shape[2] if k else 0
         for dst, src in zip((*self.k, *self.v), (*k, *v)):
             dst[:, :, :S].copy_(src)
         for dst, src in zip((*self.local_k, *self.local_v), (*local_k, *local_v)):
-            dst.copy_(src)
+            dst.copy_(src.reshape(dst.shape))
         self.carry.copy_(carry)
 
     # Position bookkeeping (the decode loop calls these) --------------------------------------

@@ -24,6 +24,13 @@
 #                     quantized (export --model EXPORT --weights w; block 16, tiny's mlp_hidden is 176),
 #                     built (TensorRT's weight-only block quantization: IDequantizeLayer -> MatMul), and
 #                     checked by quantization error against torch (top-1 agreement bound per format)
+#   KV bytes on device == formula
+#                  a TensorRT session of the first export holds one buffer per cache (bytes =
+#                  cache.kv_bytes_formula) and every in_place output shares its input's address
+#   decode step time flat in T for cache writes
+#                  small preset (fp16) exported once, engines built at --max-seq 128 and 2048: the
+#                  TensorScatter (IKVCacheUpdateLayer) layers' time per step, TensorRT's per-layer
+#                  profiler, must not grow with the cache length (<= 1.5x; a full copy would be ~16x)
 #   pytest-gpu     pytest -m gpu
 #   generate       generate --backend tensorrt on the first preset and first dtype that exported
 #   triton-device  a TensorRT backend on the last GPU (Triton's model_instance_device_id) keeps its caches
@@ -53,7 +60,7 @@ plt() { "$PYTHON" -m plt_deploy "$@"; }  # works with or without the console scr
 # stage NAME CMD...: run CMD with its output in $LOGS/NAME.log; one PASS/FAIL line; returns its status.
 stage() {
   local name=$1; shift
-  local log="$LOGS/${name//[:\/]/_}.log"
+  local log="$LOGS/${name//[:\/ =]/_}.log"
   if "$@" >"$log" 2>&1; then
     echo "PASS $name"
   else
@@ -177,6 +184,30 @@ for preset in $PRESETS; do
     done
   done
 done
+
+# -- in-place KV caches (docs/tensorrt.md "KV caches in place") ------------------------------------
+kv_bytes() { "$PYTHON" -m plt_deploy.check.kv_inplace bytes "$1"; }
+kv_flat() {
+  local ck="$OUT/ckpt-kvflat" ex="$OUT/export-kvflat"
+  plt init --preset small --dtype float16 --out "$ck" --force \
+    && plt export --model "$ck" --out "$ex" --max-batch 1 --max-seq 2048 --force --no-validate || return 1
+  for T in 128 2048; do
+    rm -rf "$ex-$T" && cp -r "$ex" "$ex-$T" \
+      && plt build --onnx "$ex-$T" --plugin "$PLT_TRT_PLUGIN" --max-batch 1 --max-seq "$T" || return 1
+  done
+  "$PYTHON" -m plt_deploy.check.kv_inplace flat "$ex-128" "$ex-2048"
+}
+if [ -n "$first_export" ]; then
+  stage "KV bytes on device == formula" kv_bytes "$first_export" && sed 's/^/    /' "$LOGS/KV_bytes_on_device____formula.log"
+else
+  skip "KV bytes on device == formula" "no export built engines"
+fi
+if [ "$PLUGIN_OK" = 1 ]; then
+  stage "decode step time flat in T for cache writes" kv_flat \
+    && tail -n 1 "$LOGS/decode_step_time_flat_in_T_for_cache_writes.log" | sed 's/^/    /'
+else
+  skip "decode step time flat in T for cache writes" "needs plugin"
+fi
 
 # -- the loading paths that need an export with engines (commands as in plugins/README.md) ----------
 decode_plan() { "$PYTHON" -c 'import sys, json; from pathlib import Path

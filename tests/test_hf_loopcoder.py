@@ -389,7 +389,7 @@ def test_build_path_on_loopcoder_export(hf_export, capsys):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             assert attrs["global_rows"] == 0 and attrs["window"] == cfg.window
             assert attrs["plugin_namespace"] == contract.PLUGIN_NAMESPACE.encode()
-    assert shapes["past_local_key.0"][2] == [2, 1, cfg.n_kv_heads, cfg.window, cfg.head_dim]
+    assert shapes["past_local_key.0"][2] == [2, 1 * cfg.n_kv_heads, cfg.window, cfg.head_dim]  # 4-D rings (TensorScatter)
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -439,3 +439,11 @@ def test_int4_export_of_hf_folder_checks_and_generates(hf_folder, tmp_path, caps
     code, text, err = run_cli(capsys, "generate", "--backend", "onnxruntime", "--model", str(out),
                               "--prompt", "ab", "--max-new-tokens", "4")
     assert code == 0 and text.strip(), err
+
+
+def test_loopcoder_caches_written_by_kv_cache_update(hf_export):
+    """LoopCoder writes its shared K/V and its per-loop rings through the same PLTCache API: every
+    cache output of its decode graph is one TensorScatter in the form TensorRT imports in place."""
+    from test_kv_inplace import assert_caches_written_by_kv_cache_update
+
+    assert_caches_written_by_kv_cache_update(hf_export)

@@ -222,7 +222,8 @@ def test_gpu_check_script_stages_and_dtypes(tmp_path):
     subprocess.run([bash, "-n", str(GPU_CHECK)], check=True)
     text = GPU_CHECK.read_text()
     for name in ("install", "tensorrt", "cuda-toolkit", "plugin", '"$name:export"', '"$name:engines"',
-                 '"$name:check"', "pytest-gpu", "generate", "bench"):
+                 '"$name:check"', '"KV bytes on device == formula"',
+                 '"decode step time flat in T for cache writes"', "pytest-gpu", "generate", "bench"):
         assert re.search(rf"\bstage {re.escape(name)} ", text), name
     assert "cuda_toolkit_line" in text and not re.search(r"-float32\b", text.replace(":-float32", ""))
     proc = subprocess.run([bash, str(GPU_CHECK)], capture_output=True, text=True,
@@ -387,15 +388,15 @@ def test_parser_support_refuses_opset23_ops_on_old_tensorrt(tiny_exports):
 
     from plt_deploy.build.engine import check_parser_support
 
-    cases = [("vanilla", "decode.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # attention + norms
+    cases = [("vanilla", "decode.onnx", "10.13.0.35", "Attention, RMSNormalization, TensorScatter", "10.15"),
              ("plt", "prefill.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # loop 1 attention
-             ("plt", "decode.onnx", "10.14.1.48", "RMSNormalization", "10.15")]  # loop 1 is G-SWA row 0 (G = 1)
+             ("plt", "decode.onnx", "10.14.1.48", "RMSNormalization, TensorScatter", "10.15")]  # loop 1: G-SWA row 0
     for mode, graph, version, ops, need in cases:
         model = onnx.load(str(tiny_exports[mode][1] / graph), load_external_data=False)
         with pytest.raises(ArtifactError) as exc:
             check_parser_support(model, version, graph)
         msg = str(exc.value)
-        assert f"uses ONNX {ops} (opset 23)" in msg and f"from TensorRT {need}; this is TensorRT {version}" in msg, msg
+        assert f"uses ONNX {ops} (opsets 23-24)" in msg and f"from TensorRT {need}; this is TensorRT {version}" in msg, msg
         assert "\n" not in msg
         check_parser_support(model, "10.15.1.29", graph)
         check_parser_support(model, "11.1.0.5", graph)
@@ -546,6 +547,30 @@ def test_gpu_decode_is_graph_captured_and_deterministic(tiny_engines):
             s = be.start(2, 32)
             first = s.prefill(torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]), torch.tensor([4, 2]))
             steps = [s.decode(torch.tensor([11, 12])) for _ in range(6)]
-            assert (s._graphs is not None) == cuda_graph, s.cuda_graph_error
+            assert (s._graph is not None) == cuda_graph, s.cuda_graph_error
             outs.append(torch.stack([first, *steps]))
         torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_one_buffer_per_cache_bytes_equal_formula(tiny_engines):
+    """Every cache output is aliased by the engine (IKVCacheUpdateLayer) and bound to its input's
+    buffer: one device buffer per cache, KV bytes = cache.kv_bytes_formula at the engine's length."""
+    from plt_deploy.check.kv_inplace import kv_bytes_on_device
+
+    r = kv_bytes_on_device(tiny_engines)
+    assert r["passed"] and r["allocated"] == r["formula"] and not r["not_shared"], r
+
+
+def test_decode_profile_fixes_the_cache_length(tiny_export):
+    """The decode profile fixes max_seq (min = opt = max), which pin_fixed_axes makes static in the
+    network: IKVCacheUpdateLayer needs a static cache sequence dim. Prefill keeps its dynamic axes."""
+    from plt_deploy.build.engine import profile_axes
+    from plt_deploy.export.manifest import read_manifest
+
+    m = read_manifest(tiny_export)
+    dec, pre = profile_axes("decode", 4, m.max_seq), profile_axes("prefill", 4, m.max_seq)
+    assert dec["max_seq"] == (m.max_seq,) * 3 and all(lo < hi for lo, _, hi in pre.values())
+    caches = [t for t in m.graphs["decode"].inputs if t.role in ("key", "value", "local_key", "local_value")]
+    assert caches and all(len(t.shape) == 4 and t.shape[2] in ("max_seq", m.config.window) for t in caches)

@@ -1,12 +1,16 @@
 """The ONNX Runtime backend: an export folder (manifest + prefill/decode graphs) behind Backend.
 
 Sessions are built once per backend (graph optimisation on, thread counts settable). A session
-(`OrtSession`) owns preallocated cache buffers in the layout the manifest documents. Each decode
-step binds, through IOBinding, every `in_place` output to the SAME OrtValue as the input its
-`alias_of` names: the graph's ScatterElements then writes the one new slot in place (ORT's
-ScatterElements kernel skips its input->output copy when both are the same buffer), so no step
-copies the past cache. Other state outputs (the carry: a few hidden vectors) are double-buffered.
-Prefill returns the prompt's K/V, which are copied once into the buffers their `alias_of` names.
+(`OrtSession`) owns preallocated cache buffers in the layout the manifest documents, as torch
+tensors on the provider's device (CPU memory, or CUDA memory for the CUDA / TensorRT providers),
+bound to the graphs through IOBinding by address: caches never leave the device. Each decode step
+binds every `in_place` output to the SAME buffer as the input its `alias_of` names: the graph's
+TensorScatter then writes the one new slot in place (ORT's TensorScatter kernel skips its
+past->present copy when both are the same buffer; it logs "in-place optimization not activated"
+otherwise), so no step copies the past cache. Other state outputs (the carry: a few hidden vectors)
+are double-buffered. Prefill returns the prompt's K/V, which are written once into the buffers
+their `alias_of` names; `prefill_slots` writes only the joining rows (one host->device copy of the
+new prompts' K/V on CUDA, the other rows untouched).
 Every tensor name comes from the manifest (found by role, paired by alias_of); none is spelled here.
 """
 
@@ -44,31 +48,22 @@ def resolve_providers(provider: str | None) -> list[str]:
 
 class OrtSession(DecoderSession):
     def __init__(self, backend: "OrtBackend", batch: int, max_seq: int):
-        import onnxruntime as ort
-
         self.be, self.batch, self.max_seq = backend, batch, max_seq
         self.device = backend.device
+        self._dev = torch.device(self.device if self.device == "cpu" else f"cuda:{backend.device_id}")
         spec = backend.manifest.graphs["decode"]
         self._spec = spec
-        self._np_dtype = numpy_dtype(backend.manifest.dtype)
-        self._host: dict[str, np.ndarray] = {}  # CPU: numpy arrays sharing memory with the OrtValues
-        self._bufs: dict[str, ort.OrtValue] = {}
+        self._np_dtype = np.dtype(numpy_dtype(backend.manifest.dtype))
+        self._dtype = torch.from_numpy(np.zeros(0, self._np_dtype)).dtype
         sizes = {"batch": batch, "max_seq": max_seq}
         state = {o.alias_of for o in spec.state_outputs()}
-        for t in spec.inputs:
-            if t.name not in state:  # tokens, position: bound per step
-                continue
-            host = np.zeros(t.concrete(sizes), dtype=self._np_dtype)
-            self._host[t.name] = host
-            self._bufs[t.name] = ort.OrtValue.ortvalue_from_numpy(host, self.device, 0)
-        # Double buffers of state written as a new tensor (the carry), keyed by the input they replace.
-        self._spare: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
-        for o in spec.state_outputs():
-            if not o.in_place:
-                host = np.zeros_like(self._host[o.alias_of])
-                self._spare[o.alias_of] = (host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
-        self._logits = ort.OrtValue.ortvalue_from_numpy(
-            np.zeros((batch, backend.config.vocab_size), dtype=self._np_dtype), self.device, 0)
+        new = lambda shape: torch.zeros(shape, dtype=self._dtype, device=self._dev)  # noqa: E731
+        # One buffer per state input, on the device; ORT reads and writes it through its address.
+        self._bufs: dict[str, torch.Tensor] = {t.name: new(t.concrete(sizes)) for t in spec.inputs if t.name in state}
+        # Spare buffers of state written as a new tensor (the carry), keyed by the input they replace.
+        self._spare = {o.alias_of: torch.zeros_like(self._bufs[o.alias_of]) for o in spec.state_outputs()
+                       if not o.in_place}
+        self._logits = new((batch, backend.config.vocab_size))
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._binding = backend.sessions["decode"].io_binding()
         self._prefilled = False
@@ -78,29 +73,40 @@ class OrtSession(DecoderSession):
         return self._lengths
 
     def kv_bytes(self) -> int:
-        return sum(self._host[t.name].nbytes for t in self._spec.inputs if t.name in self._host and t.role != "carry")
+        role = {t.name: t.role for t in self._spec.inputs}
+        return sum(b.numel() * b.element_size() for name, b in self._bufs.items() if role[name] != "carry")
 
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        self.check_prefill(tokens)
-        B, S = tokens.shape
-        sess = self.be.sessions["prefill"]
+    def _run_prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, np.ndarray]:
         spec = self.be.manifest.graphs["prefill"]
         feeds = {spec.one("tokens").name: tokens.numpy().astype(np.int64),
                  spec.one("lengths").name: lengths.numpy().astype(np.int64)}
-        outs = dict(zip(spec.output_names, sess.run(spec.output_names, feeds)))
+        return dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, feeds)))
+
+    def _write_prefill(self, outs: dict[str, np.ndarray], rows: torch.Tensor | slice, S: int) -> torch.Tensor:
+        """Write a prefill's state outputs into `rows` of the buffers (only those rows) -> logits [k, V]."""
+        spec = self.be.manifest.graphs["prefill"]
         for t in spec.state_outputs():
-            past = t.alias_of  # the decode input this prefill output initialises
-            host = self._host[past]
-            host[...] = 0
-            if t.role in ("key", "value"):
-                host[:, :, :S] = outs[t.name]
+            buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
+            src = torch.from_numpy(outs[t.name]).to(self._dev)  # the new rows only: [k, ...]
+            if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D], slots 0..S-1
+                buf[rows] = 0
+                buf[rows, :, :S] = src
             else:
-                host[...] = outs[t.name]
-            if self.device != "cpu":
-                self._bufs[past].update_inplace(host)
+                buf[rows] = src
+        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [k, V]: last real token
+
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        self.check_prefill(tokens)
+        logits = self._write_prefill(self._run_prefill(tokens, lengths), slice(None), tokens.shape[1])
         self._lengths = lengths.clone().to(torch.int64)
         self._prefilled = True
-        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [B, V]: last real token
+        return logits
+
+    def _bind(self, b, name: str, t: torch.Tensor, output: bool) -> None:
+        kind = "cpu" if t.device.type == "cpu" else "cuda"
+        bind = b.bind_output if output else b.bind_input
+        bind(name, kind, t.device.index or 0, self._np_dtype if t.is_floating_point() else np.int64,
+             list(t.shape), t.data_ptr())
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.check_decode(self._prefilled)
@@ -114,50 +120,33 @@ class OrtSession(DecoderSession):
             elif t.role == "position":
                 b.bind_cpu_input(t.name, self._lengths.numpy().astype(np.int64))
             else:
-                b.bind_ortvalue_input(t.name, self._bufs[t.name])
+                self._bind(b, t.name, self._bufs[t.name], output=False)
         for t in spec.outputs:
             if t.role == "logits":
-                b.bind_ortvalue_output(t.name, self._logits)
-            elif t.in_place:
-                b.bind_ortvalue_output(t.name, self._bufs[t.alias_of])  # in place: same memory as the input
+                self._bind(b, t.name, self._logits, output=True)
+            elif t.in_place:  # in place: the same memory as the input
+                self._bind(b, t.name, self._bufs[t.alias_of], output=True)
             else:  # written as a new tensor (the carry): the spare buffer, swapped in below
-                b.bind_ortvalue_output(t.name, self._spare[t.alias_of][1])
+                self._bind(b, t.name, self._spare[t.alias_of], output=True)
         self.be.sessions["decode"].run_with_iobinding(b)
         for past, spare in list(self._spare.items()):
-            self._spare[past] = (self._host[past], self._bufs[past])
-            self._host[past], self._bufs[past] = spare
+            self._spare[past], self._bufs[past] = self._bufs[past], spare
         self._lengths = self._lengths + 1
-        return torch.from_numpy(self._logits.numpy().astype(np.float32))
+        return self._logits.to("cpu", torch.float32, copy=True)  # the caller's own copy: the buffer is rewritten
 
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers
         (for the carry: the buffer the next decode reads), the other rows untouched."""
         self.check_slots(slots, tokens, lengths)
-        k, S = tokens.shape
-        spec = self.be.manifest.graphs["prefill"]
-        feeds = {spec.one("tokens").name: tokens.numpy().astype(np.int64),
-                 spec.one("lengths").name: lengths.numpy().astype(np.int64)}
-        outs = dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, feeds)))
-        rows = np.asarray(slots, dtype=np.int64)
-        for t in spec.state_outputs():
-            past = t.alias_of  # the decode input this prefill output initialises
-            host = self._host[past]
-            if self.device != "cpu":  # the device copy is the current one
-                host[...] = self._bufs[past].numpy()
-            if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
-                host[rows] = 0
-                host[rows, :, :S] = outs[t.name]
-            else:
-                host[rows] = outs[t.name]
-            if self.device != "cpu":
-                self._bufs[past].update_inplace(host)
-        self._lengths[torch.from_numpy(rows)] = lengths.to(torch.int64)
+        rows = torch.tensor(slots, dtype=torch.int64)
+        logits = self._write_prefill(self._run_prefill(tokens, lengths), rows.to(self._dev), tokens.shape[1])
+        self._lengths[rows] = lengths.to(torch.int64)
         self._prefilled = True
-        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [k, V]
+        return logits
 
     def cache_arrays(self) -> dict[str, np.ndarray]:
-        """Host views of the cache buffers (CPU provider): for tests and debugging."""
-        return dict(self._host)
+        """Host views of the cache buffers (CPU provider; copies on CUDA): for tests and debugging."""
+        return {name: b.numpy() if b.device.type == "cpu" else b.cpu().numpy() for name, b in self._bufs.items()}
 
 
 class OrtBackend(Backend):
@@ -177,6 +166,10 @@ class OrtBackend(Backend):
                                      "export with --dtype float32 or float16")
         self.providers = resolve_providers(provider)
         self.device = _DEVICE.get(self.providers[0], "cpu")
+        self.device_id = 0
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"ONNX Runtime's {self.providers[0]} keeps the caches in CUDA memory through torch, "
+                                     "but this torch has no CUDA; install a CUDA build of torch")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

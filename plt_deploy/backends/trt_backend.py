@@ -14,21 +14,20 @@ A session (`TrtSession`) owns device-resident, preallocated caches: the decode s
 outputs are fixed device addresses, tokens and positions are copied into fixed device buffers,
 and logits come back to the host as torch tensors.
 
-In place or not: TensorRT documents output-to-input aliasing only for layers that declare it
-(IKVCacheUpdateLayer, TensorRT >= 10.15, reported by `ICudaEngine.get_aliased_input_tensor`; and
-plugins through IPluginV3OneBuildV2::getAliasedInput behind a preview feature). Our decode graph
-writes the caches with ONNX ScatterElements, which TensorRT lowers to an ordinary layer that copies
-`data` into its output and then scatters; binding present_* to the SAME address as past_* is not
-a documented contract (the copy would have src == dst, and other layers read past_* in the same
-enqueue). So by default each cache has two device buffers and the step alternates between them
-("ping-pong"): step k reads set k%2 and writes set (k+1)%2; no host copy and no extra device copy
-beyond the one the scatter layer does anyway, at the cost of twice the cache memory. Outputs the
-engine itself reports as aliased (get_aliased_input_tensor == alias_of) share one buffer.
+In place: the decode graph writes every cache with ONNX TensorScatter, which TensorRT's parser
+(>= 10.15) imports as IKVCacheUpdateLayer, whose output must share its cache input's device memory
+(docs/tensorrt.md). The engine reports each such pair through `ICudaEngine.get_aliased_input_tensor`;
+the session binds EVERY output the engine declares aliased to its input's buffer (as Polygraphy's
+TrtRunner does), so each cache is ONE device buffer written one slot per step: KV bytes on the
+device = `cache.kv_bytes_formula`. Loading refuses an engine that does not alias an output the
+manifest marks `in_place` (built by an older TensorRT or from an older export). The one state output
+that is not a cache, the carry (recomputed from itself), is written to a spare buffer and copied
+back into its input buffer at the end of the step (a few hidden vectors).
 
-CUDA graphs: after the first decode step (TensorRT needs one enqueue after shapes are set), the
-step is captured once per parity (two graphs, since the ping-pong alternates addresses) and later
-steps only copy tokens/positions and replay. If capture fails (some engines enqueue host syncs),
-the session falls back to plain `execute_async_v3` and records why in `cuda_graph_error`.
+CUDA graph: after the first decode step (TensorRT needs one enqueue after shapes are set), the
+step (enqueue + carry copy) is captured once, since every address is fixed, and later steps only
+copy tokens/positions and replay. If capture fails (some engines enqueue host syncs), the session
+falls back to plain `execute_async_v3` and records why in `cuda_graph_error`.
 
 Names: every tensor name comes from the manifest (found by role, state paired through alias_of,
 shapes from `IOTensor.concrete`); none is spelled or derived here.
@@ -95,14 +94,15 @@ class TrtSession(DecoderSession):
         self._io = {"tokens": spec.one("tokens").name, "position": spec.one("position").name,
                     "logits": spec.one("logits", "outputs").name}
         dt = _TORCH[backend.manifest.dtype]
-        self._sets: list[dict[str, torch.Tensor]] = [{}, {}]
+        self._bufs: dict[str, torch.Tensor] = {}  # past input -> its one device buffer
+        self._spare: dict[str, torch.Tensor] = {}  # past input -> output buffer of a non-aliased state (carry)
         with torch.cuda.stream(self.stream):
             for t in spec.inputs:
                 if t.name not in self._present:  # tokens, position: fixed buffers below
                     continue
-                a = torch.zeros(t.concrete(self._sizes), dtype=dt, device=self.device)
-                self._sets[0][t.name] = a
-                self._sets[1][t.name] = a if self._present[t.name] in backend.aliased else torch.zeros_like(a)
+                self._bufs[t.name] = torch.zeros(t.concrete(self._sizes), dtype=dt, device=self.device)
+                if self._present[t.name] not in backend.aliases:
+                    self._spare[t.name] = torch.zeros_like(self._bufs[t.name])
             self._tokens = torch.zeros(batch, dtype=torch.int64, device=self.device)
             self._position = torch.zeros(batch, dtype=torch.int64, device=self.device)
             self._logits = torch.empty(batch, backend.config.vocab_size, dtype=dt, device=self.device)
@@ -113,12 +113,12 @@ class TrtSession(DecoderSession):
                 raise InputError(f"decode engine rejects {t.name} of shape {t.concrete(self._sizes)} (outside its "
                                  "profile; rebuild with a larger --max-batch)")
         self._ctx = ctx
+        self._bind()
         self._prefill_ctx = None
-        self._cur = 0  # which buffer set holds the current past_*
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._prefilled = False
         self._steps = 0
-        self._graphs: list | None = None
+        self._graph = None
         self.cuda_graph = backend.cuda_graph
         self.cuda_graph_error: str | None = None
 
@@ -127,15 +127,13 @@ class TrtSession(DecoderSession):
         return self._lengths
 
     def kv_bytes(self) -> int:
-        """Device bytes of the cache buffers (both ping-pong sets), carry excluded."""
-        seen, total = set(), 0
-        for s in self._sets:
-            for name, a in s.items():
-                role = next(t.role for t in self._spec.inputs if t.name == name)
-                if role != "carry" and a.data_ptr() not in seen:
-                    seen.add(a.data_ptr())
-                    total += a.numel() * a.element_size()
-        return total
+        """Device bytes of the cache buffers (one per cache), carry excluded."""
+        role = {t.name: t.role for t in self._spec.inputs}
+        return sum(a.numel() * a.element_size() for name, a in self._bufs.items() if role[name] != "carry")
+
+    def buffer_addresses(self) -> dict[str, int]:
+        """Tensor name -> the device address bound for it (aliased outputs share their input's)."""
+        return {name: int(self._ctx.get_tensor_address(name)) for name in (*self._present, *self._present.values())}
 
     # -- prefill -------------------------------------------------------------------------------
     def _prefill_context(self):
@@ -166,9 +164,8 @@ class TrtSession(DecoderSession):
                 ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
-            live = self._sets[self._cur]
             for t in spec.state_outputs():
-                buf = live[t.alias_of]  # the decode input this prefill output initialises
+                buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
                 if t.role in ("key", "value"):  # [B, Hkv, S, D] -> slots 0..S-1 of [B, Hkv, T, D]
                     buf.zero_()
                     buf[:, :, :S].copy_(outs[t.name])
@@ -202,17 +199,16 @@ class TrtSession(DecoderSession):
 
     @on_device
     def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Prefill k prompts; their caches are written into rows `slots` of the live buffers (the
-        set the next decode reads), the other rows untouched -> last-token logits [k, V]."""
+        """Prefill k prompts; their caches are written into rows `slots` of the buffers (device to
+        device, only those rows), the other rows untouched -> last-token logits [k, V]."""
         self.check_slots(slots, tokens, lengths)
         _, S = tokens.shape
         spec = self.be.manifest.graphs["prefill"]
         with torch.cuda.stream(self.stream):
             outs, _feeds = self._run_prefill_engine(tokens, lengths)
             rows = torch.tensor(slots, dtype=torch.int64, device=self.device)
-            live = self._sets[self._cur]
             for t in spec.state_outputs():
-                buf = live[t.alias_of]  # the decode input this prefill output initialises
+                buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
                 if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
                     buf[rows] = 0
                     buf[rows, :, :S] = outs[t.name]
@@ -224,29 +220,36 @@ class TrtSession(DecoderSession):
         return logits
 
     # -- decode --------------------------------------------------------------------------------
-    def _bind(self, parity: int) -> None:
-        ctx, src, dst = self._ctx, self._sets[parity], self._sets[1 - parity]
+    def _bind(self) -> None:
+        """Every address once: aliased outputs on their input's buffer, the carry on its spare."""
+        ctx, aliases = self._ctx, self.be.aliases
         ctx.set_tensor_address(self._io["tokens"], self._tokens.data_ptr())
         ctx.set_tensor_address(self._io["position"], self._position.data_ptr())
         ctx.set_tensor_address(self._io["logits"], self._logits.data_ptr())
         for past, present in self._present.items():
-            ctx.set_tensor_address(past, src[past].data_ptr())
-            ctx.set_tensor_address(present, dst[past].data_ptr())  # == src[past] for engine-declared aliases
+            ctx.set_tensor_address(past, self._bufs[past].data_ptr())
+        for present, past in aliases.items():  # every engine-declared alias, not only the manifest's
+            if not ctx.set_tensor_address(present, self._bufs[past].data_ptr()):
+                raise ArtifactError(f"TensorRT refused the address of {present} (aliased to {past})")
+        for past, spare in self._spare.items():
+            ctx.set_tensor_address(self._present[past], spare.data_ptr())
+
+    def _step(self) -> None:
+        """One decode enqueue on self.stream: caches written in place, the carry copied back."""
+        if not self._ctx.execute_async_v3(self.stream.cuda_stream):
+            raise ArtifactError("TensorRT decode enqueue failed (see the TensorRT log above)")
+        for past, spare in self._spare.items():
+            self._bufs[past].copy_(spare)
 
     def _capture(self) -> None:
-        """One CUDA graph per parity; on failure fall back to plain enqueues and say why."""
-        graphs = []
+        """One CUDA graph of the step (all addresses fixed); on failure fall back to plain enqueues and say why."""
         try:
-            for parity in (0, 1):
-                self._bind(parity)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, stream=self.stream, capture_error_mode="thread_local"):
-                    if not self._ctx.execute_async_v3(self.stream.cuda_stream):
-                        raise RuntimeError("execute_async_v3 returned False during capture")
-                graphs.append(g)
-            self._graphs = graphs
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=self.stream, capture_error_mode="thread_local"):
+                self._step()
+            self._graph = g
         except Exception as exc:  # noqa: BLE001  (capture errors come from CUDA, torch or TensorRT)
-            self._graphs = None
+            self._graph = None
             self.cuda_graph = False
             self.cuda_graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -256,24 +259,21 @@ class TrtSession(DecoderSession):
         with torch.cuda.stream(self.stream):
             self._tokens.copy_(tokens.reshape(-1).to(torch.int64))
             self._position.copy_(self._lengths)
-            if self._graphs is not None:
-                self._graphs[self._cur].replay()
+            if self._graph is not None:
+                self._graph.replay()
             else:
-                self._bind(self._cur)
-                if not self._ctx.execute_async_v3(self.stream.cuda_stream):
-                    raise ArtifactError("TensorRT decode enqueue failed (see the TensorRT log above)")
+                self._step()
             logits = self._logits.float().cpu()  # synchronises the stream
         self._steps += 1
-        if self.cuda_graph and self._graphs is None and self._steps == 1:
+        if self.cuda_graph and self._graph is None and self._steps == 1:
             self._capture()  # after the first real enqueue; capturing does not run anything
-        self._cur = 1 - self._cur
         self._lengths = self._lengths + 1
         return logits
 
     def close(self) -> None:
-        self._graphs = None
+        self._graph = None
         self._ctx = self._prefill_ctx = None
-        self._sets = [{}, {}]
+        self._bufs, self._spare = {}, {}
 
 
 class TrtBackend(Backend):
@@ -316,12 +316,8 @@ class TrtBackend(Backend):
                                         f"rebuild with `plt-deploy build --onnx {export_dir}`")
                 self._check_io(engine, graph, path)
             self.engines[graph] = engine
-        dec = self.engines["decode"]
-        get_alias = getattr(dec, "get_aliased_input_tensor", None)  # TensorRT >= 10.15
-        self.aliased = set()  # outputs the engine itself declares aliased to their input: one buffer
-        for o in manifest.graphs["decode"].state_outputs():
-            if o.in_place and get_alias is not None and get_alias(o.name) == o.alias_of:
-                self.aliased.add(o.name)
+        self.aliases = engine_aliases(self.trt, self.engines["decode"])  # output -> input sharing its memory
+        check_aliases(self.aliases, manifest.graphs["decode"], plans["decode"])
 
     def _check_io(self, engine, graph: str, path: Path) -> None:
         """The plan's I/O names, directions and dtypes are the manifest's; no output has a data-dependent (-1) dim."""
@@ -361,6 +357,29 @@ class TrtBackend(Backend):
     def close(self) -> None:
         self.engines.clear()
         self._runtime = None
+
+
+def engine_aliases(trt, engine) -> dict[str, str]:
+    """Every output the engine declares aliased to an input (IKVCacheUpdateLayer: TensorRT >= 10.15)."""
+    get_alias = getattr(engine, "get_aliased_input_tensor", None)
+    out = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if get_alias is not None and engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            alias = get_alias(name)
+            if alias:
+                out[name] = alias
+    return out
+
+
+def check_aliases(aliases: dict[str, str], spec, where) -> None:
+    """Every `in_place` output of the manifest must be aliased by the engine to its alias_of input;
+    otherwise the caches would need a second buffer (the engine was not built from TensorScatter)."""
+    for o in spec.state_outputs():
+        if o.in_place and aliases.get(o.name) != o.alias_of:
+            raise ArtifactError(f"{where}: the engine does not write {o.name} in place of {o.alias_of} "
+                                f"(aliased to {aliases.get(o.name)!r}); it needs TensorRT >= 10.15 and an export "
+                                "with TensorScatter cache writes: re-export, then `plt-deploy build`")
 
 
 def engine_limits(manifest, section: dict) -> SessionLimits:

@@ -16,10 +16,14 @@ Plugin vs function (FACTS.md): every G-SWA node carries `plugin_namespace`/`plug
 the parser (10.7+) uses the registered plugin instead of the model-local function. No parser flag:
 `OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE` applies to every node, and once the standard plugin library
 is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would turn the decode
-graph's ScatterElements nodes into legacy plugin layers that the runner cannot load.
+graph's cache writes (ScatterElements before issue 16) into legacy plugin layers.
 
 Profiles: prefill batch 1..max_batch x prompt 1..max_seq; decode batch 1..max_batch with the cache
-length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly).
+length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly), and that
+length made static in the parsed network (`pin_fixed_axes`): the decode graph writes every cache
+with ONNX TensorScatter, which the parser imports as IKVCacheUpdateLayer, whose cache input must be
+a network input with a static sequence dim; its output then shares the input's memory
+(`ICudaEngine.get_aliased_input_tensor`), which the runtime binds (backends/trt_backend.py).
 Networks are strongly typed (always in TensorRT 11; the flag in 10.x): precision is the export's
 dtype. TF32 is switched off for float32 exports so they match ONNX Runtime within 1e-4.
 
@@ -107,9 +111,29 @@ def profile_shapes(spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> di
     return out
 
 
+def pin_fixed_axes(network, spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Make every network input dim whose profile range is one value (the decode graph's max_seq)
+    static in the network itself: IKVCacheUpdateLayer, which TensorRT's parser makes of each
+    TensorScatter, needs its cache input's sequence dim static (docs/tensorrt.md). Returns the
+    inputs changed."""
+    fixed = {name: lo for name, (lo, _, hi) in axes.items() if lo == hi}
+    by_name = {t.name: t for t in spec.inputs}
+    changed = []
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        t = by_name.get(tensor.name)
+        if t is None or not any(isinstance(d, str) and d in fixed for d in t.shape):
+            continue
+        tensor.shape = tuple(fixed[d] if isinstance(d, str) and d in fixed else (-1 if isinstance(d, str) else d)
+                             for d in t.shape)
+        changed.append(tensor.name)
+    return changed
+
+
 def check_parser_support(model, trt_version: str, where: str | Path) -> None:
     """Refuse, before parsing, a graph this TensorRT's ONNX parser cannot import (PARSER_OP_MIN: the
-    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23)."""
+    exports' causal attention is ONNX Attention, their norms RMSNormalization, both opset 23, their
+    decode cache writes TensorScatter, opset 24)."""
     import onnx
 
     have = availability.version_tuple(trt_version)[:2]
@@ -117,7 +141,7 @@ def check_parser_support(model, trt_version: str, where: str | Path) -> None:
     missing = sorted(op for op in used & set(PARSER_OP_MIN) if have < PARSER_OP_MIN[op])
     if missing:
         need = ".".join(map(str, max(PARSER_OP_MIN[op] for op in missing)))
-        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opset 23), which TensorRT's ONNX parser imports "
+        raise ArtifactError(f"{where}: uses ONNX {', '.join(missing)} (opsets 23-24), which TensorRT's ONNX parser imports "
                             f"from TensorRT {need}; this is TensorRT {trt_version}: pip install 'tensorrt>={need}'")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > PARSER_MAX_OPSET:
@@ -217,6 +241,7 @@ def build_plan(trt, onnx_path: Path, spec: GraphSpec, axes: dict, dtype: str, op
     from polygraphy.exception import PolygraphyException
 
     network, how, n_plugin = parse_network(trt, onnx_path, expect_plugin_nodes)
+    pin_fixed_axes(network[1], spec, axes)
     shapes = profile_shapes(spec, axes)
     profile = Profile()
     for name, (lo, opt, hi) in shapes.items():

@@ -12,8 +12,8 @@ from ..config import MIN_EXPORT_SEQ
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Export folder to write (export/NAME).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"]),
               help="Weight and activation dtype (default: the checkpoint's).")
-@click.option("--opset", type=click.IntRange(min=23, max=25), default=24, show_default=True,
-              help="ONNX opset (23..25: ONNX's standard Attention; 24 adds nonpad_kv_seqlen).")
+@click.option("--opset", type=click.IntRange(min=24, max=25), default=24, show_default=True,
+              help="ONNX opset (24..25: TensorScatter, the in-place cache write, and ONNX's standard Attention).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
 @click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")

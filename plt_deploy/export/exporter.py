@@ -32,11 +32,11 @@ from .quantize import FLOAT_WEIGHTS, WeightSpec, check_quantizable, quantize_gra
 
 FLOAT_NAMES = {v: k for k, v in FLOAT_WEIGHTS.items()}  # float32 -> fp32: the manifest's weights.format
 
-DEFAULT_OPSET = 24  # ONNX Attention (23) with nonpad_kv_seqlen (24): the G-SWA decode body needs no global mask
+DEFAULT_OPSET = 24  # TensorScatter (24) for in-place cache writes; Attention (23) with nonpad_kv_seqlen (24)
 EXTERNAL_DATA_LIMIT = 2 * 1024**3  # protobuf's hard 2 GB limit for one message
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 # The IR version each opset needs; onnxruntime 1.31/1.32 refuse IR 14 (onnx 1.23's default) and load <= 13.
-IR_FOR_OPSET = {23: 11, 24: 12, 25: 13}
+IR_FOR_OPSET = {24: 12, 25: 13}
 
 
 class PrefillGraph(torch.nn.Module):
@@ -48,12 +48,12 @@ class PrefillGraph(torch.nn.Module):
 
     def forward(self, input_ids, lengths):
         logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
-        out = (logits, *k, *v, *lk, *lv)
+        out = (logits, *k, *v, *(r.flatten(1, 2) for r in (*lk, *lv)))  # rings as stored: [B, rows*Hkv, W, D]
         return out + ((carry,) if self.model.cfg.has_carry else ())
 
 
 class DecodeGraph(torch.nn.Module):
-    """decode_core over an out-of-place PLTCache (writes become ScatterElements), flat I/O in io_spec order."""
+    """decode_core over an out-of-place PLTCache (each write becomes one TensorScatter), flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
@@ -201,8 +201,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
 
     model_dir, out = Path(model_dir), Path(out)
     if opset not in IR_FOR_OPSET:
-        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 23: ONNX's standard "
-                         f"Attention, used by every attention and the G-SWA function body; <= 25: IR <= 13, what "
+        raise InputError(f"--opset must be one of {', '.join(map(str, IR_FOR_OPSET))} (>= 24: TensorScatter, "
+                         f"the in-place cache write, and ONNX's standard Attention; <= 25: IR <= 13, what "
                          f"ONNX Runtime loads), got {opset}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
@@ -308,21 +308,23 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
     """The manifest's description of the decoder state (see plt_deploy/cache.py)."""
     layout = {
         "kv": {"shape": ["batch", "kv_heads", "max_seq", "head_dim"], "layers": cfg.n_cache_layers,
-               "slot": "slot j holds position j; written at `position` by the decode graph (ScatterElements), "
-                       "prefill returns slots 0..prompt-1",
+               "slot": "slot j holds position j; written at `position` by the decode graph (one TensorScatter "
+                       "per cache), prefill returns slots 0..prompt-1",
                "meaning": "loop 1 keys/values (the shared cache)" if cfg.mode != "looped"
                else "every loop's own cache, index = loop * n_layers + layer"},
-        "in_place": "decode present_key.i/present_value.i/present_local_* are the past_* buffers with one slot "
-                    "written: bind each output with in_place to the SAME buffer as the input its alias_of names",
+        "in_place": "decode present_key.i/present_value.i/present_local_* are TensorScatter(past_*, one slot, "
+                    "linear, axis -2): bind each output with in_place to the SAME buffer as the input its alias_of "
+                    "names (TensorRT's KVCacheUpdate requires it; ONNX Runtime then skips the copy)",
         "attention_reads": "the decode graph's causal attention reads the whole max_seq buffer with a position "
                            "mask (a read, no copy); per-step cost grows with max_seq, not with a cache copy",
         "position": "tokens already cached per sequence (next position); kept by the runner, per sequence",
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
     }
     if cfg.uses_gswa:
-        layout["local_ring"] = {"shape": ["batch", cfg.local_rows, "kv_heads", ring_len(cfg), "head_dim"],
+        layout["local_ring"] = {"shape": ["batch", f"{cfg.local_rows}*kv_heads", ring_len(cfg), "head_dim"],
                                 "layers": cfg.n_local_layers,
-                                "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window",
+                                "slot": "position % ring slots; loops 2..L's own keys for the G-SWA window; "
+                                        "axis 1 holds row r, kv head h at r * kv_heads + h",
                                 "meaning": "one ring per layer per loop 2..L, index = (loop - 2) * n_layers + layer"
                                 if cfg.mode == "loopcoder" else "one ring per layer, rows = loops 2..L"}
     if cfg.has_carry:

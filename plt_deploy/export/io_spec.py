@@ -13,16 +13,19 @@ Graphs (two, see export/README.md for why):
   prefill  input_ids [batch, prompt] int64, lengths [batch] int64
            -> logits [batch, vocab] (each prompt's last real token), present_key.i / present_value.i
               [batch, kv_heads, prompt, head_dim] (cache slots 0..prompt-1),
-              plt and loopcoder: present_local_key.n / present_local_value.n [batch, rows, kv_heads, ring,
+              plt and loopcoder: present_local_key.n / present_local_value.n [batch, rows*kv_heads, ring,
               head_dim] (config.n_local_layers of them, rows = config.local_rows),
               plt only: present_carry [batch, loops - 1, d_model]
   decode   input_ids [batch], position [batch] int64 (= tokens already cached per sequence),
            past_key.i / past_value.i [batch, kv_heads, max_seq, head_dim] (preallocated),
            plt and loopcoder: past_local_key.n / past_local_value.n; plt only: past_carry
            -> logits [batch, vocab], present_* of the SAME shapes as past_*.
-           present_key.i / present_value.i / present_local_* are ScatterElements of past_* at
-           `position` (`in_place`: a runner may bind each to the memory of its past_*); the carry
-           is recomputed from itself, so it needs its own buffer.
+           present_key.i / present_value.i / present_local_* are each ONE TensorScatter (opset 24,
+           linear, axis -2) of past_* at `position` (or `position % ring`), the form TensorRT
+           imports as IKVCacheUpdateLayer (`in_place`: a runner binds each to the memory of its
+           past_*; TensorRT requires it); the carry is recomputed from itself, so it needs its own
+           buffer. All caches are 4-D [batch, heads, slots, head_dim]: a ring's rows (loops 2..L)
+           and kv heads share axis 1 (row r, head h at r * kv_heads + h).
 
 Pairing (`alias_of`, every output but logits): a decode output names the decode input it replaces
 for the next step; a prefill output names the decode input it initialises (prefill's
@@ -50,7 +53,7 @@ class IOTensor:
     role: str  # tokens | lengths | position | logits | key | value | local_key | local_value | carry
     index: int = 0  # layer / cache index for cache roles
     alias_of: str | None = None  # outputs: the decode input this output is the next value of (see module doc)
-    in_place: bool = False  # decode outputs: may share its alias_of input's buffer (one-slot scatter)
+    in_place: bool = False  # decode outputs: a TensorScatter of its alias_of input, bound to that input's buffer
 
     def concrete(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The shape with every named axis replaced by sizes[axis]: the one named-axis resolver."""
@@ -130,9 +133,9 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
             for i in range(cfg.n_cache_layers)]
     if cfg.uses_gswa:
         rows, wc = cfg.local_rows, ring_len(cfg)
-        out += [IOTensor(f"{prefix}local_key.{n}", ("batch", rows, Hkv, wc, D), dtype, "local_key", n)
+        out += [IOTensor(f"{prefix}local_key.{n}", ("batch", rows * Hkv, wc, D), dtype, "local_key", n)
                 for n in range(cfg.n_local_layers)]
-        out += [IOTensor(f"{prefix}local_value.{n}", ("batch", rows, Hkv, wc, D), dtype, "local_value", n)
+        out += [IOTensor(f"{prefix}local_value.{n}", ("batch", rows * Hkv, wc, D), dtype, "local_value", n)
                 for n in range(cfg.n_local_layers)]
     if cfg.has_carry:
         out.append(IOTensor(f"{prefix}carry", ("batch", cfg.loops - 1, cfg.d_model), dtype, "carry"))

@@ -22,7 +22,8 @@ from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "plt-deploy.onnx-export"
-FORMAT_VERSION = 2  # 2: every state output has alias_of (prefill too) and in_place
+FORMAT_VERSION = 3  # 2: every state output has alias_of (prefill too) and in_place; 3: cache writes are
+# TensorScatter (in place, TensorRT KVCacheUpdate), rings 4-D [batch, rows*kv_heads, ring, head_dim]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -96,7 +97,8 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
         raise ArtifactError(f"{path}: not a plt-deploy ONNX export manifest")
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: manifest format version {data.get('format_version')!r}, this plt-deploy "
-                            f"reads {FORMAT_VERSION}; re-export the model")
+                            f"reads {FORMAT_VERSION} (in-place TensorScatter cache writes, 4-D rings); re-export "
+                            f"the model with `plt-deploy export`")
     try:
         op = data["custom_op"]
         contract.check_version(op.get("version"), str(path))  # a v1 export: one line, how to re-export

@@ -19,7 +19,7 @@ import json
 import onnx
 from onnx import FunctionProto, TensorProto, helper
 
-from ..ops import contract
+from ..ops import contract, kv_update
 
 MIN_OPSET = 23  # ONNX's standard Attention (grouped-query heads, boolean mask)
 PLUGIN_VERSION = str(contract.OP_VERSION)
@@ -49,7 +49,8 @@ def translation_table() -> dict:
 
     plt::gated_sliding_window_attention -> one plt node (its function attached afterwards);
     plt::causal_attention -> one standard `Attention` (opset 23), the same node for vanilla's,
-    looped's and PLT loop 1's causal attention so that their costs compare fairly.
+    looped's and PLT loop 1's causal attention so that their costs compare fairly;
+    plt::kv_cache_update -> one standard `TensorScatter` (opset 24, linear, axis -2): every cache write.
     """
     import torch
     from onnxscript import opset23, values
@@ -72,8 +73,15 @@ def translation_table() -> dict:
     def attention_onnx(query, key, value, mask, scale: float):
         return opset23.Attention(query, key, value, mask, scale=float(scale))[0]  # extra outputs trimmed later
 
+    kv_opset = values.Opset("", kv_update.ONNX_OPSET)  # onnxscript 0.7 has no opset24 module; the schema is onnx's
+
+    def kv_update_onnx(cache, update, write_indices):
+        return getattr(kv_opset, kv_update.ONNX_OP)(cache, update, write_indices, axis=kv_update.AXIS,
+                                                   mode=kv_update.MODE)
+
     return {torch.ops.plt.gated_sliding_window_attention.default: gswa_onnx,
-            torch.ops.plt.causal_attention.default: attention_onnx}
+            torch.ops.plt.causal_attention.default: attention_onnx,
+            torch.ops.plt.kv_cache_update.default: kv_update_onnx}
 
 
 def trim_attention_outputs(model: onnx.ModelProto) -> int:
