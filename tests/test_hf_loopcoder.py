@@ -418,6 +418,29 @@ def test_check_and_layout_commands_on_hf_folder(hf_folder, hf_export, capsys):
     assert code == 0 and "model.gate_projections.1.bias" in out and "negated at load" in out, out + err
 
 
+def test_int4_export_of_hf_folder_checks_and_generates(hf_folder, tmp_path, capsys):
+    """`export --weights int4` straight from a Hugging Face folder (its config.json is HF's, not ours):
+    linear weights fused into MatMulNBits, `check` reports quantization error, `generate` runs."""
+    import onnx
+
+    from cli_helpers import run_cli
+
+    out = tmp_path / "int4"
+    code, _, err = run_cli(capsys, "export", "--model", str(hf_folder), "--out", str(out), "--weights", "int4",
+                           "--block-size", "32", "--max-seq", "48", "--max-batch", "2", "--no-validate")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert code == 0 and manifest["weights"]["format"] == "int4" and manifest["weights"]["block_size"] == 32, err
+    dq = [n for n in onnx.load(str(out / "decode.onnx")).graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == manifest["weights"]["quantized_tensors"]["decode"] > 0
+    code, out_text, err = run_cli(capsys, "check", "--model", str(hf_folder), "--onnx", str(out), "--steps", "4",
+                                  "--new-tokens", "4", "--report", str(tmp_path / "r.json"))
+    q = json.loads((tmp_path / "r.json").read_text())["backends"]["onnxruntime"]["quantization"]
+    assert "quantization error" in out_text and 0 < q["logit_rms_error_relative"] < 1, out_text + err
+    code, text, err = run_cli(capsys, "generate", "--backend", "onnxruntime", "--model", str(out),
+                              "--prompt", "ab", "--max-new-tokens", "4")
+    assert code == 0 and text.strip(), err
+
+
 def test_loopcoder_caches_written_by_kv_cache_update(hf_export):
     """LoopCoder writes its shared K/V and its per-loop rings through the same PLTCache API: every
     cache output of its decode graph is one TensorScatter in the form TensorRT imports in place."""
