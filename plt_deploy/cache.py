@@ -12,9 +12,9 @@ Layout (one tensor per layer, so that exported graphs can bind each buffer in pl
   carry           [B, L-1, d]        plt only: h_l(t-1) for loops l = 1..L-1 ([B, 0, d] otherwise).
   lengths         [B] int64          tokens cached per sequence (= next position).
 
-The model writes keys through `update` / `update_local` / `set_carry` and never touches
-`lengths`: whoever drives the decode loop calls `advance` after a step (and `reset` before a new
-prefill). A cache made with `in_place=False` writes out of place through the `plt::kv_cache_update` op (the
+The model writes keys through `update` / `update_local` / `set_local` / `set_carry` and never touches
+`lengths`: whoever drives the decode loop calls `advance` after a step or sets the lengths after an
+extend (a runtime session: backends/base.py). A cache made with `in_place=False` writes out of place through the `plt::kv_cache_update` op (the
 buffers in its lists are replaced by updated copies): that is how export traces the decode graph,
 where every write becomes one ONNX TensorScatter whose present_* output the runtime binds to the
 past_* memory (ops/kv_update.py). Every cache write, of every model mode, goes through `write_at`.
@@ -117,23 +117,28 @@ class PLTCache:
         self.local_v[n] = write_at(self.local_v[n], slot, v.flatten(1, 2), self.in_place)
         return self.local_k[n].unflatten(1, (rows, -1)), self.local_v[n].unflatten(1, (rows, -1))
 
+    def local_row(self, n: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row `row` of local ring n as [B, Hkv, ring_len, D] views (extend reads one loop's ring)."""
+        Hkv = self.k[0].shape[1]
+        return (self.local_k[n][:, row * Hkv:(row + 1) * Hkv], self.local_v[n][:, row * Hkv:(row + 1) * Hkv])
+
+    def set_local(self, n: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace local ring n whole: rows[r] = (k, v) [B, Hkv, ring_len, D] for each of its rows
+        (extend rewrites a ring from its old content and the chunk: at most w slots, never the caches)."""
+        k = torch.cat([r[0] for r in rows], dim=1)  # [B, rows*Hkv, W, D]
+        v = torch.cat([r[1] for r in rows], dim=1)
+        if self.in_place:
+            self.local_k[n].copy_(k)
+            self.local_v[n].copy_(v)
+        else:
+            self.local_k[n], self.local_v[n] = k, v
+
     def set_carry(self, carry: torch.Tensor) -> None:
         """carry [B, L-1, d]: loops 1..L-1's hidden state at the position just decoded."""
         if self.in_place:
             self.carry.copy_(carry)
         else:
             self.carry = carry
-
-    def load_prefill(self, k: list[torch.Tensor], v: list[torch.Tensor], local_k: list[torch.Tensor],
-                     local_v: list[torch.Tensor], carry: torch.Tensor) -> None:
-        """Copy a prefill's outputs in: k/v [B, Hkv, S, D] into slots 0..S-1, rings ([B, L-1, Hkv, W, D]
-        or flat [B, (L-1)*Hkv, W, D]) and carry whole."""
-        S = k[0].shape[2] if k else 0
-        for dst, src in zip((*self.k, *self.v), (*k, *v)):
-            dst[:, :, :S].copy_(src)
-        for dst, src in zip((*self.local_k, *self.local_v), (*local_k, *local_v)):
-            dst.copy_(src.reshape(dst.shape))
-        self.carry.copy_(carry)
 
     # Position bookkeeping (the decode loop calls these) --------------------------------------
     def advance(self, n: int | torch.Tensor = 1) -> None:

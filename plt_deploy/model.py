@@ -14,9 +14,10 @@ One N-layer block stack `f` applied L times with the same weights.
           The published gate weights the GLOBAL part; checkpoint.py negates it at load so that it
           is exactly our op's gate on the local part (1 - sigmoid(x) = sigmoid(-x)).
 
-Entry points: `forward` (training / full-sequence logits), `prefill` and `decode_step` (cached
-decoding over a `PLTCache`; export traces `prefill_core` and `decode_core` with a cache that
-writes out of place). Quantities that depend only on the step (RoPE rows, the causal mask, the
+Entry points: `forward` (training / full-sequence logits, the reference), `extend` (continue
+any sequences by a chunk of tokens from their cached state: prefill from 0 is the special case)
+and `decode_step` over a `PLTCache`; export traces `extend_core` and `decode_core` with a cache
+that writes out of place. Quantities that depend only on the step (RoPE rows, the causal mask, the
 ring slot and its positions) are computed once per call, never per layer.
 """
 
@@ -68,6 +69,23 @@ class Linear(nn.Linear):
         if rows == 1 or rows > self.SMALL_M:  # one row: F.linear's GEMV is as fast
             return F.linear(x, self.weight)
         return (self.weight @ x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], self.out_features)
+
+
+def _take_rows(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """h [B, S, d], index [B] -> h[b, index[b]] as [B, d]."""
+    return torch.gather(h, 1, index[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0]
+
+
+def ring_refresh_index(start_pos: torch.Tensor, last: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """Where each ring slot's new content lies in [ring before the chunk (n_slots), chunk (S)].
+
+    After a chunk starting at start_pos[b] whose last real token is index last[b], ring slot i
+    holds the largest position p <= start_pos + last with p % n_slots == i: from the chunk
+    (index n_slots + p - start_pos) if p >= start_pos, else unchanged (index i). [B] -> [B, n_slots].
+    """
+    p = cache_lib.ring_positions(start_pos + last, n_slots)  # [B, n_slots]
+    slots = torch.arange(n_slots, device=start_pos.device)[None, :]
+    return torch.where(p >= start_pos[:, None], n_slots + p - start_pos[:, None], slots)
 
 
 def rope_tables(head_dim: int, max_seq: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,24 +227,23 @@ class PLT(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(h))
 
-    # Full sequence (training and prefill) ----------------------------------------------------
+    # Full sequence (training, and the reference for cached decoding) ---------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> logits [B, S, V] (all positions, no cache)."""
-        return self.logits(self.prefill_hidden(tokens, None)[0])
+        return self.logits(self.hidden(tokens))
 
-    def prefill_hidden(self, tokens: torch.Tensor, lengths: torch.Tensor | None):
-        """Full-sequence forward from position 0 over right-padded prompts.
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full-sequence forward from position 0 without a cache: H [B, S, d] of the last loop.
 
-        tokens [B, S], lengths [B] (None: all S). Returns (H [B, S, d] of the last loop, k, v,
-        local_k, local_v, carry): k/v lists of [B, Hkv, S, D] (cache slots 0..S-1), local rings
-        [B, L-1, Hkv, ring_len, D] holding each loop's keys at the last ring_len real positions,
-        and carry [B, L-1, d] = loops 1..L-1's hidden state at the last real position.
+        The plain form of the equations (module docstring): each loop over the whole sequence, K/V
+        of loop 1 kept for the later loops' global attention, loops >= 2 attending to their own keys
+        in the window through the G-SWA op. `extend_core` computes the same thing chunk by chunk.
         """
         cfg = self.cfg
         B, S = tokens.shape
         pos = torch.arange(S, device=tokens.device)[None, :].expand(B, S)  # [B, S]
-        cos, sin = self.rope_at(pos)  # once per prefill
-        mask = causal_mask(pos, S)  # [B, 1, S, S], once per prefill
+        cos, sin = self.rope_at(pos)  # once per call
+        mask = causal_mask(pos, S)  # [B, 1, S, S], once per call
         E = self.embed(tokens)  # [B, S, d]
         ks, vs = [], []
 
@@ -237,65 +254,116 @@ class PLT(nn.Module):
                 return self.layers[n].attn.causal(q, k, v, mask)
             return attend
 
-        last = (lengths if lengths is not None else torch.full((B,), S, device=tokens.device)) - 1  # [B]
-        if not cfg.uses_gswa:  # vanilla and looped: each loop has its own causal cache
+        if not cfg.uses_gswa:  # vanilla and looped: each loop attends causally to its own keys
             x = E
             for _ in range(cfg.loops):
                 x = self.run_block_stack(x, cos, sin, causal_keep)
-            empty = E.new_zeros(B, 0, cfg.d_model)
-            return x, ks, vs, [], [], empty
+            return x
 
-        wc = cache_lib.ring_len(cfg)
-        ring_pos = cache_lib.ring_positions(last, wc).clamp_min(0)  # [B, ring_len] chunk index per slot
-        local_k = [[] for _ in range(cfg.n_local_layers)]
-        local_v = [[] for _ in range(cfg.n_local_layers)]
+        def own_window(n: int) -> Attend:
+            def attend(q, k, v):  # loops >= 2: R = 1 row, G = 0, local keys = the sequence's own
+                return self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos, 0)[:, 0]
+            return attend
 
-        def gswa_loop(loop: int) -> Callable[[int], Attend]:
-            def for_layer(n: int) -> Attend:
-                ring = n if cfg.mode == "plt" else (loop - 1) * cfg.n_layers + n  # see config.n_local_layers
-
-                def attend(q, k, v):  # loops >= 2: R = 1 row, G = 0, local keys = the chunk's own
-                    idx = ring_pos[:, None, :, None].expand(B, k.shape[1], wc, k.shape[3])
-                    local_k[ring].append(torch.gather(k, 2, idx))  # [B, Hkv, ring_len, D]
-                    local_v[ring].append(torch.gather(v, 2, idx))
-                    y = self.layers[n].attn.gswa(q[:, None], ks[n], vs[n], k[:, None], v[:, None], pos, pos, 0)
-                    return y[:, 0]  # [B, Hq, S, D]
-                return attend
-            return for_layer
-
-        H = self.run_block_stack(E, cos, sin, causal_keep)  # loop 1 fills the shared cache
-        carry = [H]
-        for loop in range(1, cfg.loops):
+        H = self.run_block_stack(E, cos, sin, causal_keep)  # loop 1: its K/V are the shared cache
+        for _ in range(1, cfg.loops):
             if cfg.mode == "loopcoder":  # loop l reads H_{l-1} at the same position
                 x = H
             else:
                 shifted = F.pad(H, (0, 0, 1, 0))[:, :S]  # shift_right: zeros at position 0
                 x = cfg.input_scale * E + cfg.carry_scale * shifted
-            H = self.run_block_stack(x, cos, sin, gswa_loop(loop))
-            carry.append(H)
-        rings_k = [torch.stack(r, dim=1) for r in local_k]  # [B, rows, Hkv, ring_len, D]
-        rings_v = [torch.stack(r, dim=1) for r in local_v]
-        if not cfg.has_carry:
-            return H, ks, vs, rings_k, rings_v, E.new_zeros(B, 0, cfg.d_model)
-        take_last = last[:, None, None].expand(B, 1, cfg.d_model)
-        carry_last = torch.cat([torch.gather(h, 1, take_last) for h in carry[:-1]], dim=1)  # [B, L-1, d]
-        return H, ks, vs, rings_k, rings_v, carry_last
+            H = self.run_block_stack(x, cos, sin, own_window)
+        return H
 
-    def prefill_core(self, tokens: torch.Tensor, lengths: torch.Tensor):
-        """prefill_hidden, then logits of each prompt's last real token only: (logits [B, V], caches...)."""
-        H, *caches = self.prefill_hidden(tokens, lengths)
-        take = (lengths - 1)[:, None, None].expand(-1, 1, H.shape[-1])  # [B, 1, d]
-        return (self.logits(torch.gather(H, 1, take)[:, 0]), *caches)  # [B, V]
+    # Continue from a cached state (prefill from any position) -------------------------------
+    def extend_core(self, tokens: torch.Tensor, lengths: torch.Tensor, start_pos: torch.Tensor,
+                    cache: PLTCache) -> torch.Tensor:
+        """Continue each sequence by one chunk of tokens over the state in `cache`: the state primitive.
+
+        tokens [B, S] right-padded (lengths [B] real tokens, >= 1) at positions start_pos[b] + s;
+        the cache holds each sequence's state as of start_pos[b] - 1: shared (or per-loop) K/V in
+        slots < start_pos, the rings as of start_pos - 1, the carry h_l(start_pos - 1). start_pos 0
+        is a prefill from scratch: whatever the rings and carry hold is ignored. Needs
+        start_pos[b] + S <= T (the cache's slots). Writes the chunk's state in place (or out of
+        place when tracing): K/V at slots start_pos .. start_pos + S - 1 (padding writes slots past
+        the real tokens, which no query sees and the next write overwrites), each ring rewritten to
+        hold the last w real positions, the carry at the last real position. Returns the logits of
+        each chunk's last real token [B, V]. cache.lengths is not touched.
+
+        Every loop runs over the whole chunk (loops one after another, as in `hidden`): loop 1
+        writes its K/V then attends causally over the cache; loop l >= 2 calls the G-SWA op (R = 1,
+        G = 0) with the local keys = the ring before the chunk followed by the chunk's own keys.
+        """
+        cfg = self.cfg
+        B, S = tokens.shape
+        pos = start_pos[:, None] + torch.arange(S, device=tokens.device)[None, :]  # [B, S]
+        cos, sin = self.rope_at(pos)  # once per chunk
+        mask = causal_mask(pos, cache.max_seq)  # [B, 1, S, T], once per chunk
+        E = self.embed(tokens)  # [B, S, d]
+        last = lengths - 1  # [B] index of each chunk's last real token
+
+        def causal_into(i: int, n: int) -> Attend:
+            def attend(q, k, v):  # q [B, Hq, S, D], k/v [B, Hkv, S, D]
+                kc, vc = cache.update(i, start_pos, k, v)  # the chunk's S slots, then attend over the cache
+                return self.layers[n].attn.causal(q, kc, vc, mask)
+            return attend
+
+        N = cfg.n_layers
+        if not cfg.uses_gswa:  # vanilla and looped: every loop its own causal cache
+            x = E
+            for loop in range(cfg.loops):
+                x = self.run_block_stack(x, cos, sin, lambda n: causal_into(loop * N + n, n))
+            return self.logits(_take_rows(x, last))
+
+        W = cache.ring_len
+        ring_pos = cache_lib.ring_positions(start_pos - 1, W)  # [B, W] positions the rings hold (-1: empty)
+        local_pos = torch.cat([ring_pos, pos], dim=1)  # [B, W + S]: the ring, then the chunk
+        keep = ring_refresh_index(start_pos, last, W)  # [B, W] where each new ring slot comes from
+        new_rings: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {n: {} for n in range(cfg.n_local_layers)}
+
+        def windowed(loop: int) -> Callable[[int], Attend]:
+            def for_layer(n: int) -> Attend:
+                ring, row = (n, loop - 1) if cfg.mode == "plt" else ((loop - 1) * N + n, 0)  # config.n_local_layers
+
+                def attend(q, k, v):  # q [B, Hq, S, D], k/v [B, Hkv, S, D]
+                    rk, rv = cache.local_row(ring, row)  # [B, Hkv, W, D] as of start_pos - 1
+                    kl, vl = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)  # [B, Hkv, W + S, D]
+                    idx = keep[:, None, :, None].expand(B, kl.shape[1], W, kl.shape[3])
+                    new_rings[ring][row] = (torch.gather(kl, 2, idx), torch.gather(vl, 2, idx))
+                    y = self.layers[n].attn.gswa(q[:, None], cache.k[n], cache.v[n], kl[:, None], vl[:, None],
+                                                 pos, local_pos, 0)
+                    return y[:, 0]  # [B, Hq, S, D]
+                return attend
+            return for_layer
+
+        H = self.run_block_stack(E, cos, sin, lambda n: causal_into(n, n))  # loop 1 fills the shared cache
+        carry = [H]
+        if cfg.has_carry:  # h_l(start_pos - 1) of loops 1..L-1; zero before position 0
+            before = cache.carry * (start_pos > 0).to(cache.carry.dtype)[:, None, None]  # [B, L-1, d]
+        for loop in range(1, cfg.loops):
+            if cfg.mode == "loopcoder":  # loop l reads H_{l-1} at the same position
+                x = H
+            else:  # shift_right across the chunk boundary: position start_pos sees the carried h(start_pos - 1)
+                shifted = torch.cat([before[:, loop - 1:loop], H[:, :S - 1]], dim=1)  # [B, S, d]
+                x = cfg.input_scale * E + cfg.carry_scale * shifted
+            H = self.run_block_stack(x, cos, sin, windowed(loop))
+            carry.append(H)
+        for n, rows in new_rings.items():
+            cache.set_local(n, [rows[r] for r in sorted(rows)])
+        if cfg.has_carry:
+            cache.set_carry(torch.stack([_take_rows(h, last) for h in carry[:-1]], dim=1))  # [B, L-1, d]
+        return self.logits(_take_rows(H, last))
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, lengths: torch.Tensor, start_pos: torch.Tensor,
+               cache: PLTCache) -> torch.Tensor:
+        """extend_core on a runtime cache (writes in place). The caller advances cache.lengths."""
+        return self.extend_core(tokens, lengths, start_pos, cache)
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: PLTCache) -> torch.Tensor:
-        """Run the prompts and write their K/V and carry into `cache`. Returns last-token logits [B, V].
-
-        The cache's lengths are the caller's: after this, `cache.advance(lengths)` (from a reset cache).
-        """
-        logits, ks, vs, lks, lvs, carry = self.prefill_core(tokens, lengths)
-        cache.load_prefill(ks, vs, lks, lvs, carry)
-        return logits
+        """Prefill from position 0 = extend with start_pos 0. Returns last-token logits [B, V]."""
+        return self.extend_core(tokens, lengths, torch.zeros_like(lengths), cache)
 
     # One decode step ---------------------------------------------------------------------------
     def decode_core(self, tokens: torch.Tensor, pos: torch.Tensor, cache: PLTCache) -> torch.Tensor:
