@@ -75,29 +75,120 @@ class SessionLimits:
 
 
 class DecoderSession(ABC):
-    """Decoder state for a batch of sequences: preallocated caches, written in place."""
+    """Decoder state for a batch of sequences (rows, or slots when serving): preallocated, written in place.
+
+    Every runtime implements three things: `_extend` (continue some rows by a chunk of tokens: the
+    state primitive), `_decode` (one token for every row) and `state` (its buffers by name, with
+    their roles: backends/state.py). Everything else lives here, once: prefill (= extend from
+    position 0, every row or some slots), positions, freeing slots, holding rows still being
+    prefilled out of a decode step, and saving / restoring a slot's prefix.
+    """
 
     batch: int
     max_seq: int
+    prefilled: bool = False
 
     @abstractmethod
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens [B, S] int64 right-padded, lengths [B] -> logits of each last real token [B, V] fp32."""
+    def _extend(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                start_pos: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` [k] continue by tokens [k, S] (right-padded, lengths [k]) from positions
+        start_pos [k], state written in place -> logits of each chunk's last real token [k, V] fp32.
+        Called with checked arguments; does not touch `lengths`."""
 
     @abstractmethod
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B] int64 at each sequence's next position -> logits [B, V] fp32."""
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] at each row's position `lengths` -> logits [B, V] fp32; writes every row's state.
+        Does not touch `lengths`."""
+
+    @abstractmethod
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """(the live state buffers by name, name -> role): what backends/state.py works on."""
 
     @property
     @abstractmethod
     def lengths(self) -> torch.Tensor:
-        """[B] tokens cached per sequence."""
+        """[B] int64 tokens cached per row (= each row's next position), on the host."""
 
     def kv_bytes(self) -> int:
         """Bytes of KV-cache buffers this session allocated."""
         return 0
 
-    # Request checks shared by every runtime (call them first in prefill / decode).
+    # The primitive and what is built on it -----------------------------------------------------
+    def extend(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor,
+               start_pos: torch.Tensor) -> torch.Tensor:
+        """Continue rows `slots` by tokens [k, S] (right-padded, lengths [k] >= 1) from start_pos [k],
+        each 0 (a new sequence: whatever the row held is ignored) or the row's length (a chunk more
+        of the same sequence) -> logits of each chunk's last real token [k, V] fp32. Other rows are
+        untouched; afterwards each listed row's length is start_pos + lengths."""
+        start_pos = torch.as_tensor(start_pos, dtype=torch.int64)
+        lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        self.check_extend(slots, tokens, lengths, start_pos)
+        rows = torch.tensor(slots, dtype=torch.int64)
+        logits = self._extend(rows, tokens, lengths, start_pos)
+        self.lengths[rows] = start_pos + lengths
+        self.prefilled = True
+        return logits
+
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] int64 right-padded, lengths [B] -> logits of each last real token [B, V] fp32."""
+        self.check_prefill(tokens)
+        return self.extend(list(range(self.batch)), tokens, lengths, torch.zeros(self.batch, dtype=torch.int64))
+
+    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """New prompts tokens [k, S], lengths [k] into rows `slots`, the other rows as they are -> [k, V]."""
+        return self.extend(slots, tokens, lengths, torch.zeros(len(slots), dtype=torch.int64))
+
+    def decode(self, tokens: torch.Tensor, hold: list[int] | None = None) -> torch.Tensor:
+        """tokens [B] int64 at each row's next position -> logits [B, V] fp32; every row advances by one
+        except rows `hold` (slots in the middle of a chunked prefill): the step writes their K/V and
+        ring slot at their next position, which their next extend overwrites before reading, and their
+        carry and length are put back as they were."""
+        self.check_decode(self.prefilled)
+        saved = self._hold(hold) if hold else None
+        logits = self._decode(tokens)
+        self.lengths.add_(1)
+        if saved is not None:
+            self._release(hold, saved)
+        return logits
+
+    def reset_slots(self, slots: list[int]) -> None:
+        """Free rows `slots`: length 0, so they decode an empty sequence until a prefill reuses them."""
+        if slots:
+            self.lengths[torch.tensor(slots, dtype=torch.int64)] = 0
+
+    def save_slot(self, slot: int, length: int):
+        """A copy of row `slot`'s state as of position length - 1 (a prefix cache entry); length must be
+        the row's current length (the rings and carry are as of that point only)."""
+        from .state import read_slot
+
+        if int(self.lengths[slot]) != length:
+            raise InputError(f"slot {slot} holds {int(self.lengths[slot])} tokens, not {length}")
+        return read_slot(*self.state(), slot, length)
+
+    def load_slot(self, slot: int, saved) -> None:
+        """Put a saved prefix (save_slot) into row `slot`: it continues by extend from saved.length."""
+        from .state import write_slot
+
+        if saved.length > self.max_seq:
+            raise InputError(f"a saved prefix of {saved.length} tokens exceeds the session's {self.max_seq}")
+        write_slot(*self.state(), slot, saved)
+        self.lengths[slot] = saved.length
+        self.prefilled = True
+
+    def _hold(self, hold: list[int]):
+        bufs, roles = self.state()
+        rows = torch.tensor(hold, dtype=torch.int64)
+        return self.lengths[rows].clone(), {n: b[rows].clone() for n, b in bufs.items() if roles[n] == "carry"}
+
+    def _release(self, hold: list[int], saved) -> None:
+        lengths, carry = saved
+        rows = torch.tensor(hold, dtype=torch.int64)
+        self.lengths[rows] = lengths
+        bufs, _ = self.state()
+        for n, c in carry.items():
+            bufs[n][rows] = c
+
+    # Request checks shared by every runtime --------------------------------------------------------
     def check_prefill(self, tokens: torch.Tensor) -> None:
         B, S = tokens.shape
         if B != self.batch:
@@ -111,29 +202,25 @@ class DecoderSession(ABC):
         if int(self.lengths.max()) >= self.max_seq:
             raise InputError(f"sequence reached the session's maximum of {self.max_seq} tokens")
 
-    # Slots (continuous batching, plt_deploy.serve): each row of one running session serves its
-    # own request. A free row keeps decoding harmlessly at position 0 (static shapes: it is masked
-    # by its length, not removed) until prefill_slots writes a new request into it.
-    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Prefill right-padded prompts tokens [k, S], lengths [k] into rows `slots` of this session,
-        leaving every other row as it is -> last-token logits [k, V] fp32."""
-        from ..errors import BackendUnavailable
-
-        raise BackendUnavailable(f"the {type(self).__name__} runtime cannot prefill into slots of a running session")
-
-    def reset_slots(self, slots: list[int]) -> None:
-        """Free rows `slots`: length 0, so they decode an empty sequence until a prefill reuses them."""
-        if slots:
-            self.lengths[torch.tensor(slots, dtype=torch.int64)] = 0
-
-    def check_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> None:
+    def check_extend(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor,
+                     start_pos: torch.Tensor) -> None:
+        if tokens.dim() != 2:
+            raise InputError(f"extend needs tokens [k, S], got shape {tuple(tokens.shape)}")
         k, S = tokens.shape
-        if len(slots) != k or lengths.shape != (k,):
-            raise InputError(f"prefill_slots got {len(slots)} slots for {k} prompts and {tuple(lengths.shape)} lengths")
+        if len(slots) != k or lengths.shape != (k,) or start_pos.shape != (k,):
+            raise InputError(f"extend got {len(slots)} slots for {k} chunks, lengths {tuple(lengths.shape)} and "
+                             f"start positions {tuple(start_pos.shape)}")
         if len(set(slots)) != k or any(not 0 <= s < self.batch for s in slots):
             raise InputError(f"slots {slots} must be distinct rows in [0, {self.batch})")
-        if S > self.max_seq:
-            raise InputError(f"prompt of {S} tokens exceeds the session's {self.max_seq}")
+        if k and (int(lengths.min()) < 1 or int(lengths.max()) > S):
+            raise InputError(f"chunk lengths {lengths.tolist()} must be in [1, {S}]")
+        for s, p in zip(slots, start_pos.tolist()):
+            if p != 0 and p != int(self.lengths[s]):
+                raise InputError(f"slot {s} holds {int(self.lengths[s])} tokens: extend it from there (or from 0), "
+                                 f"not from {p}")
+            if p + S > self.max_seq:
+                what = "prompt" if p == 0 else f"chunk from position {p}"
+                raise InputError(f"{what} of {S} tokens exceeds the session's {self.max_seq}")
 
 
 class Backend(ABC):

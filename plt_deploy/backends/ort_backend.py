@@ -8,9 +8,9 @@ binds every `in_place` output to the SAME buffer as the input its `alias_of` nam
 TensorScatter then writes the one new slot in place (ORT's TensorScatter kernel skips its
 past->present copy when both are the same buffer; it logs "in-place optimization not activated"
 otherwise), so no step copies the past cache. Other state outputs (the carry: a few hidden vectors)
-are double-buffered. Prefill returns the prompt's K/V, which are written once into the buffers
-their `alias_of` names; `prefill_slots` writes only the joining rows (one host->device copy of the
-new prompts' K/V on CUDA, the other rows untouched).
+are double-buffered. An extend (prefill from any position: base.DecoderSession) runs the prefill
+graph on device copies of the listed rows only, K/V cut to the slots the chunk reaches, and writes
+them back (backends/state.py): the other rows are untouched and nothing leaves the device.
 Every tensor name comes from the manifest (found by role, paired by alias_of); none is spelled here.
 """
 
@@ -23,6 +23,7 @@ import torch
 
 from ..config import numpy_dtype
 from ..errors import BackendUnavailable
+from . import state as state_lib
 from .base import MODEL_MAX_SEQ_SOURCE, Backend, DecoderSession, SessionLimits
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -60,47 +61,24 @@ class OrtSession(DecoderSession):
         new = lambda shape: torch.zeros(shape, dtype=self._dtype, device=self._dev)  # noqa: E731
         # One buffer per state input, on the device; ORT reads and writes it through its address.
         self._bufs: dict[str, torch.Tensor] = {t.name: new(t.concrete(sizes)) for t in spec.inputs if t.name in state}
+        self._roles = {t.name: t.role for t in spec.inputs if t.name in state}
         # Spare buffers of state written as a new tensor (the carry), keyed by the input they replace.
         self._spare = {o.alias_of: torch.zeros_like(self._bufs[o.alias_of]) for o in spec.state_outputs()
                        if not o.in_place}
         self._logits = new((batch, backend.config.vocab_size))
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._binding = backend.sessions["decode"].io_binding()
-        self._prefilled = False
+        self._prefill_binding = backend.sessions["prefill"].io_binding()
 
     @property
     def lengths(self) -> torch.Tensor:
         return self._lengths
 
+    def state(self):
+        return self._bufs, self._roles
+
     def kv_bytes(self) -> int:
-        role = {t.name: t.role for t in self._spec.inputs}
-        return sum(b.numel() * b.element_size() for name, b in self._bufs.items() if role[name] != "carry")
-
-    def _run_prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, np.ndarray]:
-        spec = self.be.manifest.graphs["prefill"]
-        feeds = {spec.one("tokens").name: tokens.numpy().astype(np.int64),
-                 spec.one("lengths").name: lengths.numpy().astype(np.int64)}
-        return dict(zip(spec.output_names, self.be.sessions["prefill"].run(spec.output_names, feeds)))
-
-    def _write_prefill(self, outs: dict[str, np.ndarray], rows: torch.Tensor | slice, S: int) -> torch.Tensor:
-        """Write a prefill's state outputs into `rows` of the buffers (only those rows) -> logits [k, V]."""
-        spec = self.be.manifest.graphs["prefill"]
-        for t in spec.state_outputs():
-            buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
-            src = torch.from_numpy(outs[t.name]).to(self._dev)  # the new rows only: [k, ...]
-            if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D], slots 0..S-1
-                buf[rows] = 0
-                buf[rows, :, :S] = src
-            else:
-                buf[rows] = src
-        return torch.from_numpy(outs[spec.one("logits", "outputs").name].astype(np.float32))  # [k, V]: last real token
-
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        self.check_prefill(tokens)
-        logits = self._write_prefill(self._run_prefill(tokens, lengths), slice(None), tokens.shape[1])
-        self._lengths = lengths.clone().to(torch.int64)
-        self._prefilled = True
-        return logits
+        return sum(b.numel() * b.element_size() for name, b in self._bufs.items() if self._roles[name] != "carry")
 
     def _bind(self, b, name: str, t: torch.Tensor, output: bool) -> None:
         kind = "cpu" if t.device.type == "cpu" else "cuda"
@@ -108,8 +86,38 @@ class OrtSession(DecoderSession):
         bind(name, kind, t.device.index or 0, self._np_dtype if t.is_floating_point() else np.int64,
              list(t.shape), t.data_ptr())
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.check_decode(self._prefilled)
+    def _extend(self, rows, tokens, lengths, start_pos):
+        """The prefill graph on copies of the listed rows (K/V cut to the slots the chunk reaches): K/V
+        outputs bound to their inputs' memory (TensorScatter in place), rings and carry to new buffers;
+        then written back into the rows (state.write_rows)."""
+        spec = self.be.manifest.graphs["prefill"]
+        span = int((start_pos + tokens.shape[1]).max())
+        part = state_lib.rows_of(self._bufs, self._roles, rows.to(self._dev), span)
+        b = self._prefill_binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        host = {"tokens": tokens, "lengths": lengths, "start": start_pos}
+        for t in spec.inputs:
+            if t.role in host:
+                b.bind_cpu_input(t.name, host[t.role].numpy().astype(np.int64))
+            else:
+                self._bind(b, t.name, part[t.name], output=False)
+        fresh = {}
+        logits = torch.empty((tokens.shape[0], self.be.config.vocab_size), dtype=self._dtype, device=self._dev)
+        for t in spec.outputs:
+            if t.role == "logits":
+                self._bind(b, t.name, logits, output=True)
+            elif t.in_place:  # the same memory as its input
+                self._bind(b, t.name, part[t.alias_of], output=True)
+            else:  # rewritten whole (rings, carry)
+                fresh[t.alias_of] = torch.empty_like(part[t.alias_of])
+                self._bind(b, t.name, fresh[t.alias_of], output=True)
+        self.be.sessions["prefill"].run_with_iobinding(b)
+        part.update(fresh)
+        state_lib.write_rows(self._bufs, self._roles, rows.to(self._dev), part, int(start_pos.min()))
+        return logits.to("cpu", torch.float32)  # [k, V]: each chunk's last real token
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         spec = self.be.manifest.graphs["decode"]
         b = self._binding
         b.clear_binding_inputs()
@@ -131,18 +139,7 @@ class OrtSession(DecoderSession):
         self.be.sessions["decode"].run_with_iobinding(b)
         for past, spare in list(self._spare.items()):
             self._spare[past], self._bufs[past] = self._bufs[past], spare
-        self._lengths = self._lengths + 1
         return self._logits.to("cpu", torch.float32, copy=True)  # the caller's own copy: the buffer is rewritten
-
-    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The prefill graph on k prompts; its caches are written into rows `slots` of the buffers
-        (for the carry: the buffer the next decode reads), the other rows untouched."""
-        self.check_slots(slots, tokens, lengths)
-        rows = torch.tensor(slots, dtype=torch.int64)
-        logits = self._write_prefill(self._run_prefill(tokens, lengths), rows.to(self._dev), tokens.shape[1])
-        self._lengths[rows] = lengths.to(torch.int64)
-        self._prefilled = True
-        return logits
 
     def cache_arrays(self) -> dict[str, np.ndarray]:
         """Host views of the cache buffers (CPU provider; copies on CUDA): for tests and debugging."""

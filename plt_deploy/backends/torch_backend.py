@@ -1,4 +1,4 @@
-"""The PyTorch reference runtime: the model's own prefill / decode_step over a PLTCache."""
+"""The PyTorch reference runtime: the model's own extend / decode_step over a PLTCache."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from ..cache import PLTCache
 from ..model import PLT
+from . import state as state_lib
 from .base import Backend, DecoderSession, SessionLimits
 
 
@@ -15,35 +16,36 @@ class TorchSession(DecoderSession):
         dtype = next(model.parameters()).dtype
         self.cache = PLTCache.allocate(model.cfg, batch, max_seq, dtype, next(model.parameters()).device)
 
-    def prefill(self, tokens, lengths):
-        self.check_prefill(tokens)
-        self.cache.reset()
-        logits = self.model.prefill(tokens, lengths, self.cache)
-        self.cache.advance(lengths)
-        return logits.float()
+    def state(self):
+        """The PLTCache's buffers by name and role (the names of io_spec's cache tensors, unprefixed)."""
+        c = self.cache
+        bufs, roles = {}, {}
+        for role, tensors in (("key", c.k), ("value", c.v), ("local_key", c.local_k), ("local_value", c.local_v)):
+            for i, t in enumerate(tensors):
+                bufs[f"{role}.{i}"], roles[f"{role}.{i}"] = t, role
+        if c.carry.shape[1]:
+            bufs["carry"], roles["carry"] = c.carry, "carry"
+        return bufs, roles
 
     @torch.no_grad()
-    def prefill_slots(self, slots, tokens, lengths):
-        """The model's own prefill into a scratch cache of k rows, copied into rows `slots`."""
-        self.check_slots(slots, tokens, lengths)
-        k, S = tokens.shape
-        c = self.cache
-        scratch = PLTCache.allocate(self.model.cfg, k, S, c.carry.dtype, c.carry.device)
-        logits = self.model.prefill(tokens, lengths, scratch).float()  # [k, V]
-        rows = torch.tensor(slots, dtype=torch.int64, device=c.lengths.device)
-        for dst, src in zip((*c.k, *c.v), (*scratch.k, *scratch.v)):  # [B, Hkv, T, D] <- [k, Hkv, S, D]
-            dst[rows] = 0
-            dst[rows, :, :S] = src
-        for dst, src in zip((*c.local_k, *c.local_v, c.carry), (*scratch.local_k, *scratch.local_v, scratch.carry)):
-            dst[rows] = src
-        c.lengths[rows] = lengths.to(c.lengths)
-        return logits
-
-    def decode(self, tokens):
-        self.check_decode()
-        logits = self.model.decode_step(tokens, self.cache)
-        self.cache.advance()
+    def _extend(self, rows, tokens, lengths, start_pos):
+        """The model's extend on a cache of the listed rows, cut to the slots the chunk reaches, written back."""
+        span = int((start_pos + tokens.shape[1]).max())
+        bufs, roles = self.state()
+        part = state_lib.rows_of(bufs, roles, rows, span)
+        cfg = self.model.cfg
+        scratch = PLTCache(
+            k=[part[f"key.{i}"] for i in range(cfg.n_cache_layers)],
+            v=[part[f"value.{i}"] for i in range(cfg.n_cache_layers)],
+            local_k=[part[f"local_key.{n}"] for n in range(cfg.n_local_layers)],
+            local_v=[part[f"local_value.{n}"] for n in range(cfg.n_local_layers)],
+            carry=part.get("carry", self.cache.carry[rows]), lengths=start_pos.clone())
+        logits = self.model.extend(tokens, lengths, start_pos, scratch)  # [k, V]
+        state_lib.write_rows(bufs, roles, rows, part, int(start_pos.min()))
         return logits.float()
+
+    def _decode(self, tokens):
+        return self.model.decode_step(tokens, self.cache).float()
 
     @property
     def lengths(self):

@@ -39,36 +39,45 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 IR_FOR_OPSET = {24: 12, 25: 13}
 
 
+def traced_cache(cfg: PLTConfig, caches: tuple, lengths: torch.Tensor) -> PLTCache:
+    """An out-of-place PLTCache over the graph's state inputs (io_spec.cache_tensors order): each
+    write becomes one TensorScatter, each replaced tensor a graph output."""
+    n, N = cfg.n_cache_layers, cfg.n_local_layers
+    k, v = caches[:n], caches[n:2 * n]
+    lk, lv = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N]
+    carry = caches[-1] if cfg.has_carry else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
+    return PLTCache(list(k), list(v), list(lk), list(lv), carry, lengths, in_place=False)
+
+
+def state_outputs(cfg: PLTConfig, cache: PLTCache) -> tuple:
+    out = (*cache.k, *cache.v, *cache.local_k, *cache.local_v)
+    return out + ((cache.carry,) if cfg.has_carry else ())
+
+
 class PrefillGraph(torch.nn.Module):
-    """prefill_core with flat outputs in io_spec order."""
+    """extend_core over the state inputs, flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, lengths):
-        logits, k, v, lk, lv, carry = self.model.prefill_core(input_ids, lengths)  # logits [B, V]
-        out = (logits, *k, *v, *(r.flatten(1, 2) for r in (*lk, *lv)))  # rings as stored: [B, rows*Hkv, W, D]
-        return out + ((carry,) if self.model.cfg.has_carry else ())
+    def forward(self, input_ids, lengths, start_pos, caches):
+        cache = traced_cache(self.model.cfg, caches, start_pos)
+        logits = self.model.extend_core(input_ids, lengths, start_pos, cache)  # [B, V]
+        return (logits, *state_outputs(self.model.cfg, cache))
 
 
 class DecodeGraph(torch.nn.Module):
-    """decode_core over an out-of-place PLTCache (each write becomes one TensorScatter), flat I/O in io_spec order."""
+    """decode_core over the state inputs, flat I/O in io_spec order."""
 
     def __init__(self, model: PLT):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, position, caches):
-        cfg = self.model.cfg
-        n, N = cfg.n_cache_layers, cfg.n_local_layers
-        k, v = caches[:n], caches[n:2 * n]
-        lk, lv = caches[2 * n:2 * n + N], caches[2 * n + N:2 * n + 2 * N]
-        carry = caches[-1] if cfg.has_carry else k[0].new_zeros(k[0].shape[0], 0, cfg.d_model)
-        cache = PLTCache(list(k), list(v), list(lk), list(lv), carry, position, in_place=False)
+        cache = traced_cache(self.model.cfg, caches, position)
         logits = self.model.decode_core(input_ids, position, cache)
-        out = (logits, *cache.k, *cache.v, *cache.local_k, *cache.local_v)
-        return out + ((cache.carry,) if cfg.has_carry else ())
+        return (logits, *state_outputs(self.model.cfg, cache))
 
 
 def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -83,6 +92,9 @@ def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dt
             out.append(torch.tensor([sizes["prompt"] - i % 3 for i in range(shape[0])], dtype=torch.int64))
         elif t.role == "position":
             out.append(torch.tensor([sizes["max_seq"] // 2 + i for i in range(shape[0])], dtype=torch.int64))
+        elif t.role == "start":  # chunks that fit: start + prompt <= max_seq
+            room = sizes["max_seq"] - sizes["prompt"] + 1
+            out.append(torch.tensor([(3 * i) % room for i in range(shape[0])], dtype=torch.int64))
         else:
             out.append((0.1 * torch.randn(shape, generator=g)).to(dtype))
     return out
@@ -92,10 +104,8 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
            opset: int, grouped: bool):
     dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, (lo, hi) in limits.items()}
     shapes = [{i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs]
-    if grouped:  # decode: (input_ids, position, caches tuple)
-        args, shapes = (args[0], args[1], tuple(args[2:])), (shapes[0], shapes[1], tuple(shapes[2:]))
-    else:
-        args, shapes = tuple(args), tuple(shapes)
+    # (inputs..., caches tuple): the first `grouped` inputs one by one, the state as one tuple
+    args, shapes = (*args[:grouped], tuple(args[grouped:])), (*shapes[:grouped], tuple(shapes[grouped:]))
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _noticing_interrupts() as interrupted:
         warnings.simplefilter("ignore")
@@ -238,11 +248,11 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             with torch.no_grad():
                 protos["prefill"] = _trace(PrefillGraph(model), specs["prefill"],
                                            dummy_inputs(specs["prefill"], sizes, torch_dtype),
-                                           {k: limits[k] for k in ("batch", "prompt")}, opset, grouped=False)
+                                           {k: limits[k] for k in ("batch", "prompt", "max_seq")}, opset, grouped=3)
                 advance()
                 protos["decode"] = _trace(DecodeGraph(model), specs["decode"],
                                           dummy_inputs(specs["decode"], sizes, torch_dtype),
-                                          {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=True)
+                                          {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=2)
                 advance()
             identity = manifest_lib.model_identity(model_dir)
             weights_sha = {k: v for k, v in identity.items() if k != "config.json"}
@@ -252,7 +262,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                     "plt.export": json.dumps({"config": cfg.to_dict(), "max_batch": max_batch, "max_seq": max_seq},
                                              sort_keys=True)}
             graphs, op_nodes = {}, {}
-            static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = S = prompt
+            static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = ring + prompt
                       "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
                                  "D": cfg.head_dim, "W": ring_len(cfg)}}
             quantized = {}
@@ -308,8 +318,8 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
     """The manifest's description of the decoder state (see plt_deploy/cache.py)."""
     layout = {
         "kv": {"shape": ["batch", "kv_heads", "max_seq", "head_dim"], "layers": cfg.n_cache_layers,
-               "slot": "slot j holds position j; written at `position` by the decode graph (one TensorScatter "
-                       "per cache), prefill returns slots 0..prompt-1",
+               "slot": "slot j holds position j; written at `position` by the decode graph and at start_pos.. "
+                       "by the prefill graph (one TensorScatter per cache)",
                "meaning": "loop 1 keys/values (the shared cache)" if cfg.mode != "looped"
                else "every loop's own cache, index = loop * n_layers + layer"},
         "in_place": "decode present_key.i/present_value.i/present_local_* are TensorScatter(past_*, one slot, "
@@ -319,6 +329,9 @@ def cache_layout(cfg: PLTConfig, max_seq: int) -> dict:
                            "mask (a read, no copy); per-step cost grows with max_seq, not with a cache copy",
         "position": "tokens already cached per sequence (next position); kept by the runner, per sequence",
         "padding": "prompts are right-padded; `lengths` gives each prompt's real length",
+        "extend": "the prefill graph continues each row from start_pos (0 or the tokens it holds) over the state "
+                  "inputs; past_key/value may be cut to the slots the chunk reaches (start_pos + prompt); rings "
+                  "and carry come back whole",
     }
     if cfg.uses_gswa:
         layout["local_ring"] = {"shape": ["batch", f"{cfg.local_rows}*kv_heads", ring_len(cfg), "head_dim"],

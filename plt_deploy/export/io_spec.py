@@ -10,12 +10,15 @@ of, in both graphs) and turn named axes into sizes with `IOTensor.concrete`, the
 
 Graphs (two, see export/README.md for why):
 
-  prefill  input_ids [batch, prompt] int64, lengths [batch] int64
-           -> logits [batch, vocab] (each prompt's last real token), present_key.i / present_value.i
-              [batch, kv_heads, prompt, head_dim] (cache slots 0..prompt-1),
-              plt and loopcoder: present_local_key.n / present_local_value.n [batch, rows*kv_heads, ring,
-              head_dim] (config.n_local_layers of them, rows = config.local_rows),
-              plt only: present_carry [batch, loops - 1, d_model]
+  prefill  (extend: continue sequences by a chunk from their state; a prompt from 0 is start_pos 0)
+           input_ids [batch, prompt] int64 (right-padded), lengths [batch] int64 (real tokens),
+           start_pos [batch] int64 (0, or the tokens the row already holds), and the state as the
+           decode graph takes it (past_* below; past_key/value cut to `max_seq` = the slots the chunk
+           reaches: start_pos + prompt <= max_seq)
+           -> logits [batch, vocab] (each chunk's last real token), present_key.i / present_value.i
+              (TensorScatter of past_* at start_pos, `in_place` like decode's), plt and loopcoder:
+              present_local_key.n / present_local_value.n [batch, rows*kv_heads, ring, head_dim]
+              (config.n_local_layers rings rewritten whole: new tensors), plt only: present_carry
   decode   input_ids [batch], position [batch] int64 (= tokens already cached per sequence),
            past_key.i / past_value.i [batch, kv_heads, max_seq, head_dim] (preallocated),
            plt and loopcoder: past_local_key.n / past_local_value.n; plt only: past_carry
@@ -27,9 +30,8 @@ Graphs (two, see export/README.md for why):
            buffer. All caches are 4-D [batch, heads, slots, head_dim]: a ring's rows (loops 2..L)
            and kv heads share axis 1 (row r, head h at r * kv_heads + h).
 
-Pairing (`alias_of`, every output but logits): a decode output names the decode input it replaces
-for the next step; a prefill output names the decode input it initialises (prefill's
-[batch, kv_heads, prompt, head_dim] keys fill slots 0..prompt-1 of that input's max_seq axis).
+Pairing (`alias_of`, every output but logits): an output names the input it replaces (the same
+name in both graphs: the prefill graph takes the decode graph's state).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class IOTensor:
     name: str
     shape: tuple  # ints are static, strings are named dynamic axes
     dtype: str  # "float32" | "float16" | "bfloat16" | "int64"
-    role: str  # tokens | lengths | position | logits | key | value | local_key | local_value | carry
+    role: str  # tokens | lengths | start | position | logits | key | value | local_key | local_value | carry
     index: int = 0  # layer / cache index for cache roles
     alias_of: str | None = None  # outputs: the decode input this output is the next value of (see module doc)
     in_place: bool = False  # decode outputs: a TensorScatter of its alias_of input, bound to that input's buffer
@@ -142,25 +144,30 @@ def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int
     return out
 
 
-def _paired(outputs: list[IOTensor], inputs: list[IOTensor], in_place: bool) -> list[IOTensor]:
-    """outputs[i] with alias_of = inputs[i].name (same role and index, cache_tensors order)."""
+def _paired(outputs: list[IOTensor], inputs: list[IOTensor], in_place: tuple[str, ...]) -> list[IOTensor]:
+    """outputs[i] with alias_of = inputs[i].name (same role and index, cache_tensors order); the roles
+    in `in_place` are TensorScatters of their input."""
     assert [(o.role, o.index) for o in outputs] == [(i.role, i.index) for i in inputs]
-    return [IOTensor(o.name, o.shape, o.dtype, o.role, o.index, alias_of=i.name, in_place=in_place and o.role != "carry")
+    return [IOTensor(o.name, o.shape, o.dtype, o.role, o.index, alias_of=i.name, in_place=o.role in in_place)
             for o, i in zip(outputs, inputs)]
 
 
+SCATTERED = ("key", "value", "local_key", "local_value")  # written by TensorScatter in the decode graph
+
+
 def prefill_spec(cfg: PLTConfig, max_seq: int, dtype: str) -> GraphSpec:
-    inputs = (IOTensor("input_ids", ("batch", "prompt"), "int64", "tokens"),
-              IOTensor("lengths", ("batch",), "int64", "lengths"))
     past = cache_tensors(cfg, "past_", "max_seq", max_seq, dtype)
-    outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"),  # last real token only
-               *_paired(cache_tensors(cfg, "present_", "prompt", max_seq, dtype), past, in_place=False))
+    inputs = (IOTensor("input_ids", ("batch", "prompt"), "int64", "tokens"),
+              IOTensor("lengths", ("batch",), "int64", "lengths"),
+              IOTensor("start_pos", ("batch",), "int64", "start"), *past)
+    present = _paired(cache_tensors(cfg, "present_", "max_seq", max_seq, dtype), past, in_place=("key", "value"))
+    outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"), *present)  # last real token only
     return GraphSpec(PREFILL, inputs, outputs)
 
 
 def decode_spec(cfg: PLTConfig, max_seq: int, dtype: str) -> GraphSpec:
     past = cache_tensors(cfg, "past_", "max_seq", max_seq, dtype)
-    present = _paired(cache_tensors(cfg, "present_", "max_seq", max_seq, dtype), past, in_place=True)
+    present = _paired(cache_tensors(cfg, "present_", "max_seq", max_seq, dtype), past, in_place=SCATTERED)
     inputs = (IOTensor("input_ids", ("batch",), "int64", "tokens"),
               IOTensor("position", ("batch",), "int64", "position"), *past)
     outputs = (IOTensor("logits", ("batch", cfg.vocab_size), dtype, "logits"), *present)

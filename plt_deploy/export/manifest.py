@@ -22,8 +22,9 @@ from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "plt-deploy.onnx-export"
-FORMAT_VERSION = 3  # 2: every state output has alias_of (prefill too) and in_place; 3: cache writes are
-# TensorScatter (in place, TensorRT KVCacheUpdate), rings 4-D [batch, rows*kv_heads, ring, head_dim]
+FORMAT_VERSION = 4  # 2: every state output has alias_of (prefill too) and in_place; 3: cache writes are
+# TensorScatter (in place, TensorRT KVCacheUpdate), rings 4-D [batch, rows*kv_heads, ring, head_dim];
+# 4: the prefill graph extends from any position (takes the state and start_pos: export/io_spec.py)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -97,7 +98,7 @@ def read_manifest(folder: str | Path, verify_hashes: bool = True, expect_model: 
         raise ArtifactError(f"{path}: not a plt-deploy ONNX export manifest")
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: manifest format version {data.get('format_version')!r}, this plt-deploy "
-                            f"reads {FORMAT_VERSION} (in-place TensorScatter cache writes, 4-D rings); re-export "
+                            f"reads {FORMAT_VERSION} (prefill from any position: the prefill graph takes the state); re-export "
                             f"the model with `plt-deploy export`")
     try:
         op = data["custom_op"]
