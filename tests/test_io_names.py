@@ -113,9 +113,11 @@ def test_every_state_output_is_paired_and_in_place_only_for_caches():
         for o in outs:
             past = dec_inputs[o.alias_of]
             assert (past.role, past.index, past.dtype) == (o.role, o.index, o.dtype)
-            assert o.in_place == (graph == "decode" and o.role != "carry")
-            if graph == "decode":
-                assert o.concrete({"batch": 3, "max_seq": 64}) == past.concrete({"batch": 3, "max_seq": 64})
+            # decode: every cache is a TensorScatter; prefill (extend): the K/V, its rings are rewritten whole
+            assert o.in_place == (o.role != "carry" if graph == "decode" else o.role in ("key", "value"))
+            assert o.concrete({"batch": 3, "max_seq": 64}) == past.concrete({"batch": 3, "max_seq": 64})
+        paired = io_spec.state_inputs(spec, specs["decode"])  # both graphs read the same state buffers
+        assert sorted(paired.values()) == sorted(o.alias_of for o in outs)
     assert any(o.role == "carry" for o in specs["decode"].state_outputs())
 
 

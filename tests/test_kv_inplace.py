@@ -13,6 +13,7 @@ import torch
 
 from plt_deploy.backends.ort_backend import OrtBackend
 from plt_deploy.cache import PLTCache, kv_bytes_formula
+from plt_deploy.export import io_spec
 from plt_deploy.export.manifest import read_manifest
 from plt_deploy.ops import kv_update
 
@@ -73,6 +74,27 @@ def assert_caches_written_by_kv_cache_update(ex) -> None:
     carry = spec.maybe("carry", "outputs")
     if carry is not None:
         assert not carry.in_place and producer[carry.name].op_type != "TensorScatter"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prefill_writes_the_kv_state_in_place(tiny_exports, mode):
+    """The prefill (extend) graph takes the state: each K/V output is one TensorScatter (linear, axis
+    -2) of its own state input at start_pos, the form TensorRT imports as KVCacheUpdate; the rings
+    and carry are new tensors (rewritten whole)."""
+    m = read_manifest(tiny_exports[mode][1])
+    model = onnx.load(str(m.graph_path("prefill")), load_external_data=False)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    spec = m.graphs["prefill"]
+    own = {held: name for name, held in io_spec.state_inputs(spec, m.graphs["decode"]).items()}
+    start = spec.one("start").name
+    kv = [o for o in spec.state_outputs() if o.role in ("key", "value")]
+    assert kv and all(o.in_place for o in kv)
+    for o in kv:
+        node = producer[o.name]
+        assert (node.op_type, node.domain) == ("TensorScatter", ""), o.name
+        assert node.input[0] == own[o.alias_of] and node.input[2] == start, (o.name, list(node.input))
+        assert _attr(node, "axis", -2) in (-2, 2) and _attr(node, "mode", b"linear") in (b"linear", "linear")
+    assert not [o.name for o in spec.state_outputs() if o.role not in ("key", "value") and o.in_place]
 
 
 def _write_warnings(capfd, run) -> str:

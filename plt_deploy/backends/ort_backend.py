@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..config import numpy_dtype
+from ..export.io_spec import state_inputs
 from ..errors import BackendUnavailable
 from . import state as state_lib
 from .base import MODEL_MAX_SEQ_SOURCE, Backend, DecoderSession, SessionLimits
@@ -97,11 +98,12 @@ class OrtSession(DecoderSession):
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         host = {"tokens": tokens, "lengths": lengths, "start": start_pos}
+        held = state_inputs(spec, self._spec)  # prefill input -> the decode input (buffer) it reads
         for t in spec.inputs:
             if t.role in host:
                 b.bind_cpu_input(t.name, host[t.role].numpy().astype(np.int64))
             else:
-                self._bind(b, t.name, part[t.name], output=False)
+                self._bind(b, t.name, part[held[t.name]], output=False)
         fresh = {}
         logits = torch.empty((tokens.shape[0], self.be.config.vocab_size), dtype=self._dtype, device=self._dev)
         for t in spec.outputs:

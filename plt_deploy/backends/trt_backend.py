@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError, InputError
+from ..export.io_spec import state_inputs
+from . import state as state_lib
 from .base import Backend, DecoderSession, SessionLimits
 
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
@@ -95,6 +97,7 @@ class TrtSession(DecoderSession):
                     "logits": spec.one("logits", "outputs").name}
         dt = _TORCH[backend.manifest.dtype]
         self._bufs: dict[str, torch.Tensor] = {}  # past input -> its one device buffer
+        self._roles = {t.name: t.role for t in spec.inputs if t.name in self._present}
         self._spare: dict[str, torch.Tensor] = {}  # past input -> output buffer of a non-aliased state (carry)
         with torch.cuda.stream(self.stream):
             for t in spec.inputs:
@@ -116,7 +119,6 @@ class TrtSession(DecoderSession):
         self._bind()
         self._prefill_ctx = None
         self._lengths = torch.zeros(batch, dtype=torch.int64)
-        self._prefilled = False
         self._steps = 0
         self._graph = None
         self.cuda_graph = backend.cuda_graph
@@ -128,95 +130,57 @@ class TrtSession(DecoderSession):
 
     def kv_bytes(self) -> int:
         """Device bytes of the cache buffers (one per cache), carry excluded."""
-        role = {t.name: t.role for t in self._spec.inputs}
-        return sum(a.numel() * a.element_size() for name, a in self._bufs.items() if role[name] != "carry")
+        return sum(a.numel() * a.element_size() for name, a in self._bufs.items() if self._roles[name] != "carry")
 
     def buffer_addresses(self) -> dict[str, int]:
         """Tensor name -> the device address bound for it (aliased outputs share their input's)."""
         return {name: int(self._ctx.get_tensor_address(name)) for name in (*self._present, *self._present.values())}
 
-    # -- prefill -------------------------------------------------------------------------------
+    # -- extend (prefill from any position) ------------------------------------------------------
     def _prefill_context(self):
         """The prefill engine's execution context, created on first use."""
         if self._prefill_ctx is None:
             self._prefill_ctx = execution_context(self.be.engines["prefill"], "prefill", self.stream)
         return self._prefill_ctx
 
+    def state(self):
+        return self._bufs, self._roles
+
     @on_device
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        self.check_prefill(tokens)
-        _, S = tokens.shape
+    def _extend(self, rows, tokens, lengths, start_pos):
+        """The prefill engine on device copies of the listed rows (at the engines' fixed cache length:
+        its K/V writes are KVCacheUpdate layers, bound to their input's copy), the rings and carry to
+        new buffers; then written back into the rows (state.write_rows), the other rows untouched."""
         spec = self.be.manifest.graphs["prefill"]
         ctx = self._prefill_context()
         with torch.cuda.stream(self.stream):
-            feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64),
-                     spec.one("lengths").name: lengths.to(self.device, torch.int64)}
+            dev_rows = rows.to(self.device)
+            part = state_lib.rows_of(self._bufs, self._roles, dev_rows, self.be.cache_len)
+            host = {"tokens": tokens, "lengths": lengths, "start": start_pos}
+            held = state_inputs(spec, self._spec)  # prefill input -> the decode input (buffer) it reads
+            feeds = {t.name: host[t.role].to(self.device, torch.int64).contiguous() if t.role in host
+                     else part[held[t.name]] for t in spec.inputs}
             for t in spec.inputs:
-                x = feeds[t.name].contiguous()
-                feeds[t.name] = x
+                x = feeds[t.name]
                 if not ctx.set_input_shape(t.name, tuple(x.shape)):
                     raise InputError(f"prefill engine rejects {t.name} of shape {tuple(x.shape)} (outside its profile)")
                 ctx.set_tensor_address(t.name, x.data_ptr())
             outs = {}
             for t in spec.outputs:
-                shape = tuple(ctx.get_tensor_shape(t.name))
-                outs[t.name] = torch.empty(shape, dtype=_TORCH[t.dtype], device=self.device)
+                alias = self.be.prefill_aliases.get(t.name)  # a prefill input name
+                if alias is not None:  # written in place of its input (KVCacheUpdate)
+                    ctx.set_tensor_address(t.name, feeds[alias].data_ptr())
+                    continue
+                outs[t.name] = torch.empty(tuple(ctx.get_tensor_shape(t.name)), dtype=_TORCH[t.dtype],
+                                           device=self.device)
                 ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
             for t in spec.state_outputs():
-                buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
-                if t.role in ("key", "value"):  # [B, Hkv, S, D] -> slots 0..S-1 of [B, Hkv, T, D]
-                    buf.zero_()
-                    buf[:, :, :S].copy_(outs[t.name])
-                else:
-                    buf.copy_(outs[t.name])
-            logits = outs[spec.one("logits", "outputs").name].float().cpu()  # [B, V]: each prompt's last real token
-        self._lengths = lengths.clone().to(torch.int64)
-        self._prefilled = True
-        return logits
-
-    # -- slots (serving): prefill k prompts into rows of the running session ----------------------
-    def _run_prefill_engine(self, tokens: torch.Tensor, lengths: torch.Tensor):
-        """Enqueue the prefill engine on tokens [k, S] (on self.stream) -> (outputs by name, the
-        input tensors, which must stay alive until the stream has run)."""
-        spec = self.be.manifest.graphs["prefill"]
-        ctx = self._prefill_context()
-        feeds = {spec.one("tokens").name: tokens.to(self.device, torch.int64).contiguous(),
-                 spec.one("lengths").name: lengths.to(self.device, torch.int64).contiguous()}
-        for t in spec.inputs:
-            x = feeds[t.name]
-            if not ctx.set_input_shape(t.name, tuple(x.shape)):
-                raise InputError(f"prefill engine rejects {t.name} of shape {tuple(x.shape)} (outside its profile)")
-            ctx.set_tensor_address(t.name, x.data_ptr())
-        outs = {}
-        for t in spec.outputs:
-            outs[t.name] = torch.empty(tuple(ctx.get_tensor_shape(t.name)), dtype=_TORCH[t.dtype], device=self.device)
-            ctx.set_tensor_address(t.name, outs[t.name].data_ptr())
-        if not ctx.execute_async_v3(self.stream.cuda_stream):
-            raise ArtifactError("TensorRT prefill enqueue failed (see the TensorRT log above)")
-        return outs, feeds
-
-    @on_device
-    def prefill_slots(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Prefill k prompts; their caches are written into rows `slots` of the buffers (device to
-        device, only those rows), the other rows untouched -> last-token logits [k, V]."""
-        self.check_slots(slots, tokens, lengths)
-        _, S = tokens.shape
-        spec = self.be.manifest.graphs["prefill"]
-        with torch.cuda.stream(self.stream):
-            outs, _feeds = self._run_prefill_engine(tokens, lengths)
-            rows = torch.tensor(slots, dtype=torch.int64, device=self.device)
-            for t in spec.state_outputs():
-                buf = self._bufs[t.alias_of]  # the decode input this prefill output initialises
-                if t.role in ("key", "value"):  # [k, Hkv, S, D] -> rows of [B, Hkv, T, D]
-                    buf[rows] = 0
-                    buf[rows, :, :S] = outs[t.name]
-                else:
-                    buf[rows] = outs[t.name]
+                if t.name in outs:  # rings and carry: rewritten whole
+                    part[t.alias_of] = outs[t.name]
+            state_lib.write_rows(self._bufs, self._roles, dev_rows, part, int(start_pos.min()))
             logits = outs[spec.one("logits", "outputs").name].float().cpu()  # [k, V]; synchronises the stream
-        self._lengths[torch.tensor(slots, dtype=torch.int64)] = lengths.to(torch.int64)
-        self._prefilled = True
         return logits
 
     # -- decode --------------------------------------------------------------------------------
@@ -254,8 +218,7 @@ class TrtSession(DecoderSession):
             self.cuda_graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     @on_device
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.check_decode(self._prefilled)
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.cuda.stream(self.stream):
             self._tokens.copy_(tokens.reshape(-1).to(torch.int64))
             self._position.copy_(self._lengths)
@@ -267,7 +230,6 @@ class TrtSession(DecoderSession):
         self._steps += 1
         if self.cuda_graph and self._graph is None and self._steps == 1:
             self._capture()  # after the first real enqueue; capturing does not run anything
-        self._lengths = self._lengths + 1
         return logits
 
     def close(self) -> None:
@@ -317,7 +279,9 @@ class TrtBackend(Backend):
                 self._check_io(engine, graph, path)
             self.engines[graph] = engine
         self.aliases = engine_aliases(self.trt, self.engines["decode"])  # output -> input sharing its memory
-        check_aliases(self.aliases, manifest.graphs["decode"], plans["decode"])
+        check_aliases(self.aliases, manifest.graphs["decode"], manifest.graphs["decode"], plans["decode"])
+        self.prefill_aliases = engine_aliases(self.trt, self.engines["prefill"])
+        check_aliases(self.prefill_aliases, manifest.graphs["prefill"], manifest.graphs["decode"], plans["prefill"])
 
     def _check_io(self, engine, graph: str, path: Path) -> None:
         """The plan's I/O names, directions and dtypes are the manifest's; no output has a data-dependent (-1) dim."""
@@ -372,11 +336,13 @@ def engine_aliases(trt, engine) -> dict[str, str]:
     return out
 
 
-def check_aliases(aliases: dict[str, str], spec, where) -> None:
-    """Every `in_place` output of the manifest must be aliased by the engine to its alias_of input;
-    otherwise the caches would need a second buffer (the engine was not built from TensorScatter)."""
+def check_aliases(aliases: dict[str, str], spec, decode, where) -> None:
+    """Every `in_place` output of the manifest must be aliased by the engine to this graph's input
+    holding its alias_of state; otherwise the caches would need a second buffer (the engine was not
+    built from TensorScatter)."""
+    own = {held: name for name, held in state_inputs(spec, decode).items()}  # decode input -> spec's input
     for o in spec.state_outputs():
-        if o.in_place and aliases.get(o.name) != o.alias_of:
+        if o.in_place and aliases.get(o.name) != own[o.alias_of]:
             raise ArtifactError(f"{where}: the engine does not write {o.name} in place of {o.alias_of} "
                                 f"(aliased to {aliases.get(o.name)!r}); it needs TensorRT >= 10.15 and an export "
                                 "with TensorScatter cache writes: re-export, then `plt-deploy build`")

@@ -18,8 +18,8 @@ the parser (10.7+) uses the registered plugin instead of the model-local functio
 is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would turn the decode
 graph's cache writes (ScatterElements before issue 16) into legacy plugin layers.
 
-Profiles: prefill batch 1..max_batch x prompt 1..max_seq; decode batch 1..max_batch with the cache
-length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly), and that
+Profiles: prefill (extend) batch 1..max_batch x prompt 1..max_seq with its state inputs at the
+cache length max_seq; decode batch 1..max_batch with the cache length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly), and that
 length made static in the parsed network (`pin_fixed_axes`): the decode graph writes every cache
 with ONNX TensorScatter, which the parser imports as IKVCacheUpdateLayer, whose cache input must be
 a network input with a static sequence dim; its output then shares the input's memory
@@ -93,8 +93,9 @@ def profile_axes(graph: str, max_batch: int, max_seq: int, opt_batch: int = 1, o
     """Named dynamic axis -> (min, opt, max) for one graph's optimisation profile."""
     ob = min(max(opt_batch, 1), max_batch)
     batch = (1, ob, max_batch)
-    if graph == PREFILL:
-        return {"batch": batch, "prompt": (1, min(max(opt_prompt, 1), max_seq), max_seq)}
+    if graph == PREFILL:  # extend: the state at the full cache length too (its K/V are TensorScatters)
+        return {"batch": batch, "prompt": (1, min(max(opt_prompt, 1), max_seq), max_seq),
+                "max_seq": (max_seq, max_seq, max_seq)}
     if graph == DECODE:
         return {"batch": batch, "max_seq": (max_seq, max_seq, max_seq)}
     raise ValueError(f"unknown graph {graph!r}")
@@ -112,7 +113,7 @@ def profile_shapes(spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> di
 
 
 def pin_fixed_axes(network, spec: GraphSpec, axes: dict[str, tuple[int, int, int]]) -> list[str]:
-    """Make every network input dim whose profile range is one value (the decode graph's max_seq)
+    """Make every network input dim whose profile range is one value (both graphs' cache length max_seq)
     static in the network itself: IKVCacheUpdateLayer, which TensorRT's parser makes of each
     TensorScatter, needs its cache input's sequence dim static (docs/tensorrt.md). Returns the
     inputs changed."""

@@ -93,7 +93,8 @@ def polygraphy_feeds(feeds: list[dict], dtype: str) -> list[dict]:
 
 def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 7, iterations: int = 2,
                 seed: int = 0) -> list[dict]:
-    """Deterministic feeds for one graph: right-padded prompts (prefill) or random caches at valid positions."""
+    """Deterministic feeds for one graph: right-padded chunks at valid start positions (prefill) or one token
+    at valid positions (decode), over random state."""
     g = np.random.default_rng(seed)
     spec, vocab = manifest.graphs[graph], manifest.config.vocab_size
     feeds = []
@@ -107,6 +108,8 @@ def graph_feeds(manifest, graph: str, batch: int, cache_len: int, prompt: int = 
                 feed[t.name] = np.array([max(1, prompt - (b + it) % prompt) for b in range(batch)], dtype=np.int64)
             elif t.role == "position":
                 feed[t.name] = g.integers(1, cache_len, size=shape, dtype=np.int64)
+            elif t.role == "start":  # extend from 0 or from inside the (random) state; the chunk fits
+                feed[t.name] = g.integers(0, cache_len - prompt + 1, size=shape, dtype=np.int64)
             else:
                 feed[t.name] = (0.1 * g.standard_normal(shape)).astype(numpy_dtype(t.dtype))
         feeds.append(feed)

@@ -30,8 +30,9 @@ Graphs (two, see export/README.md for why):
            buffer. All caches are 4-D [batch, heads, slots, head_dim]: a ring's rows (loops 2..L)
            and kv heads share axis 1 (row r, head h at r * kv_heads + h).
 
-Pairing (`alias_of`, every output but logits): an output names the input it replaces (the same
-name in both graphs: the prefill graph takes the decode graph's state).
+Pairing (`alias_of`, every output but logits): an output names the DECODE input it is the next
+value of, in both graphs. The prefill graph's own state inputs pair with the decode inputs by role
+and index (`state_inputs`): runners keep one buffer per decode input and feed it to both graphs.
 """
 
 from __future__ import annotations
@@ -124,6 +125,15 @@ class GraphSpec:
     def from_dict(cls, name: str, d: dict) -> "GraphSpec":
         return cls(name, tuple(IOTensor.from_dict(t) for t in d["inputs"]),
                    tuple(IOTensor.from_dict(t) for t in d["outputs"]))
+
+
+def state_inputs(spec: GraphSpec, decode: GraphSpec) -> dict[str, str]:
+    """spec's state inputs -> the decode input holding the same state (same role and index)."""
+    by_kind = {(t.role, t.index): t.name for t in decode.inputs if t.role in STATE_ROLES}
+    return {t.name: by_kind[(t.role, t.index)] for t in spec.inputs if t.role in STATE_ROLES}
+
+
+STATE_ROLES = ("key", "value", "local_key", "local_value", "carry")
 
 
 def cache_tensors(cfg: PLTConfig, prefix: str, seq_axis: str | int, max_seq: int, dtype: str) -> list[IOTensor]:
