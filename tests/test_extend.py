@@ -90,3 +90,115 @@ def test_ragged_chunks_from_different_positions(mode, loops):
     lg = model.extend(t, torch.tensor([12, 4]), torch.tensor([5, 8]), cache)
     errs += [(lg[0] - full[0][16]).abs().max().item(), (lg[1] - full[1][11]).abs().max().item()]
     assert max(errs) < 2e-5, errs
+
+
+# -- on the runtimes: torch and ONNX Runtime sessions, through DecoderSession.extend ------------------
+
+@pytest.fixture(scope="module")
+def runtime_pairs(tiny_exports, tmp_path_factory):
+    """mode -> (torch backend, ONNX Runtime backend) of the same tiny checkpoint (window 8)."""
+    from plt_deploy.backends.ort_backend import OrtBackend
+    from plt_deploy.backends.torch_backend import load
+    from plt_deploy.checkpoint import init_checkpoint
+    from plt_deploy.export.exporter import export_model
+
+    pairs = {mode: (ck, ex) for mode, (ck, ex) in tiny_exports.items()}
+    root = tmp_path_factory.mktemp("loopcoder")
+    ck = init_checkpoint("tiny", root / "ck", mode="loopcoder", seed=1)
+    pairs["loopcoder"] = (ck, export_model(ck, root / "ex", max_batch=4, progress=False, validate=False))
+    return {mode: (load(ck), OrtBackend(ex)) for mode, (ck, ex) in pairs.items()}
+
+
+def session_chunks(backend, tokens: torch.Tensor, sizes: list[int], slots=(0, 1), max_seq: int = 64):
+    """A new session of len(slots)+1 rows; rows `slots` extended chunk by chunk -> (session, logits per chunk)."""
+    s = backend.start(len(slots) + 1, max_seq)
+    out, start = [], 0
+    for n in sizes:
+        k = len(slots)
+        out.append(s.extend(list(slots), tokens[:, start:start + n], torch.full((k,), n),
+                            s.lengths[list(slots)].clone()))
+        start += n
+    return s, out
+
+
+def greedy_after(s, first: torch.Tensor, slots, steps: int) -> list[list[int]]:
+    """Greedy tokens of rows `slots` for `steps` decode steps after logits `first` [k, V]."""
+    toks, got = first.argmax(-1), []
+    for _ in range(steps):
+        got.append(toks.tolist())
+        row = torch.zeros(s.batch, dtype=torch.int64)
+        row[list(slots)] = toks
+        toks = s.decode(row)[list(slots)].argmax(-1)
+    return got
+
+
+@pytest.mark.parametrize("mode", ["plt", "looped", "vanilla", "loopcoder"])
+def test_sessions_extend_in_chunks_like_one_prefill(runtime_pairs, mode):
+    """Chunks of 1, 7, w-1, w, w+1 and the whole prompt, into rows 2 and 0 of a 3-row session (the
+    other row untouched): the same last logits at the fp32 floor and the same greedy continuation as
+    one prefill from 0, on torch and ONNX Runtime, and the two runtimes agree."""
+    torch_be, ort_be = runtime_pairs[mode]
+    w, P = torch_be.config.window, 29
+    tokens = torch.randint(3, 250, (2, P), generator=torch.Generator().manual_seed(7))
+    for be in (torch_be, ort_be):
+        ref = be.start(2, 64)
+        want = ref.prefill(tokens, torch.tensor([P, P]))
+        want_greedy = greedy_after(ref, want, [0, 1], 8)
+        for size in (1, 7, w - 1, w, w + 1, P):
+            s, logits = session_chunks(be, tokens, chunks_of(size, P), slots=(2, 0))
+            assert s.lengths.tolist() == [P, 0, P]
+            err = (logits[-1] - want).abs().max().item()
+            assert err < 3e-5, (be.name, size, err)
+            assert greedy_after(s, logits[-1], [2, 0], 8) == want_greedy, (be.name, size)
+    _, t_logits = session_chunks(torch_be, tokens, chunks_of(5, P))
+    _, o_logits = session_chunks(ort_be, tokens, chunks_of(5, P))
+    assert max((a - b).abs().max().item() for a, b in zip(t_logits, o_logits)) < 3e-5
+
+
+def test_extend_refuses_what_it_cannot_continue(runtime_pairs):
+    from plt_deploy.errors import InputError
+
+    torch_be, _ = runtime_pairs["plt"]
+    s = torch_be.start(2, 16)
+    s.extend([0], torch.tensor([[5, 6, 7]]), torch.tensor([3]), torch.tensor([0]))
+    with pytest.raises(InputError, match="slot 0 holds 3 tokens: extend it from there"):
+        s.extend([0], torch.tensor([[5]]), torch.tensor([1]), torch.tensor([2]))
+    with pytest.raises(InputError, match="chunk from position 3 of 14 tokens exceeds the session's 16"):
+        s.extend([0], torch.ones(1, 14, dtype=torch.int64), torch.tensor([14]), torch.tensor([3]))
+    with pytest.raises(InputError, match="must be distinct rows"):
+        s.extend([1, 1], torch.ones(2, 2, dtype=torch.int64), torch.tensor([2, 2]), torch.tensor([0, 0]))
+    with pytest.raises(InputError, match=r"chunk lengths \[0\] must be in \[1, 2\]"):
+        s.extend([1], torch.ones(1, 2, dtype=torch.int64), torch.tensor([0]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("mode", ["plt", "loopcoder"])
+def test_saved_prefix_continues_like_the_whole_prompt(runtime_pairs, mode):
+    """save_slot at P, load_slot into another session's row, extend the rest: the prompt's logits."""
+    for be in runtime_pairs[mode]:
+        tokens = torch.randint(3, 250, (1, 21), generator=torch.Generator().manual_seed(3))
+        ref = be.start(1, 32)
+        want = ref.prefill(tokens, torch.tensor([21]))
+        a = be.start(2, 32)
+        a.extend([1], tokens[:, :13], torch.tensor([13]), torch.tensor([0]))
+        saved = a.save_slot(1, 13)
+        b = be.start(3, 32)
+        b.extend([2], torch.randint(3, 250, (1, 17)), torch.tensor([17]), torch.tensor([0]))  # stale state
+        b.load_slot(2, saved)
+        got = b.extend([2], tokens[:, 13:], torch.tensor([8]), torch.tensor([13]))
+        assert (got - want).abs().max().item() < 3e-5, be.name
+
+
+@pytest.mark.parametrize("mode", ["plt", "looped"])
+def test_decode_holds_rows_in_the_middle_of_a_prompt(runtime_pairs, mode):
+    """A decode step of every row leaves the held rows (chunked prefill in progress) continuing exactly."""
+    for be in runtime_pairs[mode]:
+        tokens = torch.randint(3, 250, (1, 15), generator=torch.Generator().manual_seed(4))
+        ref = be.start(1, 32)
+        want = ref.prefill(tokens, torch.tensor([15]))
+        s = be.start(2, 32)
+        s.extend([0], torch.tensor([[3, 4, 5]]), torch.tensor([3]), torch.tensor([0]))  # row 0 decodes
+        s.extend([1], tokens[:, :6], torch.tensor([6]), torch.tensor([0]))  # row 1: the first chunk
+        s.decode(torch.tensor([9, 9]), hold=[1])
+        assert s.lengths.tolist() == [4, 6]
+        got = s.extend([1], tokens[:, 6:], torch.tensor([9]), torch.tensor([6]))
+        assert (got - want).abs().max().item() < 3e-5, be.name

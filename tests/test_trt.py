@@ -342,7 +342,10 @@ def test_profiles_cover_prefill_and_decode():
     cfg = PLTConfig.from_name("tiny")
     specs = io_spec.graph_specs(cfg, 64, "float32")
     pre = profile_shapes(specs["prefill"], profile_axes("prefill", 4, 64, opt_batch=2, opt_prompt=16))
-    assert pre == {"input_ids": [[1, 1], [2, 16], [4, 64]], "lengths": [[1], [2], [4]]}
+    assert pre["input_ids"] == [[1, 1], [2, 16], [4, 64]] and pre["lengths"] == pre["start_pos"] == [[1], [2], [4]]
+    # the state it extends sits at the fixed cache length (KVCacheUpdate needs it static), like decode's
+    assert pre["past_key.0"] == [[b, cfg.n_kv_heads, 64, cfg.head_dim] for b in (1, 2, 4)]
+    assert set(pre) == set(specs["prefill"].input_names)
     dec = profile_shapes(specs["decode"], profile_axes("decode", 4, 64))
     assert dec["input_ids"] == [[1], [1], [4]] and dec["position"] == [[1], [1], [4]]
     k0 = dec["past_key.0"]
