@@ -12,7 +12,7 @@ from plt_deploy.errors import InputError
 from plt_deploy.generate import SamplingParams, TextStream, generate
 from plt_deploy.serve.chat import load_serve_tokenizer
 from plt_deploy.serve.engine import Engine, QueueFullError
-from plt_deploy.serve.scheduler import admit
+from plt_deploy.serve.scheduler import plan_chunks
 from plt_deploy.tokenizer import ByteTokenizer
 
 # 10 prompts of different lengths (1..23 tokens) and output lengths, over 4 slots.
@@ -69,7 +69,7 @@ def test_batched_equals_alone(backends, name):
     be = backends[name]
     alone = [generate(be, [p], SamplingParams(max_new_tokens=n))[0] for p, n in zip(PROMPTS, NEW)]
     assert sum(len(set(a)) for a in alone) > 3 * len(alone)  # outputs that depend on their context
-    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64, max_prefill_tokens=32).start()
+    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64, max_step_tokens=32).start()
     assert engine.wait_ready(60)
     arrivals = [0, 0, 1, 3, 4, 4, 7, 10, 12, 15]  # staggered: some join running batches, some wait for a slot
     outs = run_staggered(engine, PROMPTS, [SamplingParams(max_new_tokens=n) for n in NEW], arrivals)
@@ -154,14 +154,17 @@ def test_cancel_frees_slot_at_next_step(backends):
     engine.stop(timeout=30)
 
 
-def test_admission_is_fcfs_under_the_prefill_budget():
-    from collections import deque
-
-    q = deque([30, 5, 5, 40, 1])
-    assert admit(q, 4, 32, lambda n: n) == [30]  # 30 + 5 > 32: stop, no overtaking
-    assert admit(q, 4, 32, lambda n: n) == [5, 5]  # 5 + 5 + 40 > 32
-    assert admit(q, 4, 32, lambda n: n) == [40]  # longer than the budget: admitted alone
-    assert admit(q, 0, 32, lambda n: n) == []  # no free slot
+def test_chunks_are_oldest_first_under_the_step_budget():
+    # prompts as (tokens in the slot, prompt length), oldest first
+    reqs = {"a": (0, 30), "b": (0, 5), "c": (10, 50), "d": (0, 3)}
+    plan = lambda budget, stop=lambda r: None: [(r, s, n) for r, s, n in  # noqa: E731
+                                                 plan_chunks(list(reqs), budget, reqs.get, stop)]
+    assert plan(32) == [("a", 0, 30), ("b", 0, 2)]  # the budget runs out inside b: b gets 2 now
+    assert plan(100) == [("a", 0, 30), ("b", 0, 5), ("c", 10, 40), ("d", 0, 3)]
+    assert plan(0) == [("a", 0, 1)]  # a full step of decodes: the oldest prompt still moves
+    # a chunk stops at the prefix-cache boundary of its prompt (the state is saved there)
+    assert plan(100, lambda r: 16 if r == "a" else None)[0] == ("a", 0, 16)
+    assert plan(100, lambda r: 16 if r == "c" else None)[2] == ("c", 10, 6)
 
 
 def test_chat_template_plain_and_checkpoint(tmp_path):
@@ -179,22 +182,22 @@ def test_a_failing_prefill_ends_only_the_joining_request(backends):
     engine.wait_ready(60)
     decode = engine.session.decode
 
-    def slow_decode(tokens):  # 5 ms a step, so the request is still running when the other joins
+    def slow_decode(tokens, hold=None):  # 5 ms a step, so the request is still running when the other joins
         time.sleep(0.005)
-        return decode(tokens)
+        return decode(tokens, hold)
     engine.session.decode = slow_decode
     running = engine.submit(PROMPTS[2], SamplingParams(max_new_tokens=24))
     it = iter(running)
     first = [next(it).token_id for _ in range(3)]
-    real = engine.session.prefill_slots
+    real = engine.session.extend
 
     seen = []
 
-    def broken(slots, tokens, lengths):
-        engine.session.prefill_slots = real  # fails once
+    def broken(slots, tokens, lengths, start_pos):
+        engine.session.extend = real  # fails once
         seen.append(running.done)
         raise RuntimeError("injected prefill failure")
-    engine.session.prefill_slots = broken
+    engine.session.extend = broken
     bad = list(engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=5)))
     assert bad[-1].finish_reason == "error" and "injected prefill failure" in bad[-1].error
     rest = [e.token_id for e in it]
@@ -284,3 +287,72 @@ def test_an_error_in_one_request_ends_that_request_only(backends):
         assert ev[-1].finish_reason == "length" and [e.token_id for e in ev] == alone[i]
     assert engine.stats()["slots_in_use"] == 0 and engine.load_error is None
     engine.stop(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_chunked_prefill_beside_decoding_streams_equals_alone(backends, name):
+    """A step budget of 6 tokens over 4 slots: long prompts are prefilled a few tokens per step while
+    the other slots decode (their rows held in the decode step); every output equals its alone run."""
+    be = backends[name]
+    alone = [generate(be, [p], SamplingParams(max_new_tokens=n))[0] for p, n in zip(PROMPTS, NEW)]
+    engine = Engine(be, ByteTokenizer(), slots=4, max_context=64, max_step_tokens=6, prefix_cache_mb=0).start()
+    assert engine.wait_ready(60)
+    outs = run_staggered(engine, PROMPTS, [SamplingParams(max_new_tokens=n) for n in NEW], [0, 0, 1, 3, 4, 4, 7, 10,
+                                                                                          12, 15])
+    engine.stop(timeout=30)
+    for i, (toks, last) in enumerate(outs):
+        assert toks == alone[i], f"request {i}: chunked {toks} != alone {alone[i]}"
+    assert engine.steps > sum(len(p) for p in PROMPTS) / 6  # the prompts really went through in chunks
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_prefix_cache_hit_gives_the_tokens_of_a_miss(backends, name):
+    """A chat that grows turn by turn over a shared system prompt: from turn 2 on the prompt starts
+    with the previous turn's saved prefix (cached_tokens > 0), and every turn's tokens equal those
+    of an engine without the cache; the counters count the reused tokens."""
+    from plt_deploy.serve.metrics import Metrics
+
+    be = backends[name]
+    system = [1 + (5 * j) % 240 for j in range(21)]
+    turns, history = [], list(system)
+    for t in range(4):
+        history = history + [30 + t, 40 + t, 50 + t]
+        turns.append(list(history))
+        history = history + [60 + t] * 2  # the "reply" kept in the next prompt
+    params = SamplingParams(max_new_tokens=6)
+    results = {}
+    for mb in (0, 8):
+        engine = Engine(be, ByteTokenizer(), slots=2, max_context=64, prefix_cache_mb=mb, prefix_block=4)
+        engine.metrics = Metrics("m")
+        engine.start()
+        assert engine.wait_ready(60)
+        results[mb] = [list(engine.submit(p, params)) for p in turns]
+        stats, body = engine.stats(), engine.metrics.render()[0].decode()
+        engine.stop(timeout=30)
+    miss, hit = ([[e.token_id for e in evs if e.token_id is not None] for evs in results[mb]] for mb in (0, 8))
+    assert hit == miss
+    cached = [evs[-1].cached_tokens for evs in results[8]]
+    assert cached[0] == 0 and all(c >= len(turns[i - 1]) - 4 for i, c in enumerate(cached) if i), cached
+    assert [evs[-1].cached_tokens for evs in results[0]] == [0] * 4
+    assert stats["prefix_cache_entries"] >= 3 and 0 < stats["prefix_cache_usage"] <= 1
+    hits = sum(cached)
+    assert f'plt:prefix_cache_hits_total{{model_name="m",replica="0"}} {float(hits)}' in body
+    assert f'plt:prefix_cache_queries_total{{model_name="m",replica="0"}} {float(sum(map(len, turns)))}' in body
+
+
+def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
+    from plt_deploy.backends.state import SlotState
+    from plt_deploy.serve.prefix_cache import PrefixCache
+
+    state = lambda n: SlotState(n, {"k": torch.zeros(n, dtype=torch.uint8)})  # noqa: E731  n bytes
+    pc = PrefixCache(capacity_bytes=20, block=4)
+    a, b, c = list(range(10)), list(range(50, 60)), list(range(100, 110))
+    assert pc.boundary(len(a)) == 8 and pc.lookup(a) is None
+    assert pc.store(a, 8, state(8)) and not pc.store(a, 8, state(8))  # stored once
+    assert pc.store(b, 8, state(8)) and pc.bytes == 16
+    assert pc.lookup(a + [1])[0] == 8  # a is now the most recent
+    assert pc.store(c, 8, state(8)) and pc.bytes == 16 and pc.evictions == 1
+    assert pc.lookup(b) is None and pc.lookup(a)[0] == 8 and pc.lookup(c)[0] == 8
+    assert not pc.store(a, 6, state(6))  # not a block boundary
+    assert pc.lookup(a[:8]) is None  # a prompt of exactly the prefix must keep a token to prefill
+    assert PrefixCache(16, 4).store(a, 8, state(8)) and not PrefixCache(4, 4).store(a, 8, state(8))

@@ -57,7 +57,8 @@ def test_completion_handler_whole_answer(engine):
     r = run(CompletionsHandler(engine).create({"prompt": [1, 2, 3], "max_tokens": 5, "ignore_eos": True}))
     b = body(r)
     assert b["object"] == "text_completion" and b["choices"][0]["finish_reason"] == "length"
-    assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 def test_chat_handler_streams_sse_ending_in_done(engine):

@@ -114,7 +114,8 @@ def test_health_models_and_greedy_completion_equals_generate(server, checkpoint)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["choices"][0]["text"] == tok.decode(want) and body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18}
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18,
+                             "prompt_tokens_details": {"cached_tokens": 0}}  # first request: nothing cached
     assert r.headers["x-replica-id"] == "0"
 
 
@@ -250,7 +251,7 @@ def test_error_after_stream_started_is_a_chunk_then_done(server):
         got = [next(lines) for _ in range(2)]
         session = engine.session
 
-        def broken(tokens):
+        def broken(tokens, hold=None):
             raise RuntimeError("injected decode failure")
         session.decode = broken  # the engine ends the batch's requests and starts a clean session
         events = sse_events(got + list(lines))
@@ -293,9 +294,9 @@ def test_api_key_and_queue_full(checkpoint):
         assert httpx.post(srv.url + "/v1/completions", json=req, headers=auth).status_code == 200
         decode = engine.session.decode
 
-        def slow_decode(tokens):  # 20 ms a step, so the slot stays busy while the test looks
+        def slow_decode(tokens, hold=None):  # 20 ms a step, so the slot stays busy while the test looks
             time.sleep(0.02)
-            return decode(tokens)
+            return decode(tokens, hold)
         engine.session.decode = slow_decode
         long = {"prompt": "Hi", "max_tokens": 120, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", srv.url + "/v1/completions", json=long, headers=auth) as r1:

@@ -358,7 +358,7 @@ def test_profiles_cover_prefill_and_decode():
 
 def test_profile_opt_clamped_to_range():
     axes = profile_axes("prefill", 2, 32, opt_batch=8, opt_prompt=1000)
-    assert axes == {"batch": (1, 2, 2), "prompt": (1, 32, 32)}
+    assert axes == {"batch": (1, 2, 2), "prompt": (1, 32, 32), "max_seq": (32, 32, 32)}
 
 
 # -- with a real (tiny) export: function stripping, manifest section, graph feeds on ORT ----------
@@ -392,7 +392,7 @@ def test_parser_support_refuses_opset23_ops_on_old_tensorrt(tiny_exports):
     from plt_deploy.build.engine import check_parser_support
 
     cases = [("vanilla", "decode.onnx", "10.13.0.35", "Attention, RMSNormalization, TensorScatter", "10.15"),
-             ("plt", "prefill.onnx", "10.13.0.35", "Attention, RMSNormalization", "10.15"),  # loop 1 attention
+             ("plt", "prefill.onnx", "10.13.0.35", "Attention, RMSNormalization, TensorScatter", "10.15"),
              ("plt", "decode.onnx", "10.14.1.48", "RMSNormalization, TensorScatter", "10.15")]  # loop 1: G-SWA row 0
     for mode, graph, version, ops, need in cases:
         model = onnx.load(str(tiny_exports[mode][1] / graph), load_external_data=False)
@@ -574,6 +574,7 @@ def test_decode_profile_fixes_the_cache_length(tiny_export):
 
     m = read_manifest(tiny_export)
     dec, pre = profile_axes("decode", 4, m.max_seq), profile_axes("prefill", 4, m.max_seq)
-    assert dec["max_seq"] == (m.max_seq,) * 3 and all(lo < hi for lo, _, hi in pre.values())
+    assert dec["max_seq"] == pre["max_seq"] == (m.max_seq,) * 3  # both graphs write the caches in place
+    assert all(lo < hi for axis, (lo, _, hi) in pre.items() if axis != "max_seq")
     caches = [t for t in m.graphs["decode"].inputs if t.role in ("key", "value", "local_key", "local_value")]
     assert caches and all(len(t.shape) == 4 and t.shape[2] in ("max_seq", m.config.window) for t in caches)

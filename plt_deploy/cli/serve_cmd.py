@@ -19,8 +19,12 @@ from ..backends import LOADERS
               help="Prompt + generated tokens per request.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests waiting for a slot; beyond it: 429.")
-@click.option("--max-prefill-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Prompt tokens prefilled per step, so long prompts cannot stall running streams.")
+@click.option("--max-step-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens per engine step: one per decoding slot, the rest for prompt chunks (chunked prefill), "
+                   "so a long prompt cannot stall running streams. At least --slots.")
+@click.option("--prefix-cache-mb", type=click.FloatRange(min=0, min_open=True), default=256, show_default=True,
+              help="Memory for the prefix cache: prompt prefixes already prefilled are reused (LRU).")
+@click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt from its first token.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you say so).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", help="Require `Authorization: Bearer KEY` on /v1 (default: $PLT_API_KEY).")
@@ -47,7 +51,8 @@ from ..backends import LOADERS
 @click.option("--ray-cpus", type=click.IntRange(min=1), help="CPUs of the local Ray instance (default: replicas).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True)
-def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, host, port, api_key,
+def command(model, backend, slots, max_context, max_queue, max_step_tokens, prefix_cache_mb, no_prefix_cache, host,
+            port, api_key,
             served_model_name, max_body_bytes, max_header_bytes, max_connections, timeout_keep_alive,
             max_tokens_limit, shutdown_timeout, threads, provider, plugin,
             ort_spinning, replicas, max_replicas, ray_address, ray_cpus, log_level):
@@ -62,7 +67,8 @@ def command(model, backend, slots, max_context, max_queue, max_prefill_tokens, h
 
         port = claim_port(host, port)  # a busy port fails now, in one line; port 0 becomes the real one
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
-                   max_prefill_tokens=max_prefill_tokens, host=host, port=port, api_key=api_key, threads=threads,
+                   max_step_tokens=max_step_tokens, prefix_cache_mb=0 if no_prefix_cache else prefix_cache_mb,
+                   host=host, port=port, api_key=api_key, threads=threads,
                    plugin=plugin, provider=provider, model_name=served_model_name, max_body_bytes=max_body_bytes,
                    max_tokens_limit=max_tokens_limit, ort_spinning=ort_spinning)
     if replicas:

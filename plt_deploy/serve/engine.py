@@ -1,14 +1,19 @@
 """The serving engine: continuous batching of requests over the slots of one decoder session.
 
 No HTTP here. `Engine.submit` queues a request and returns its handle (`EngineRequest`); a
-background thread runs steps. One step:
+background thread runs steps. One step (docs/serving.md explains the scheduler):
   1. requests cancelled since the last step give their slots back;
-  2. waiting requests join free slots, oldest first, under the prefill token budget; their
-     prompts are prefilled together into their own rows (`DecoderSession.prefill_slots`), the
-     running rows are not touched, and each samples its first token;
-  3. one decode of ALL slots at once (static shapes: a free row decodes an empty sequence at
-     position 0 and is reset after the step), every row at its own position;
-  4. each running request samples its next token (its own SamplingParams, the same `sample` as
+  2. waiting requests take free slots, oldest first; a request whose prompt starts with a prefix
+     in the prefix cache loads that state into its slot (`DecoderSession.load_slot`);
+  3. chunked prefill: the step's token budget (`max_step_tokens`) minus one token per decoding
+     row goes to the prompts still being prefilled, oldest first, as chunks extending their
+     slots (`DecoderSession.extend`; other rows untouched). A chunk ends at the prompt's last
+     prefix-cache block boundary, where the slot's state is saved. A prompt whose last chunk ran
+     samples its first token;
+  4. one decode of ALL slots at once (static shapes: a free row decodes an empty sequence at
+     position 0 and is reset after the step; rows still being prefilled are held: their state
+     is put back), every row at its own position;
+  5. each decoding request samples its next token (its own SamplingParams, the same `sample` as
      `generate`), streams it, and frees its slot when it stops.
 """
 
@@ -27,7 +32,8 @@ import torch
 from ..backends.base import Backend
 from ..errors import InputError, PLTError
 from ..generate import SamplingParams, TextStream, pad_prompts, sample
-from .scheduler import SlotPool, admit
+from .prefix_cache import DEFAULT_BLOCK, PrefixCache
+from .scheduler import SlotPool, plan_chunks
 
 
 class QueueFullError(PLTError):
@@ -54,6 +60,7 @@ class TokenEvent:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 class EngineRequest:
@@ -68,6 +75,8 @@ class EngineRequest:
         self.stop_tokens = set(params.stop_tokens)
         self.generated: list[int] = []
         self.slot: int | None = None
+        self.n_cached = 0  # prompt tokens in the slot so far (chunked prefill)
+        self.cached_tokens = 0  # of which from the prefix cache
         self.finish_reason: str | None = None
         self.cancelled = False
         self.cancel_step: int | None = None  # engine step count when cancel() was called
@@ -127,6 +136,7 @@ class EngineRequest:
     # -- engine side -----------------------------------------------------------------------------
     def _emit(self, ev: TokenEvent) -> None:
         ev.prompt_tokens, ev.completion_tokens = len(self.prompt_ids), len(self.generated)
+        ev.cached_tokens = self.cached_tokens
         with self._cond:
             self._events.append(ev)
             self._cond.notify_all()
@@ -142,16 +152,21 @@ class Engine:
     """S slots of one decoder session on any backend; see the module docstring for a step."""
 
     def __init__(self, backend: Backend, tokenizer, slots: int = 4, max_context: int = 256, max_queue: int = 64,
-                 max_prefill_tokens: int = 512, model_name: str = "plt", metrics=None):
-        if slots < 1 or max_queue < 0 or max_prefill_tokens < 1:
-            raise InputError(f"need slots >= 1, max_queue >= 0, max_prefill_tokens >= 1 "
-                             f"(got {slots}, {max_queue}, {max_prefill_tokens})")
+                 max_step_tokens: int = 512, prefix_cache_mb: float = 256, prefix_block: int = DEFAULT_BLOCK,
+                 model_name: str = "plt", metrics=None):
+        if slots < 1 or max_queue < 0 or prefix_cache_mb < 0:
+            raise InputError(f"need slots >= 1, max_queue >= 0, prefix_cache_mb >= 0 "
+                             f"(got {slots}, {max_queue}, {prefix_cache_mb})")
+        if max_step_tokens < slots:  # a step must fit every decoding row and leave a prefill token
+            raise InputError(f"--max-step-tokens {max_step_tokens} must be at least --slots {slots} (one token per "
+                             "decoding slot, the rest for prompt chunks)")
         limit = backend.max_seq
         if not 2 <= max_context <= limit:
             raise InputError(f"max_context {max_context} must be in [2, {limit}] ({backend.max_seq_source})")
         self.backend, self.tokenizer, self.model_name = backend, tokenizer, model_name
         self.slots, self.max_context, self.max_queue = slots, max_context, max_queue
-        self.max_prefill_tokens = max_prefill_tokens
+        self.max_step_tokens = max_step_tokens
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20), prefix_block) if prefix_cache_mb else None
         self.metrics = metrics
         self.pad_id = getattr(tokenizer, "pad_id", 0) or 0
         backend.limits.check(slots, max_context, "--slots", "--max-context")  # names the flags, before allocating
@@ -248,10 +263,13 @@ class Engine:
         with self._cond:
             running = list(self._running.values())
             waiting = len(self._waiting)
-        cached = sum(len(r.prompt_ids) + len(r.generated) for r in running)
+        cached = sum(r.n_cached + len(r.generated) for r in running)
+        pc = self.prefix_cache
         return {"slots": self.slots, "slots_in_use": self._pool.in_use, "running": len(running), "waiting": waiting,
                 "kv_cache_usage": cached / (self.slots * self.max_context), "steps": self.steps,
-                "max_context": self.max_context, "ready": self.ready, "stopping": self._stopping}
+                "max_context": self.max_context, "ready": self.ready, "stopping": self._stopping,
+                "prefix_cache_usage": pc.usage if pc is not None else 0.0,
+                "prefix_cache_entries": len(pc) if pc is not None else 0}
 
     # -- the loop --------------------------------------------------------------------------------
     def _on_cancel(self, req: EngineRequest) -> None:
@@ -306,21 +324,36 @@ class Engine:
         t0 = time.monotonic()
         self._drop_cancelled()
         with self._cond:
-            joining = admit(self._waiting, self._pool.free, self.max_prefill_tokens, lambda r: len(r.prompt_ids))
-            for r in joining:
+            joining = []
+            while self._waiting and self._pool.free:  # slots first; the token budget paces the prefill
+                r = self._waiting.popleft()
                 r.slot = self._pool.take()
                 r.t_admitted = time.monotonic()
                 self._running[r.slot] = r
-        if joining:
+                joining.append(r)
+        for r in joining:
             if self.metrics:
-                for r in joining:
-                    self.metrics.on_admit(r)
-            self._prefill(joining)
-        if self._running:
+                self.metrics.on_admit(r)
+            self._reuse_prefix(r)
+        prefilling = [r for r in self._running.values() if not r.generated]
+        if prefilling:
+            self._prefill(prefilling)
+        if any(r.generated for r in self._running.values()):
             self._decode()
         self.steps += 1
         if self.metrics:
             self.metrics.on_step(time.monotonic() - t0, self.stats())
+
+    def _reuse_prefix(self, r: EngineRequest) -> None:
+        """Load the longest cached prefix of r's prompt into its slot (prefix cache hit)."""
+        if self.prefix_cache is None:
+            return
+        hit = self.prefix_cache.lookup(r.prompt_ids)
+        if self.metrics:
+            self.metrics.on_prefix_lookup(len(r.prompt_ids), hit[0] if hit else 0)
+        if hit is not None:
+            self.session.load_slot(r.slot, hit[1])
+            r.n_cached = r.cached_tokens = hit[0]
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -333,29 +366,57 @@ class Engine:
                 self.cancel_lags.append(self.steps - r.cancel_step)
             self._finish(r, TokenEvent(None, "", "cancelled"))
 
-    def _prefill(self, joining: list[EngineRequest]) -> None:
-        tokens, lengths = pad_prompts([r.prompt_ids for r in joining], self.pad_id)
-        try:
-            logits = self.session.prefill_slots([r.slot for r in joining], tokens, lengths)  # [k, V]
-        except Exception as exc:  # noqa: BLE001  (only these requests fail; the running rows are intact)
-            for r in joining:
-                self._finish(r, TokenEvent(None, "", "error", error=f"prefill failed: {exc}"))
+    def _prefill(self, prefilling: list[EngineRequest]) -> None:
+        """This step's prompt chunks (scheduler.plan_chunks), in one extend when they fit one padded
+        batch; requests whose prompt is complete sample their first token. An error fails only the
+        requests of the failed call; the other rows are intact."""
+        pc = self.prefix_cache
+        stop_at = (lambda r: pc.boundary(len(r.prompt_ids)) if pc is not None and pc.wants(
+            r.prompt_ids, pc.boundary(len(r.prompt_ids))) else None)
+        n_decode = sum(1 for r in self._running.values() if r.generated)
+        chunks = plan_chunks(sorted(prefilling, key=lambda r: r.t_arrival), self.max_step_tokens - n_decode,
+                             lambda r: (r.n_cached, len(r.prompt_ids)), stop_at)
+        if not chunks:
             return
-        self._sample_and_emit(joining, logits)
+        width = max(n for _, _, n in chunks)
+        groups = [chunks] if all(start + width <= self.max_context for _, start, _ in chunks) else [[c] for c in chunks]
+        done, done_logits = [], []
+        for group in groups:
+            tokens, lengths = pad_prompts([r.prompt_ids[start:start + n] for r, start, n in group], self.pad_id)
+            try:
+                logits = self.session.extend([r.slot for r, _, _ in group], tokens, lengths,
+                                             torch.tensor([start for _, start, _ in group]))  # [k, V]
+            except Exception as exc:  # noqa: BLE001  (only these requests fail; the other rows are intact)
+                for r, _, _ in group:
+                    self._finish(r, TokenEvent(None, "", "error", error=f"prefill failed: {exc}"))
+                continue
+            for i, (r, start, n) in enumerate(group):
+                r.n_cached = start + n
+                if pc is not None and r.n_cached == stop_at(r):
+                    pc.store(r.prompt_ids, r.n_cached, self.session.save_slot(r.slot, r.n_cached))
+                if r.n_cached == len(r.prompt_ids):
+                    done.append(r)
+                    done_logits.append(logits[i])
+        if done:
+            self._sample_and_emit(done, torch.stack(done_logits))
 
     def _decode(self) -> None:
         tokens = torch.full((self.slots,), self.pad_id, dtype=torch.int64)  # [S]; free rows decode padding
+        held = []  # rows in the middle of their prompt: their state is put back after the step
         for slot, r in self._running.items():
-            tokens[slot] = r.generated[-1]
+            if r.generated:
+                tokens[slot] = r.generated[-1]
+            else:
+                held.append(slot)
         try:
-            logits = self.session.decode(tokens)  # [S, V]
+            logits = self.session.decode(tokens, hold=held)  # [S, V]
         except Exception as exc:  # noqa: BLE001  (the whole batch failed: end its requests, start clean)
             for r in list(self._running.values()):
                 self._finish(r, TokenEvent(None, "", "error", error=f"decode failed: {exc}"))
             self.session = self.backend.start(self.slots, self.max_context)
             return
         self.session.reset_slots(self._pool.free_ids())
-        running = list(self._running.values())
+        running = [r for r in self._running.values() if r.generated]
         self._sample_and_emit(running, logits[torch.tensor([r.slot for r in running])])
 
     def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:

@@ -141,7 +141,8 @@ class _GenerationHandler(Handler):
         if last.finish_reason == "cancelled":
             raise APIError(503, "the request was cancelled (server shutting down or client gone)", "unavailable")
         body = (protocol.chat_body if self.chat else protocol.completion_body)(
-            rid, model, "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, fp)
+            rid, model, "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, fp,
+            last.cached_tokens)
         return JSONResponse(body)
 
     async def stream(self, handle: EngineRequest, rid: str, model: str, fp: str, include_usage: bool,
@@ -170,10 +171,11 @@ class _GenerationHandler(Handler):
                 else:
                     chunk = protocol.completion_chunk(rid, model, ev.text, ev.finish_reason, fp)
                 if continuous_usage:
-                    chunk["usage"] = protocol.usage(ev.prompt_tokens, ev.completion_tokens)
+                    chunk["usage"] = protocol.usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
                 yield sse(chunk)
             if include_usage and last is not None:
-                yield sse(protocol.usage_chunk(rid, model, obj, last.prompt_tokens, last.completion_tokens, fp))
+                yield sse(protocol.usage_chunk(rid, model, obj, last.prompt_tokens, last.completion_tokens, fp,
+                                               last.cached_tokens))
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away (the send failed or the task was cancelled)
             if not handle.done:

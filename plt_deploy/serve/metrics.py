@@ -43,7 +43,10 @@ class Metrics:
         self.itl = hist("inter_token_latency_seconds", "Time between two tokens of one request.")
         self.e2e = hist("e2e_request_latency_seconds", "Arrival to last token.")
         self.queue_time = hist("request_queue_time_seconds", "Arrival to joining a slot.")
-        self.step_time = hist("decode_step_seconds", "One engine step (joins' prefill + one decode of all slots).")
+        self.prefix_queries = counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
+        self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache (state reused).")
+        self.prefix_usage = gauge("prefix_cache_usage_perc", "Fraction of --prefix-cache-mb in use (0..1).")
+        self.step_time = hist("decode_step_seconds", "One engine step (prompt chunks + one decode of all slots).")
 
     # -- hooks called by the engine loop -----------------------------------------------------------
     def on_admit(self, req) -> None:
@@ -61,6 +64,10 @@ class Metrics:
         self._success.labels(**self.labels, finished_reason=req.finish_reason).inc()
         self.e2e.observe(now - req.t_arrival)
 
+    def on_prefix_lookup(self, queried: int, hit: int) -> None:
+        self.prefix_queries.inc(queried)
+        self.prefix_hits.inc(hit)
+
     def on_step(self, seconds: float, stats: dict) -> None:
         self.step_time.observe(seconds)
         self.set_state(stats)
@@ -71,6 +78,7 @@ class Metrics:
         self.waiting.set(stats["waiting"])
         self.slots_in_use.set(stats["slots_in_use"])
         self.kv_usage.set(stats["kv_cache_usage"])
+        self.prefix_usage.set(stats.get("prefix_cache_usage", 0.0))
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of the Prometheus text format."""

@@ -139,14 +139,20 @@ class ChatCompletionRequest(_Sampling):
 
 
 # -- responses ---------------------------------------------------------------------------------------
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose state came from the prefix cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
-def usage(prompt: int, completion: int) -> dict:
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
+def usage(prompt: int, completion: int, cached: int = 0) -> dict:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached)).model_dump()
 
 
 def new_id(prefix: str) -> str:
@@ -154,11 +160,11 @@ def new_id(prefix: str) -> str:
 
 
 def completion_body(rid: str, model: str, text: str, finish: str | None, prompt: int, completion: int,
-                    fingerprint: str) -> dict:
+                    fingerprint: str, cached: int = 0) -> dict:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
             "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            "usage": usage(prompt, completion)}
+            "usage": usage(prompt, completion, cached)}
 
 
 def completion_chunk(rid: str, model: str, text: str, finish: str | None, fingerprint: str) -> dict:
@@ -168,12 +174,12 @@ def completion_chunk(rid: str, model: str, text: str, finish: str | None, finger
 
 
 def chat_body(rid: str, model: str, text: str, finish: str | None, prompt: int, completion: int,
-              fingerprint: str) -> dict:
+              fingerprint: str, cached: int = 0) -> dict:
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                          "logprobs": None}],
-            "usage": usage(prompt, completion)}
+            "usage": usage(prompt, completion, cached)}
 
 
 def chat_chunk(rid: str, model: str, delta: dict, finish: str | None, fingerprint: str) -> dict:
@@ -182,9 +188,10 @@ def chat_chunk(rid: str, model: str, delta: dict, finish: str | None, fingerprin
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
 
-def usage_chunk(rid: str, model: str, obj: str, prompt: int, completion: int, fingerprint: str) -> dict:
+def usage_chunk(rid: str, model: str, obj: str, prompt: int, completion: int, fingerprint: str,
+                cached: int = 0) -> dict:
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "system_fingerprint": fingerprint,
-            "choices": [], "usage": usage(prompt, completion)}
+            "choices": [], "usage": usage(prompt, completion, cached)}
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,

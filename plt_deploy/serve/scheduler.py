@@ -1,14 +1,14 @@
-"""Slots and admission: which waiting requests join the running batch before the next step.
+"""Slots and chunked prefill: which rows requests take, and how much of each prompt runs per step.
 
 A slot is one row of the engine's decoder session (llama.cpp's word; TensorRT-LLM's
-SequenceSlotManager): a fixed pool of ids, lowest free id first. Admission is first come, first
-served under a per-step prefill token budget, so a burst of long prompts cannot stall the running
+SequenceSlotManager): a fixed pool of ids, lowest free id first. Requests take free slots first
+come, first served; their prompts are then prefilled in chunks under one token budget per step,
+shared with the decoding rows (vLLM's chunked prefill), so a long prompt cannot stall the running
 streams for more than one budget's worth of prefill per step.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -42,21 +42,23 @@ class SlotPool:
         return sorted(self._free)
 
 
-def admit(waiting: deque, free_slots: int, budget: int, cost: Callable[[T], int]) -> list[T]:
-    """Pop the requests that join this step, oldest first.
-
-    Stops at the first request that does not fit (no overtaking, so no request waits forever): it
-    fits if a slot is free and its prompt keeps this step's prefill within `budget` tokens. A
-    prompt longer than the whole budget is admitted alone, in a step with no other prefill.
-    """
-    out: list[T] = []
-    used = 0
-    while waiting and len(out) < free_slots:
-        c = cost(waiting[0])
-        if out and used + c > budget:
+def plan_chunks(prefilling: list[T], budget: int, progress: Callable[[T], tuple[int, int]],
+                stop_at: Callable[[T], int | None] = lambda r: None) -> list[tuple[T, int, int]]:
+    """This step's prompt chunks: (request, start, n) for the prompts still being prefilled, oldest
+    first, within `budget` tokens (what is left of the step's budget after one token per decoding
+    row). progress(r) = (tokens already in its slot, prompt length). A chunk that would cross
+    stop_at(r) (a prefix-cache block boundary, or None) ends there, so the slot's state can be saved
+    at that point. The oldest prompt gets at least one token, so prefill always progresses."""
+    out: list[tuple[T, int, int]] = []
+    left = max(budget, 1)
+    for r in prefilling:
+        if left <= 0:
             break
-        out.append(waiting.popleft())
-        used += c
-        if used >= budget:
-            break
+        start, total = progress(r)
+        n = min(total - start, left)
+        b = stop_at(r)
+        if b is not None and start < b < start + n:
+            n = b - start
+        out.append((r, start, n))
+        left -= n
     return out

@@ -155,7 +155,7 @@ def passive_openmp() -> bool:
 
 
 def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_context: int = 256,
-                  max_queue: int = 64, max_prefill_tokens: int = 512, host: str = "127.0.0.1", port: int = 8000,
+                  max_queue: int = 64, max_step_tokens: int = 512, prefix_cache_mb: float = 256, host: str = "127.0.0.1", port: int = 8000,
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
@@ -171,7 +171,7 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
     from .metrics import Metrics
 
     engine = load_engine(model, backend, slots=slots, max_context=max_context, max_queue=max_queue,
-                         max_prefill_tokens=max_prefill_tokens, threads=threads, plugin=plugin, provider=provider,
+                         max_step_tokens=max_step_tokens, prefix_cache_mb=prefix_cache_mb, threads=threads, plugin=plugin, provider=provider,
                          model_name=model_name, ort_spinning=ort_spinning)
     engine.metrics = Metrics(engine.model_name)
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
