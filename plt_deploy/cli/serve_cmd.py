@@ -19,9 +19,10 @@ from ..backends import LOADERS
               help="Prompt + generated tokens per request.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests waiting for a slot; beyond it: 429.")
-@click.option("--max-step-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--max-step-tokens", type=click.IntRange(min=1),
               help="Tokens per engine step: one per decoding slot, the rest for prompt chunks (chunked prefill), "
-                   "so a long prompt cannot stall running streams. At least --slots.")
+                   "so a long prompt cannot stall running streams. At least --slots. "
+                   "[default: max(128, 2 x --slots)]")
 @click.option("--prefix-cache-mb", type=click.FloatRange(min=0, min_open=True), default=256, show_default=True,
               help="Memory for the prefix cache: prompt prefixes already prefilled are reused (LRU).")
 @click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt from its first token.")

@@ -9,7 +9,7 @@ DEFAULT_MAX_CONTEXT = 256  # load_engine's (and so a Triton model's) context whe
 
 
 def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = DEFAULT_MAX_CONTEXT,
-                max_queue: int = 64, max_step_tokens: int = 512, prefix_cache_mb: float = 256, threads: int | None = None,
+                max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256, threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
                 metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True,
                 device: int | None = None):

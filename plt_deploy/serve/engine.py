@@ -36,6 +36,10 @@ from .prefix_cache import DEFAULT_BLOCK, PrefixCache
 from .scheduler import SlotPool, plan_chunks
 
 
+DEFAULT_STEP_TOKENS = 128  # scripts/prefill-bench.py: small plt-2 on ORT CPU, a 2000-token prompt beside 7
+# streams: budget 128 stalls them 3.9x (p99 between tokens) with time to first token 0.90x of one whole prefill
+
+
 class QueueFullError(PLTError):
     """The waiting queue holds max_queue requests: retry later (HTTP 429)."""
 
@@ -152,11 +156,13 @@ class Engine:
     """S slots of one decoder session on any backend; see the module docstring for a step."""
 
     def __init__(self, backend: Backend, tokenizer, slots: int = 4, max_context: int = 256, max_queue: int = 64,
-                 max_step_tokens: int = 512, prefix_cache_mb: float = 256, prefix_block: int = DEFAULT_BLOCK,
-                 model_name: str = "plt", metrics=None):
+                 max_step_tokens: int | None = None, prefix_cache_mb: float = 256,
+                 prefix_block: int = DEFAULT_BLOCK, model_name: str = "plt", metrics=None):
         if slots < 1 or max_queue < 0 or prefix_cache_mb < 0:
             raise InputError(f"need slots >= 1, max_queue >= 0, prefix_cache_mb >= 0 "
                              f"(got {slots}, {max_queue}, {prefix_cache_mb})")
+        if max_step_tokens is None:  # docs/serving.md: the chunk size against decode stalls, measured
+            max_step_tokens = max(DEFAULT_STEP_TOKENS, 2 * slots)
         if max_step_tokens < slots:  # a step must fit every decoding row and leave a prefill token
             raise InputError(f"--max-step-tokens {max_step_tokens} must be at least --slots {slots} (one token per "
                              "decoding slot, the rest for prompt chunks)")

@@ -155,7 +155,7 @@ def passive_openmp() -> bool:
 
 
 def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_context: int = 256,
-                  max_queue: int = 64, max_step_tokens: int = 512, prefix_cache_mb: float = 256, host: str = "127.0.0.1", port: int = 8000,
+                  max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256, host: str = "127.0.0.1", port: int = 8000,
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,
                   max_tokens_limit: int | None = None, shutdown_timeout: float = 30.0,
