@@ -19,8 +19,9 @@ is initialised (Polygraphy's loaders call `init_libnvinfer_plugins`) it would tu
 graph's cache writes (ScatterElements before issue 16) into legacy plugin layers.
 
 Profiles: prefill (extend) batch 1..max_batch x prompt 1..max_seq with its state inputs at the
-cache length max_seq; decode batch 1..max_batch with the cache length fixed at max_seq (shapes never change between decode steps: CUDA-graph friendly), and that
-length made static in the parsed network (`pin_fixed_axes`): the decode graph writes every cache
+cache length max_seq; decode batch 1..max_batch with the cache length fixed at max_seq (shapes
+never change between decode steps: CUDA-graph friendly). That length is made static in the parsed
+networks (`pin_fixed_axes`): both graphs write the K/V caches (decode: every cache)
 with ONNX TensorScatter, which the parser imports as IKVCacheUpdateLayer, whose cache input must be
 a network input with a static sequence dim; its output then shares the input's memory
 (`ICudaEngine.get_aliased_input_tensor`), which the runtime binds (backends/trt_backend.py).

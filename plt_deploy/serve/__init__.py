@@ -9,7 +9,8 @@ DEFAULT_MAX_CONTEXT = 256  # load_engine's (and so a Triton model's) context whe
 
 
 def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = DEFAULT_MAX_CONTEXT,
-                max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256, threads: int | None = None,
+                max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256,
+                threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
                 metrics=None, ort_spinning: bool | None = False, verify_hashes: bool = True,
                 device: int | None = None):
@@ -38,7 +39,8 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
     be = load_backend(backend, str(model_dir), **options)
     tok = load_serve_tokenizer(getattr(be, "tokenizer_dir", model_dir), be.config.vocab_size, be.config)
     return Engine(be, tok, slots=slots, max_context=max_context, max_queue=max_queue,
-                  max_step_tokens=max_step_tokens, prefix_cache_mb=prefix_cache_mb, model_name=model_name or Path(model_dir).name,
+                  max_step_tokens=max_step_tokens, prefix_cache_mb=prefix_cache_mb,
+                  model_name=model_name or Path(model_dir).name,
                   metrics=metrics)
 
 
