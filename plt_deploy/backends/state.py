@@ -6,9 +6,9 @@ A session's state is a dict of buffers, one per cache tensor, each with a role (
   local_key / local_value  [B, rows*Hkv, W, D]   G-SWA rings, slot = position % W
   carry                    [B, L-1, d]           PLT's h_l(t-1)
 
-An extend runs on some rows only, and on the slots it can reach: `rows_of` hands it copies of
-those rows (K/V cut to the first `span` slots, so the work and the copy grow with the sequence,
-not with the session's T), `write_rows` puts what it wrote back (K/V slots from the chunk's first
+An extend runs on some rows only, and on the slots it can reach: `rows_of` hands it those rows
+(views where possible, else copies; K/V cut to the first `span` slots, so the work grows with the
+sequence, not with the session's T), `write_rows` puts what it wrote back (K/V slots from the chunk's first
 position on, rings and carry whole). A prefix of a slot (`SlotState`) is the same cut at its
 length: K/V slots 0..P-1 with the rings and carry as of P - 1, which is all an extend from P reads.
 These three functions are the one place the kinds of state are told apart.
@@ -23,11 +23,21 @@ import torch
 SEQ_ROLES = ("key", "value")  # cut along the slot axis (-2); every other role is kept whole per row
 
 
-def rows_of(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch.Tensor,
-            span: int) -> dict[str, torch.Tensor]:
-    """Contiguous copies of rows `rows` [k] of every buffer; K/V cut to slots 0..span-1."""
-    return {name: (b[rows, :, :span] if roles[name] in SEQ_ROLES else b[rows]).contiguous()
-            for name, b in bufs.items()}
+def rows_of(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch.Tensor, span: int,
+            contiguous: bool = True) -> dict[str, torch.Tensor]:
+    """Rows `rows` [k] of every buffer, K/V cut to slots 0..span-1: views of the buffers where they can
+    be (consecutive rows, and for contiguous=True, which runtimes binding memory by address need, K/V
+    not cut), so the extend writes the session's memory itself; copies otherwise."""
+    ids = rows.tolist()
+    run = ids == list(range(ids[0], ids[0] + len(ids))) if ids else False
+    out = {}
+    for name, b in bufs.items():
+        seq = roles[name] in SEQ_ROLES
+        if run and not (contiguous and seq and span != b.shape[2]):
+            out[name] = b[ids[0]:ids[0] + len(ids), :, :span] if seq else b[ids[0]:ids[0] + len(ids)]
+        else:
+            out[name] = (b[rows, :, :span] if seq else b[rows]).contiguous()
+    return out
 
 
 def write_rows(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch.Tensor,
@@ -35,6 +45,8 @@ def write_rows(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch
     """Write an extend's state `new` (rows_of's layout) back into rows `rows`: K/V slots first..span-1
     (`first` = the lowest start position of the chunk: earlier slots are unchanged), the rest whole."""
     for name, src in new.items():
+        if src.untyped_storage().data_ptr() == bufs[name].untyped_storage().data_ptr():
+            continue  # a view of the buffer (rows_of): already written in place
         if roles[name] in SEQ_ROLES:
             bufs[name][rows, :, first:src.shape[2]] = src[:, :, first:]
         else:
@@ -55,7 +67,8 @@ class SlotState:
 
 def read_slot(bufs: dict[str, torch.Tensor], roles: dict[str, str], slot: int, length: int) -> SlotState:
     """A copy of slot `slot`'s state as of position length - 1 (its K/V slots 0..length-1, rings, carry)."""
-    return SlotState(length, rows_of(bufs, roles, torch.tensor([slot]), length))
+    part = rows_of(bufs, roles, torch.tensor([slot]), length, contiguous=False)
+    return SlotState(length, {name: t.clone() for name, t in part.items()})  # a copy: the slot goes on
 
 
 def write_slot(bufs: dict[str, torch.Tensor], roles: dict[str, str], slot: int, state: SlotState) -> None:

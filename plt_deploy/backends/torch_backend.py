@@ -29,10 +29,11 @@ class TorchSession(DecoderSession):
 
     @torch.no_grad()
     def _extend(self, rows, tokens, lengths, start_pos):
-        """The model's extend on a cache of the listed rows, cut to the slots the chunk reaches, written back."""
+        """The model's extend on a cache of the listed rows, cut to the slots the chunk reaches (views of the
+        session's cache for consecutive rows, written in place; copies written back otherwise)."""
         span = int((start_pos + tokens.shape[1]).max())
         bufs, roles = self.state()
-        part = state_lib.rows_of(bufs, roles, rows, span)
+        part = state_lib.rows_of(bufs, roles, rows, span, contiguous=False)  # views for consecutive rows
         cfg = self.model.cfg
         scratch = PLTCache(
             k=[part[f"key.{i}"] for i in range(cfg.n_cache_layers)],
