@@ -13,8 +13,9 @@ background thread runs steps. One step (docs/serving.md explains the scheduler):
   4. one decode of ALL slots at once (static shapes: a free row decodes an empty sequence at
      position 0 and is reset after the step; rows still being prefilled are held: their state
      is put back), every row at its own position;
-  5. each decoding request samples its next token (its own SamplingParams, the same `sample` as
-     `generate`), streams it, and frees its slot when it stops.
+  5. every decoding row's next token is sampled in one batched pass where the logits are
+     (sampler.sample_rows: each row its own SamplingParams and seed, the same tokens as
+     `generate.sample`); each request streams its token and frees its slot when it stops.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch
 
 from ..backends.base import Backend
 from ..errors import InputError, PLTError
-from ..generate import SamplingParams, TextStream, pad_prompts, sample
+from ..generate import SamplingParams, TextStream, pad_prompts
 from .prefix_cache import DEFAULT_BLOCK, PrefixCache
+from .sampler import sample_rows
 from .scheduler import SlotPool, plan_chunks
 
 
@@ -426,26 +428,37 @@ class Engine:
         self._sample_and_emit(running, logits[torch.tensor([r.slot for r in running])])
 
     def _sample_and_emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
-        """logits [k, V], row i for reqs[i]: sample, stream, finish. An error while doing so for one
-        request ends that request only (an error event); the others go on."""
-        greedy = logits.argmax(dim=-1).tolist()  # [k]; one call (and one conversion) for every greedy request
+        """logits [k, V], row i for reqs[i]: sample every row in one batched pass (sampler.py),
+        where the logits are; only the [k] ids come to the host. Then stream and finish. A row
+        with NaN/inf logits, or an error while streaming one request, ends that request only."""
         now = time.monotonic()
-        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [k]; sample() refuses NaN rows, greedy too
+        finite = torch.isfinite(logits).all(dim=-1)  # [k]; sample() refuses NaN rows, greedy too
+        ok = finite.tolist()
         for i, r in enumerate(reqs):
-            if not finite[i]:
+            if not ok[i]:
                 self._finish(r, TokenEvent(None, "", "error", error="the model produced NaN or infinite logits"))
-                continue
+        keep = [i for i in range(len(reqs)) if ok[i]]
+        if not keep:
+            return
+        rows = logits if len(keep) == len(reqs) else logits[torch.tensor(keep, device=logits.device)]
+        try:
+            ids = sample_rows(rows, [reqs[i].params for i in keep], [reqs[i].generator for i in keep]).tolist()
+        except Exception as exc:  # noqa: BLE001  (a bug in sampling: these requests end, the engine goes on)
+            for i in keep:
+                self._finish(reqs[i], TokenEvent(None, "", "error", error=f"generation failed: {type(exc).__name__}: {exc}"))
+            return
+        for tok, i in zip(ids, keep):
+            r = reqs[i]
             try:
-                self._advance(r, logits[i:i + 1], greedy[i], now)
-            except Exception as exc:  # noqa: BLE001  (a bug or an edge in one request's sampling or text)
+                self._advance(r, tok, now)
+            except Exception as exc:  # noqa: BLE001  (a bug or an edge in one request's text)
                 if not r.done:
                     self._finish(r, TokenEvent(None, "", "error",
                                                error=f"generation failed: {type(exc).__name__}: {exc}"))
 
-    def _advance(self, r: EngineRequest, logits: torch.Tensor, greedy: int, now: float) -> None:
-        """One token for r from its logits [1, V] (greedy: their argmax): stream it, finish r if it stops."""
+    def _advance(self, r: EngineRequest, tok: int, now: float) -> None:
+        """r's next token `tok`: stream it, finish r if it stops."""
         p = r.params
-        tok = greedy if p.greedy_for(logits.dtype) else int(sample(logits, p, r.generator)[0])
         r.generated.append(tok)
         if self.metrics:
             self.metrics.on_token(r, now)
