@@ -265,8 +265,9 @@ def test_sampling_edges_and_fuzz_never_disturb_the_running_requests(backends):
 
 
 def test_an_error_in_one_request_ends_that_request_only(backends):
-    """An exception while sampling or finishing one request (here: its detokenizer) ends it with an
-    error event; the step goes on for the other requests, which produce the same tokens as alone."""
+    """An exception while sampling or finishing one request (here: its detokenizer, which runs on
+    the reader's side) ends it with an error event and frees its slot; the other requests go on and
+    produce the same tokens as alone."""
     be = backends["torch"]
     alone = [generate(be, [p], SamplingParams(max_new_tokens=12))[0] for p in PROMPTS[:3]]
     engine = Engine(be, ByteTokenizer(), slots=4, max_context=64)  # not started: all three join one step

@@ -85,6 +85,7 @@ class EngineRequest:
         self.cached_tokens = 0  # of which from the prefix cache
         self.finish_reason: str | None = None
         self.cancelled = False
+        self.reader_end: TokenEvent | None = None  # the reader ended r (stop string, detokenizer error)
         self.cancel_step: int | None = None  # engine step count when cancel() was called
         self.t_arrival = time.monotonic()
         self.t_admitted: float | None = None
@@ -114,6 +115,7 @@ class EngineRequest:
                 while not self._events:
                     self._cond.wait()
                 ev = self._events.popleft()
+            ev = self._render(ev)  # outside the lock: the engine thread never waits on a decode
             yield ev
             if ev.finish_reason is not None:
                 return
@@ -132,12 +134,42 @@ class EngineRequest:
                 if ev is None:
                     await flag.wait()
                     continue
+                ev = self._render(ev)
                 yield ev
                 if ev.finish_reason is not None:
                     return
         finally:
             with self._cond:
                 self._waiters.remove((loop, flag))
+
+    def _render(self, ev: TokenEvent) -> TokenEvent:
+        """The reader's side of an engine event (token id only): its text, detokenized here and
+        not on the engine thread, with stop strings applied. A stop string (or a detokenizer
+        error) ends the request: the engine is told (as a cancel) and frees the slot at its next
+        step; tokens it made after the stop are never read, and this event's usage counts stop
+        at the stop string's token."""
+        tok = ev.token_id
+        if tok is None or self.reader_end is not None:  # cancelled / error: no text
+            return ev
+        try:
+            if ev.finish_reason == "stop" and tok in self.stop_tokens:
+                ev.text = self.text.flush()
+                return ev
+            text, hit = self.text.push(tok)
+            ev.text = text
+            if ev.finish_reason is not None and not hit:  # length
+                ev.text += self.text.flush()
+        except Exception as exc:  # noqa: BLE001  (a bug or an edge in one request's text: it ends)
+            ev = TokenEvent(None, "", "error", error=f"generation failed: {type(exc).__name__}: {exc}",
+                            prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
+                            cached_tokens=ev.cached_tokens)
+            hit = False
+        if hit:
+            ev.finish_reason = "stop"
+        if ev.finish_reason in ("stop", "error") and self.finish_reason is None:
+            self.reader_end = ev
+            self.cancel()
+        return ev
 
     # -- engine side -----------------------------------------------------------------------------
     def _emit(self, ev: TokenEvent) -> None:
@@ -370,6 +402,9 @@ class Engine:
                 self._waiting.remove(r)
             gone += [r for r in self._running.values() if r.cancelled]
         for r in gone:
+            if r.reader_end is not None:  # the reader found a stop string (EngineRequest._render)
+                self._finish(r, TokenEvent(None, "", r.reader_end.finish_reason, error=r.reader_end.error))
+                continue
             if r.slot is not None and r.cancel_step is not None:
                 self.cancel_lags.append(self.steps - r.cancel_step)
             self._finish(r, TokenEvent(None, "", "cancelled"))
@@ -457,24 +492,17 @@ class Engine:
                                                error=f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _advance(self, r: EngineRequest, tok: int, now: float) -> None:
-        """r's next token `tok`: stream it, finish r if it stops."""
-        p = r.params
+        """r's next token `tok`: stream its id (the reader detokenizes: EngineRequest._render),
+        finish r on a stop token or at max_new_tokens."""
         r.generated.append(tok)
         if self.metrics:
             self.metrics.on_token(r, now)
         r.t_last_token = now
-        if tok in r.stop_tokens:
-            ev = TokenEvent(tok, r.text.flush(), "stop")
+        reason = "stop" if tok in r.stop_tokens else "length" if len(r.generated) >= r.params.max_new_tokens else None
+        if reason is not None:
+            self._finish(r, TokenEvent(tok, "", reason))
         else:
-            text, hit = r.text.push(tok)
-            ev = TokenEvent(tok, text, "stop" if hit else None)
-            if ev.finish_reason is None and len(r.generated) >= p.max_new_tokens:
-                ev.text += r.text.flush()
-                ev.finish_reason = "length"
-        if ev.finish_reason is not None:
-            self._finish(r, ev)
-        else:
-            r._emit(ev)
+            r._emit(TokenEvent(tok, ""))
 
     def _finish(self, r: EngineRequest, ev: TokenEvent) -> None:
         with self._cond:
