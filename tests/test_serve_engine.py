@@ -111,6 +111,35 @@ def test_stop_tokens_and_strings(backends):
     engine.stop(timeout=30)
 
 
+def test_stop_string_found_by_the_reader_frees_the_slot(backends):
+    """Stop strings are applied on the reader's side: a reader that starts late (the engine ran
+    ahead) still sees the stream end at the stop string, with usage counts up to its token; the
+    engine is told and frees the slot, and the request finishes with "stop"."""
+    be = backends["torch"]
+    tok = ByteTokenizer()
+    free = generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=40))[0]
+    text = tok.decode(free)
+    stop = text[3:5]
+    assert len(text) >= 5 and stop
+    gen = generate(be, [PROMPTS[0]], SamplingParams(max_new_tokens=40, stop_strings=(stop,)),
+                   decode=tok.decode)[0]
+    assert len(gen) < 40
+    engine = Engine(be, tok, slots=2, max_context=64).start()
+    assert engine.wait_ready(60)
+    h = engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=40, stop_strings=(stop,)))
+    deadline = time.monotonic() + 60
+    while len(h.generated) <= len(gen) and not h.done and time.monotonic() < deadline:
+        time.sleep(0.01)  # let the engine run past the stop before anyone reads
+    ev = list(h)
+    assert [e.token_id for e in ev] == gen and ev[-1].finish_reason == "stop"
+    assert "".join(e.text for e in ev) == text[: text.find(stop)]
+    assert ev[-1].completion_tokens == len(gen) and ev[-1].prompt_tokens == len(PROMPTS[0])
+    while not h.done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.finish_reason == "stop" and engine.stats()["slots_in_use"] == 0
+    engine.stop(timeout=30)
+
+
 def test_text_stream_holds_partial_utf8_and_stop_prefixes():
     tok = ByteTokenizer()
     ts = TextStream(tok.decode, ("END",))

@@ -166,9 +166,12 @@ class EngineRequest:
             hit = False
         if hit:
             ev.finish_reason = "stop"
-        if ev.finish_reason in ("stop", "error") and self.finish_reason is None:
+        if ev.finish_reason in ("stop", "error"):
             self.reader_end = ev
-            self.cancel()
+            if self.finish_reason is None:
+                self.cancel()
+            else:  # the engine had finished r already (at its length): the reader's reason holds
+                self.finish_reason = ev.finish_reason
         return ev
 
     # -- engine side -----------------------------------------------------------------------------
