@@ -15,7 +15,11 @@ background thread runs steps. One step (docs/serving.md explains the scheduler):
      is put back), every row at its own position;
   5. every decoding row's next token is sampled in one batched pass where the logits are
      (sampler.sample_rows: each row its own SamplingParams and seed, the same tokens as
-     `generate.sample`); each request streams its token and frees its slot when it stops.
+     `generate.sample`); each request streams its token id and frees its slot at a stop token
+     or its length.
+Detokenization and stop strings run on the reader's side (`EngineRequest._render`, in the
+iterator / asyncio iterator), not on the engine thread; a stop string found there ends the
+request like a cancel (the slot is freed at the next step, finish_reason "stop").
 """
 
 from __future__ import annotations
