@@ -202,3 +202,22 @@ def test_decode_holds_rows_in_the_middle_of_a_prompt(runtime_pairs, mode):
         assert s.lengths.tolist() == [4, 6]
         got = s.extend([1], tokens[:, 6:], torch.tensor([9]), torch.tensor([6]))
         assert (got - want).abs().max().item() < 3e-5, be.name
+
+
+def test_rows_of_views_only_where_the_address_is_aligned():
+    """TensorRT wants 256-byte aligned addresses: a view at an unaligned row offset becomes a copy,
+    and write_rows puts the copy's new values back (a view was written in place already)."""
+    from plt_deploy.backends import state as state_lib
+
+    bufs = {"k": torch.zeros(4, 2, 8, 16), "carry": torch.zeros(4, 1, 8)}  # rows of 1024 and 32 bytes
+    roles = {"k": "key", "carry": "carry"}
+    rows = torch.tensor([1, 2])
+    part = state_lib.rows_of(bufs, roles, rows, 8, align=256)
+    shares = {n: t.untyped_storage().data_ptr() == bufs[n].untyped_storage().data_ptr() for n, t in part.items()}
+    assert shares == {"k": bufs["k"].data_ptr() % 256 == 0, "carry": False}
+    assert state_lib.rows_of(bufs, roles, rows, 8)["carry"].data_ptr() == bufs["carry"][1].data_ptr()  # align 1: a view
+    for t in part.values():
+        t.fill_(7.0)
+    state_lib.write_rows(bufs, roles, rows, part, 0)
+    for n in bufs:
+        assert bool((bufs[n][1:3] == 7).all()) and bool((bufs[n][0] == 0).all()) and bool((bufs[n][3] == 0).all())

@@ -24,19 +24,22 @@ SEQ_ROLES = ("key", "value")  # cut along the slot axis (-2); every other role i
 
 
 def rows_of(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch.Tensor, span: int,
-            contiguous: bool = True) -> dict[str, torch.Tensor]:
+            contiguous: bool = True, align: int = 1) -> dict[str, torch.Tensor]:
     """Rows `rows` [k] of every buffer, K/V cut to slots 0..span-1: views of the buffers where they can
     be (consecutive rows, and for contiguous=True, which runtimes binding memory by address need, K/V
-    not cut), so the extend writes the session's memory itself; copies otherwise."""
+    not cut, and the view's address a multiple of `align`: TensorRT wants 256), so the extend writes
+    the session's memory itself; copies otherwise."""
     ids = rows.tolist()
     run = ids == list(range(ids[0], ids[0] + len(ids))) if ids else False
     out = {}
     for name, b in bufs.items():
         seq = roles[name] in SEQ_ROLES
         if run and not (contiguous and seq and span != b.shape[2]):
-            out[name] = b[ids[0]:ids[0] + len(ids), :, :span] if seq else b[ids[0]:ids[0] + len(ids)]
-        else:
-            out[name] = (b[rows, :, :span] if seq else b[rows]).contiguous()
+            view = b[ids[0]:ids[0] + len(ids), :, :span] if seq else b[ids[0]:ids[0] + len(ids)]
+            if view.data_ptr() % align == 0:
+                out[name] = view
+                continue
+        out[name] = (b[rows, :, :span] if seq else b[rows]).contiguous()
     return out
 
 

@@ -148,14 +148,18 @@ class TrtSession(DecoderSession):
 
     @on_device
     def _extend(self, rows, tokens, lengths, start_pos):
-        """The prefill engine on device copies of the listed rows (at the engines' fixed cache length:
-        its K/V writes are KVCacheUpdate layers, bound to their input's copy), the rings and carry to
-        new buffers; then written back into the rows (state.write_rows), the other rows untouched."""
+        """The prefill engine on the listed rows' state (state.rows_of at the engines' fixed cache length:
+        views of the session's buffers for consecutive rows whose address TensorRT accepts, 256-byte
+        aligned; copies otherwise). Its K/V writes are KVCacheUpdate layers bound to their input, the
+        rings and carry go to new buffers; what is not a view is written back (state.write_rows), the
+        other rows untouched. Work queued on the caller's stream (base.py's held rows, save/load_slot)
+        is waited for first."""
         spec = self.be.manifest.graphs["prefill"]
         ctx = self._prefill_context()
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             dev_rows = rows.to(self.device)
-            part = state_lib.rows_of(self._bufs, self._roles, dev_rows, self.be.cache_len)
+            part = state_lib.rows_of(self._bufs, self._roles, dev_rows, self.be.cache_len, align=256)
             host = {"tokens": tokens, "lengths": lengths, "start": start_pos}
             held = state_inputs(spec, self._spec)  # prefill input -> the decode input (buffer) it reads
             feeds = {t.name: host[t.role].to(self.device, torch.int64).contiguous() if t.role in host
@@ -219,6 +223,8 @@ class TrtSession(DecoderSession):
 
     @on_device
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        # base.py's _hold/_release and save/load_slot run on the caller's stream: wait for them
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             self._tokens.copy_(tokens.reshape(-1).to(torch.int64))
             self._position.copy_(self._lengths)
