@@ -152,9 +152,12 @@ def refuse_quantized(model_proto, where: str) -> None:
                              "quantize from the float checkpoint, not from a quantized export")
 
 
-def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: str = "input_ids") -> int:
+def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: str = "input_ids",
+                   read=None) -> int:
     """Rewrite `model_proto` in place (see the module docstring). Returns how many weights were quantized.
     `tokens`: the graph input holding token ids (io_spec role "tokens"): the embedding Gather reads it.
+    `read(initializer) -> fp32 array`: where the weights' values come from (default: the initializer's
+    own data; export/stream.py passes a reader of the checkpoint's shards, one tensor at a time).
 
     A weight read by several MatMuls (a looped prefill's loops share them) gets one quantized copy per
     reader: ONNX Runtime 1.32 fuses DequantizeLinear -> MatMul only when the DequantizeLinear's
@@ -163,6 +166,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
     from onnx import helper
 
     refuse_quantized(model_proto, where)
+    read = read or _to_float32
     graph = model_proto.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -194,7 +198,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
         if weight is None:
             new_nodes.append(node)
             continue
-        w = _to_float32(inits[weight])
+        w = read(inits[weight])
         wk = w.T if transposed else w  # [K, N]
         if wk.shape[0] % spec.block_size:
             raise InputError(f"{where}: weight {weight} has {wk.shape[0]} input features, not a multiple of "
@@ -212,7 +216,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
         new_nodes.append(node)
         count += 1
     if spec.embeddings:
-        count += _quantize_gathers(new_nodes, inits, spec, new_inits, tokens)
+        count += _quantize_gathers(new_nodes, inits, spec, new_inits, tokens, read)
     if not count:
         raise ArtifactError(f"{where}: no constant MatMul weights found to quantize")
     del graph.node[:]
@@ -222,7 +226,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
     return count
 
 
-def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, new_inits: list, tokens: str) -> int:
+def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, new_inits: list, tokens: str, read) -> int:
     """Embedding lookups Gather(table [V, d], token ids): the table from DequantizeLinear(axis=1, blocks
     along d). Other Gathers from constant tables (RoPE cos/sin by position) stay float."""
     from onnx import helper
@@ -233,7 +237,7 @@ def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, new_inits: lis
                 or len(inits[node.input[0]].dims) != 2:
             continue
         src = node.input[0]
-        table = _to_float32(inits[src])  # [V, d]
+        table = read(inits[src])  # [V, d]
         q, scale = rtn(table.T, spec.block_size, spec.qmax)  # blocks along d: [d, V], [d/block, V]
         base = f"{src}.rows"
         new_inits += [_q_tensor(f"{base}.q{spec.bits}", np.ascontiguousarray(q.T), spec.bits),
