@@ -289,17 +289,24 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                       "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
                                  "D": cfg.head_dim, "W": ring_len(cfg)}}
             quantized = {}
-            for name, proto in protos.items():
+            for name in list(protos):
+                proto = protos.pop(name)  # freed once saved: one graph in memory at a time
+                data = None
+                if reader is not None:  # tensors go to <graph>.onnx.data as they are made
+                    from .stream import DataFile, fill_references
+
+                    data = DataFile(tmp / f"{name}.onnx.data")
                 if weights is not None:
                     quantized[name] = quantize_graph(proto, weights, where=f"{name} graph",
                                                      tokens=specs[name].one("tokens").name,
-                                                     read=reader.float32 if reader else None)
-                if reader is not None:
-                    from .stream import fill_references
-
-                    fill_references(proto, reader)
+                                                     read=reader.float32 if reader else None,
+                                                     store=data.store_into(proto.graph) if data else None)
+                if data is not None:
+                    fill_references(proto, reader, data)
+                    data.close()
                 proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
-                files = save_onnx(proto, tmp / f"{name}.onnx")
+                files = save_onnx(proto, tmp / f"{name}.onnx") + ([data.path.name] if data else [])
+                del proto
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
                                 **specs[name].to_dict()}
             del protos

@@ -8,11 +8,13 @@ machine that cannot hold it in fp32, so the float model is never built:
                                  node that reads a weight (the weights' values are not there)
     -> weight_references(...)    each weight initializer becomes an external-data reference that
                                  names it (no bytes): the ModelProto is the graph alone
-    -> quantize_graph(read=...)  each linear weight read from its shard (pread), rounded, dropped
-    -> fill_references(...)      the float weights that stay (norms, gates, embeddings) read in
-    -> save_onnx                 external data above 2 GB
+    -> quantize_graph(read=...,  each linear weight read from its shard (pread), rounded, its int4/int8
+         store=DataFile...)      blocks and scales written to `<graph>.onnx.data` at once (DataFile)
+    -> fill_references(...)      the float weights that stay (norms, embeddings) read into that file
+    -> save_onnx                 the graph alone (weights are references into the data file)
 
-Peak memory: the quantized graph plus one weight in fp32 (measured: docs/bench.md). The plain path,
+Peak memory: the graph without its weights plus one weight in fp32 and its temporaries (measured:
+docs/bench.md). The plain path,
 `exporter._trace` on the loaded model, is the reference: tests/test_stream_export.py checks both give
 the same logits.
 """
@@ -112,10 +114,47 @@ class ShardReader:
         return self.tensor(init.name).float().numpy()
 
 
-def fill_references(model_proto, reader: ShardReader) -> int:
-    """Read in every weight still referenced (the float ones quantize_graph left); returns bytes read."""
-    from onnx import TensorProto
+class DataFile:
+    """A graph's external-data file (`<graph>.onnx.data`), written as the tensors are made: a tensor's
+    bytes go to the file and the graph keeps only its reference, so the graph in memory never holds
+    the weights (the whole quantized model would otherwise sit in memory until the save)."""
 
+    ALIGN = 64  # every tensor starts at a multiple of this in the file
+    INLINE = 1024  # tensors below this many bytes stay in the graph (as onnx.save_model's size_threshold)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "wb")
+
+    def write(self, tensor, data: bytes) -> None:
+        """Point `tensor` at `data`, appended to the file."""
+        from onnx import TensorProto
+
+        self._f.write(b"\0" * (-self._f.tell() % self.ALIGN))
+        offset = self._f.tell()
+        self._f.write(data)
+        del tensor.external_data[:]
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(len(data)))):
+            tensor.external_data.add(key=key, value=value)
+        tensor.data_location = TensorProto.EXTERNAL
+
+    def store_into(self, graph):
+        """quantize_graph's `store`: new initializers (bytes in raw_data) -> the file; graph keeps the rest."""
+        def store(tensors):
+            for t in tensors:
+                if len(t.raw_data) >= self.INLINE:
+                    self.write(t, t.raw_data)
+                    t.ClearField("raw_data")
+            graph.initializer.extend(tensors)
+        return store
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def fill_references(model_proto, reader: ShardReader, data: DataFile) -> int:
+    """Every weight still referenced (the float ones quantize_graph left: norms, embeddings) read from
+    its shard into `data` (the small ones into the graph). Returns bytes read."""
     total = 0
     for init in model_proto.graph.initializer:
         if not is_reference(init):
@@ -123,8 +162,14 @@ def fill_references(model_proto, reader: ShardReader) -> int:
         t = reader.tensor(init.name).contiguous()
         if list(t.shape) != list(init.dims):
             raise ArtifactError(f"weight {init.name}: shard holds {list(t.shape)}, the graph wants {list(init.dims)}")
-        init.raw_data = t.view(torch.uint8).numpy().tobytes()
-        del init.external_data[:]
-        init.data_location = TensorProto.DEFAULT
-        total += len(init.raw_data)
+        raw = t.view(torch.uint8).numpy().tobytes()
+        if len(raw) >= data.INLINE:
+            data.write(init, raw)
+        else:
+            from onnx import TensorProto
+
+            del init.external_data[:]
+            init.data_location = TensorProto.DEFAULT
+            init.raw_data = raw
+        total += len(raw)
     return total
