@@ -91,3 +91,14 @@ def test_streamed_export_bad_block_size_one_line_nothing_written(tmp_path, capsy
                            "--block-size", "128")
     assert code != 0 and "block size" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".q*"))
+
+
+def test_quantized_checkpoint_refused_one_line(tmp_path, capsys):
+    import json
+
+    src = hf.save_hf_checkpoint(random_loopcoder(seed=2, dtype="bfloat16"), tmp_path / "hf", shards=2)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"bits": 4}}))
+    code, _, err = run_cli(capsys, "export", "--model", str(src), "--out", str(tmp_path / "q"), "--weights", "int4")
+    assert code != 0 and "quantized checkpoints are not supported" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "q").exists()
