@@ -190,14 +190,13 @@ def header_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def mmap_tensors(path: Path) -> dict:
-    """Every tensor of a safetensors file as a view of a private memory map of it (no copy)."""
+def tensor_entries(path: Path) -> dict:
+    """name -> (torch dtype, shape, byte offset, element count) of every tensor of a safetensors
+    file, from its header, each checked to lie inside the file with the right byte size."""
     import torch
 
     start, header = _header(path)
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
     out = {}
     for name, entry in header.items():
         try:
@@ -215,22 +214,73 @@ def mmap_tensors(path: Path) -> dict:
         nbytes = count * torch.empty((), dtype=dtype).element_size()
         if not (start <= begin and end <= size and end - begin == nbytes):
             raise CheckpointError(f"{path}: tensor {name!r} lies outside the file or has the wrong byte size")
-        t = torch.frombuffer(mm, dtype=dtype, count=count, offset=begin) if count else torch.empty(0, dtype=dtype)
-        out[name] = t.view(shape)
+        out[name] = (dtype, shape, begin, count)
     return out
+
+
+def mmap_tensors(path: Path) -> dict:
+    """Every tensor of a safetensors file as a view of a private memory map of it (no copy)."""
+    import torch
+
+    entries = tensor_entries(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if path.stat().st_size else None
+    return {name: (torch.frombuffer(mm, dtype=dtype, count=count, offset=begin) if count
+                   else torch.empty(0, dtype=dtype)).view(shape)
+            for name, (dtype, shape, begin, count) in entries.items()}
+
+
+class FileTensor:
+    """A tensor of a safetensors file read on demand with pread (a fresh buffer each time, freed
+    after use: reading a 40B checkpoint tensor by tensor never keeps its pages resident)."""
+
+    def __init__(self, path: Path, dtype, shape: list[int], begin: int, count: int):
+        self.path, self.dtype, self.shape, self.begin, self.count = path, dtype, tuple(shape), begin, count
+
+    def load(self):
+        import os
+
+        import torch
+
+        nbytes = self.count * torch.empty((), dtype=self.dtype).element_size()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            buf = bytearray(nbytes)
+            view, done = memoryview(buf), 0
+            while done < nbytes:
+                n = os.preadv(fd, [view[done:]], self.begin + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path}: file ended inside a tensor")
+                done += n
+        finally:
+            os.close(fd)
+        t = torch.frombuffer(buf, dtype=self.dtype, count=self.count) if self.count else torch.empty(0, dtype=self.dtype)
+        return t.view(self.shape)
+
+
+def file_tensors(path: Path) -> dict:
+    """Every tensor of a safetensors file as a FileTensor (nothing read yet)."""
+    return {name: FileTensor(path, *entry) for name, entry in tensor_entries(path).items()}
 
 
 def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
     """Our state dict (names of PLT) from the folder's files, mapped through HF_NAMES and checked."""
-    import torch
+    return {ours: read() for ours, read in weight_readers(model_dir, cfg).items()}
 
+
+def weight_readers(model_dir: Path, cfg: PLTConfig, mapped: bool = True) -> dict:
+    """Our name -> a function returning that weight (cfg.dtype, sign as our op wants it, NaN/Inf
+    refused), reading only that tensor's pages of the memory-mapped shard. Names and shapes are
+    checked here, before anything is read: a quantized export reads one weight at a time.
+    mapped: views of a memory map (no copy: the model's weights); else FileTensors read with pread
+    on each call (export/stream.py: nothing stays resident after use)."""
     from .checkpoint import weight_layout
 
     files = weight_files(model_dir)  # refuses a malformed index or a missing shard first
     index = model_dir / INDEX_FILE
     found: dict[str, tuple] = {}  # HF name -> (tensor, file)
     for path in files:
-        for name, t in mmap_tensors(path).items():
+        for name, t in (mmap_tensors if mapped else file_tensors)(path).items():
             if not name.endswith(IGNORED_SUFFIXES):
                 found[name] = (t, path)
     expected = {hf_name(name)[0]: (name, shape) for name, shape, _ in weight_layout(cfg)}
@@ -242,18 +292,26 @@ def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
     if extra:
         raise CheckpointError(f"{found[extra[0]][1]}: unexpected tensor {extra[0]!r} for {model_dir / CONFIG_FILE}"
                               + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    target = getattr(torch, cfg.dtype)
-    out = {}
+    readers = {}
     for theirs, (ours, shape) in expected.items():
         t, path = found[theirs]
         if tuple(t.shape) != tuple(shape):
             raise CheckpointError(f"{path}: tensor {theirs!r} has shape {tuple(t.shape)}, "
                                   f"{model_dir / CONFIG_FILE} implies {tuple(shape)}")
-        if not _all_finite(t):
+        readers[ours] = _reader(t, path, theirs, hf_name(ours)[1], cfg.dtype)
+    return readers
+
+
+def _reader(t, path: Path, theirs: str, negate: bool, dtype: str):
+    def read():
+        import torch
+
+        data = t.load() if isinstance(t, FileTensor) else t
+        if not _all_finite(data):
             raise CheckpointError(f"{path}: tensor {theirs!r} contains NaN or Inf")
-        t = t.to(target)  # a view when the file already holds cfg.dtype: no copy
-        out[ours] = -t if hf_name(ours)[1] else t
-    return out
+        out = data.to(getattr(torch, dtype))  # a view when the file already holds dtype: no copy
+        return -out if negate else out
+    return read
 
 
 def _all_finite(t, chunk: int = 1 << 22) -> bool:

@@ -159,7 +159,7 @@ def _nothing_written(parent, name):
     (["--weights", "int4"], "mlp_hidden = 176 is not a multiple of the block size; use --block-size 16"),
     (["--weights", "int4", "--block-size", "48"], "--block-size 48: choose from 16, 32, 64, 128"),
     (["--weights", "int4", "--quant-method", "gptq"], "--quant-method 'gptq' is unknown"),
-    (["--weights", "int3"], "--weights 'int3': choose from"),
+    (["--weights", "int3"], "Invalid value for '--weights': 'int3' is not one of"),
     (["--weights", "fp16", "--dtype", "fp32"], "--weights fp16 stores float16 weights but --dtype is float32"),
     (["--block-size", "16"], "need --weights int8|int4"),
 ])

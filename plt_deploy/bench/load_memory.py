@@ -2,6 +2,8 @@
 
     python -m plt_deploy.bench.load_memory make FOLDER [--layers 20]   # random bf16 LoopCoder, ~1.0B params
     python -m plt_deploy.bench.load_memory measure FOLDER              # JSON: bytes, baseline, peak, ratio
+    python -m plt_deploy.bench.load_memory quantize FOLDER --out EXPORT [--weights int4] [--plain]
+        # peak RSS of `export --weights int4` (streamed from the shards; --plain: load + trace + quantize)
 
 `make` writes the weights one tensor at a time into 4 shards (never the whole model in memory).
 `measure` runs the load in a fresh interpreter: baseline = RSS after importing torch and
@@ -78,13 +80,50 @@ def measure(folder: Path) -> dict:
     return got
 
 
+_EXPORT_CHILD = """
+import json, resource, sys
+from plt_deploy.export.exporter import export_model
+from plt_deploy.export.quantize import WeightSpec
+folder, out, fmt, plain = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "plain"
+export_model(folder, out, dtype="float32", max_batch=1, max_seq=256, weights=WeightSpec(fmt, 32), progress=False,
+             validate=False, streamed=not plain, force=True)
+print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def quantize(folder: Path, out: Path, fmt: str, plain: bool) -> dict:
+    """Peak RSS (ru_maxrss of a fresh interpreter) of the fp32-activation int8/int4 export of `folder`."""
+    import time
+
+    from .. import hf
+
+    nbytes = sum(p.stat().st_size for p in hf.weight_files(folder))
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, str(folder), str(out), fmt,
+                          "plain" if plain else "streamed"], capture_output=True, text=True)
+    if run.returncode:
+        return {"path": "plain" if plain else "streamed", "failed": (run.stderr.strip().splitlines() or ["?"])[-1],
+                "returncode": run.returncode, "checkpoint_bytes": nbytes}
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    artifact = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    return {"path": "plain" if plain else "streamed", "weights": fmt, "checkpoint_bytes": nbytes,
+            "artifact_bytes": artifact, "peak_rss": got["peak_rss"], "peak_over_checkpoint": got["peak_rss"] / nbytes,
+            "peak_over_artifact": got["peak_rss"] / artifact, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m plt_deploy.bench.load_memory", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("make", "measure"))
+    p.add_argument("what", choices=("make", "measure", "quantize"))
     p.add_argument("folder", type=Path)
     p.add_argument("--layers", type=int, default=SHAPE_1B["n_layers"])
+    p.add_argument("--out", type=Path, help="quantize: the export folder to write (replaced)")
+    p.add_argument("--weights", choices=("int8", "int4"), default="int4")
+    p.add_argument("--plain", action="store_true", help="quantize: the plain path (load fp32, trace, quantize)")
     args = p.parse_args(argv)
-    result = make(args.folder, args.layers) if args.what == "make" else measure(args.folder)
+    if args.what == "quantize" and args.out is None:
+        p.error("quantize needs --out")
+    result = make(args.folder, args.layers) if args.what == "make" else measure(args.folder) \
+        if args.what == "measure" else quantize(args.folder, args.out, args.weights, args.plain)
     print(json.dumps(result, indent=2))
 
 

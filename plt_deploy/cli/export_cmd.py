@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import MIN_EXPORT_SEQ
+from ..export.quantize import WEIGHT_CHOICES
 
 
 @click.command("export")
@@ -17,7 +18,7 @@ from ..config import MIN_EXPORT_SEQ
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the graphs accept.")
 @click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")
-@click.option("--weights", help="Weight storage: fp32, fp16, bf16 (the float dtype) or int8, int4 (weight-only "
+@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), help="Weight storage: fp32, fp16, bf16 (the float dtype) or int8, int4 (weight-only "
               "quantization of the linear layers, per-block scales; activations stay in --dtype).")
 @click.option("--block-size", type=int, help="int8/int4: input features per scale (16, 32, 64 or 128; default 32).")
 @click.option("--quant-method", help="int8/int4: how weights are rounded (rtn: round to nearest; default).")

@@ -101,7 +101,9 @@ def dummy_inputs(spec: io_spec.GraphSpec, sizes: dict[str, int], dtype: torch.dt
 
 
 def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits: dict[str, tuple[int, int]],
-           opset: int, grouped: bool):
+           opset: int, grouped: bool, weight_names: set[str] | None = None):
+    """The traced ModelProto. weight_names (export/stream.py): the module's weights are placeholders;
+    those initializers come back as references without bytes, nothing folded from them."""
     dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, (lo, hi) in limits.items()}
     shapes = [{i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs]
     # (inputs..., caches tuple): the first `grouped` inputs one by one, the state as one tuple
@@ -114,11 +116,15 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
             program = torch.onnx.export(module, args, dynamo=True, input_names=spec.input_names,
                                         output_names=spec.output_names, dynamic_shapes=shapes,
                                         custom_translation_table=onnx_op.translation_table(),
-                                        opset_version=opset, optimize=True, verbose=False)
+                                        opset_version=opset, optimize=weight_names is None, verbose=False)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
             if interrupted:  # torch.export reports a Ctrl-C during tracing as a failed export
                 raise KeyboardInterrupt from None
             raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
+    if weight_names is not None:
+        from .stream import weight_references
+
+        return weight_references(program.model, weight_names)
     return program.model_proto
 
 
@@ -180,12 +186,15 @@ def save_onnx(model_proto, path: Path) -> list[str]:
 
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
                  max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
-                 progress: bool = True, log=None, weights: WeightSpec | None = None) -> Path:
+                 progress: bool = True, log=None, weights: WeightSpec | None = None,
+                 streamed: bool = True) -> Path:
     """Library entry point of `plt-deploy export`. Returns the export folder.
 
     One export into `out` at a time (a second is refused), stale temporaries of killed runs
     removed, a full disk reported with the path; `log(line)` receives notes and warnings.
-    `weights` (quantize.parse_weights): linear weights stored int8/int4 (export/quantize.py).
+    `weights` (quantize.parse_weights): linear weights stored int8/int4 (export/quantize.py); from a
+    Hugging Face folder they are streamed from its shards (export/stream.py) unless `streamed` is
+    False (the reference path: the float model loaded, traced, quantized).
     """
     from ..output_folder import check_replaceable, claim_output
 
@@ -199,14 +208,17 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
-        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log)
+        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log,
+                             streamed)
 
 
-def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log) -> Path:
+def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log,
+                  streamed) -> Path:
     import onnx
     import onnxruntime
 
-    from ..checkpoint import load_checkpoint
+    from .. import hf
+    from ..checkpoint import load_checkpoint, load_config
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
@@ -224,7 +236,16 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
 
         def advance():  # a stage is done: show the next one
             bar.advance(stages[bar.done + 1] if bar.done + 1 < len(stages) else "done")
-        model = load_checkpoint(model_dir, dtype=dtype)
+        reader = None
+        if streamed and weights is not None and hf.is_hf_folder(model_dir):  # weights read from the shards one by one
+            from .stream import ShardReader, placeholder_model
+
+            cfg = load_config(model_dir)
+            cfg = cfg.replace(dtype=dtype or cfg.dtype)
+            reader = ShardReader(model_dir, cfg)
+            model, names = placeholder_model(cfg, reader)
+        else:
+            model, names = load_checkpoint(model_dir, dtype=dtype), None
         cfg: PLTConfig = model.cfg
         dtype = dtype or cfg.dtype
         max_seq = max_seq or cfg.max_seq_len
@@ -248,11 +269,13 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             with torch.no_grad():
                 protos["prefill"] = _trace(PrefillGraph(model), specs["prefill"],
                                            dummy_inputs(specs["prefill"], sizes, torch_dtype),
-                                           {k: limits[k] for k in ("batch", "prompt", "max_seq")}, opset, grouped=3)
+                                           {k: limits[k] for k in ("batch", "prompt", "max_seq")}, opset, grouped=3,
+                                           weight_names=names)
                 advance()
                 protos["decode"] = _trace(DecodeGraph(model), specs["decode"],
                                           dummy_inputs(specs["decode"], sizes, torch_dtype),
-                                          {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=2)
+                                          {k: limits[k] for k in ("batch", "max_seq")}, opset, grouped=2,
+                                          weight_names=names)
                 advance()
             identity = manifest_lib.model_identity(model_dir)
             weights_sha = {k: v for k, v in identity.items() if k != "config.json"}
@@ -266,12 +289,24 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                       "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
                                  "D": cfg.head_dim, "W": ring_len(cfg)}}
             quantized = {}
-            for name, proto in protos.items():
+            for name in list(protos):
+                proto = protos.pop(name)  # freed once saved: one graph in memory at a time
+                data = None
+                if reader is not None:  # tensors go to <graph>.onnx.data as they are made
+                    from .stream import DataFile, fill_references
+
+                    data = DataFile(tmp / f"{name}.onnx.data")
                 if weights is not None:
                     quantized[name] = quantize_graph(proto, weights, where=f"{name} graph",
-                                                     tokens=specs[name].one("tokens").name)
+                                                     tokens=specs[name].one("tokens").name,
+                                                     read=reader.float32 if reader else None,
+                                                     store=data.store_into(proto.graph) if data else None)
+                if data is not None:
+                    fill_references(proto, reader, data)
+                    data.close()
                 proto, op_nodes[name] = postprocess(proto, specs[name], {**meta, "plt.graph": name}, static[name])
-                files = save_onnx(proto, tmp / f"{name}.onnx")
+                files = save_onnx(proto, tmp / f"{name}.onnx") + ([data.path.name] if data else [])
+                del proto
                 graphs[name] = {"file": files[0], "external_data": files[1:], "op_nodes": op_nodes[name],
                                 **specs[name].to_dict()}
             del protos
@@ -300,6 +335,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             }
             manifest_lib.write_manifest(tmp, manifest)
             if validate and weights is not None:
+                if reader is not None:  # the checkpoint memory-mapped in its own dtype: no float copy
+                    model = load_checkpoint(model_dir)
                 validate_quantized(tmp, model, dtype, weights, log)
             elif validate:
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)

@@ -152,9 +152,14 @@ def refuse_quantized(model_proto, where: str) -> None:
                              "quantize from the float checkpoint, not from a quantized export")
 
 
-def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: str = "input_ids") -> int:
+def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: str = "input_ids",
+                   read=None, store=None) -> int:
     """Rewrite `model_proto` in place (see the module docstring). Returns how many weights were quantized.
     `tokens`: the graph input holding token ids (io_spec role "tokens"): the embedding Gather reads it.
+    `read(initializer) -> fp32 array`: where the weights' values come from (default: the initializer's
+    own data; export/stream.py passes a reader of the checkpoint's shards, one tensor at a time).
+    `store(list of TensorProto)`: puts the new initializers into the graph as they are made (default:
+    appended with their bytes; export/stream.py writes the bytes to the external-data file first).
 
     A weight read by several MatMuls (a looped prefill's loops share them) gets one quantized copy per
     reader: ONNX Runtime 1.32 fuses DequantizeLinear -> MatMul only when the DequantizeLinear's
@@ -163,10 +168,12 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
     from onnx import helper
 
     refuse_quantized(model_proto, where)
+    read = read or _to_float32
     graph = model_proto.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    new_inits, new_nodes = [], []
+    new_nodes = []
+    store = store or graph.initializer.extend  # each quantized tensor goes in as made: no second copy of all
 
     def const_weight(name: str) -> tuple[str, bool] | None:
         """A 2-D float initializer feeding as [K, N], directly or through Transpose(perm=[1, 0])."""
@@ -194,7 +201,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
         if weight is None:
             new_nodes.append(node)
             continue
-        w = _to_float32(inits[weight])
+        w = read(inits[weight])
         wk = w.T if transposed else w  # [K, N]
         if wk.shape[0] % spec.block_size:
             raise InputError(f"{where}: weight {weight} has {wk.shape[0]} input features, not a multiple of "
@@ -202,7 +209,7 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
         q, scale = rtn(wk, spec.block_size, spec.qmax)
         base = f"{node.name or node.output[0]}.weight"
         q_name, s_name, dq_out = f"{base}.q{spec.bits}", f"{base}.scale", f"{base}.dq"
-        new_inits += [_q_tensor(q_name, q, spec.bits), _scale_tensor(s_name, scale, inits[weight].data_type)]
+        store([_q_tensor(q_name, q, spec.bits), _scale_tensor(s_name, scale, inits[weight].data_type)])
         new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [dq_out], axis=0,
                                           block_size=spec.block_size, name=f"{node.name or node.output[0]}.dq"))
         if node.op_type == "Gemm":  # lm_head: Gemm(x, W, transB=1) -> MatMul(x, DQ(W^T))
@@ -212,17 +219,16 @@ def quantize_graph(model_proto, spec: WeightSpec, where: str = "graph", tokens: 
         new_nodes.append(node)
         count += 1
     if spec.embeddings:
-        count += _quantize_gathers(new_nodes, inits, spec, new_inits, tokens)
+        count += _quantize_gathers(new_nodes, inits, spec, store, tokens, read)
     if not count:
         raise ArtifactError(f"{where}: no constant MatMul weights found to quantize")
     del graph.node[:]
     graph.node.extend(new_nodes)
-    graph.initializer.extend(new_inits)
     _drop_dead(graph)
     return count
 
 
-def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, new_inits: list, tokens: str) -> int:
+def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, store, tokens: str, read) -> int:
     """Embedding lookups Gather(table [V, d], token ids): the table from DequantizeLinear(axis=1, blocks
     along d). Other Gathers from constant tables (RoPE cos/sin by position) stay float."""
     from onnx import helper
@@ -233,11 +239,11 @@ def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, new_inits: lis
                 or len(inits[node.input[0]].dims) != 2:
             continue
         src = node.input[0]
-        table = _to_float32(inits[src])  # [V, d]
+        table = read(inits[src])  # [V, d]
         q, scale = rtn(table.T, spec.block_size, spec.qmax)  # blocks along d: [d, V], [d/block, V]
         base = f"{src}.rows"
-        new_inits += [_q_tensor(f"{base}.q{spec.bits}", np.ascontiguousarray(q.T), spec.bits),
-                      _scale_tensor(f"{base}.scale", np.ascontiguousarray(scale.T), inits[src].data_type)]
+        store([_q_tensor(f"{base}.q{spec.bits}", np.ascontiguousarray(q.T), spec.bits),
+                          _scale_tensor(f"{base}.scale", np.ascontiguousarray(scale.T), inits[src].data_type)])
         dq_out = f"{node.name or node.output[0]}.table_dq"
         nodes.insert(nodes.index(node), helper.make_node(
             "DequantizeLinear", [f"{base}.q{spec.bits}", f"{base}.scale"], [dq_out], axis=1,
@@ -258,9 +264,9 @@ def _drop_dead(graph) -> None:
         for n in dead:
             graph.node.remove(n)
     used = outputs | {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    for i in reversed(range(len(graph.initializer))):  # in place: no copy of the ones kept
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
 
 
 def fake_quantized(model, spec: WeightSpec):
