@@ -179,12 +179,18 @@ def load_checkpoint(model_dir: str | Path, dtype: str | None = None) -> PLT:
     return model.to(target).eval()
 
 
+RESULTS_FILE = "train_results.json"  # `train` writes it beside its checkpoints (training.py)
+
+
 def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int | None = None,
                     window: int | None = None, seed: int = 0, force: bool = False, **overrides) -> Path:
     """A randomly initialised checkpoint from a preset (`plt-deploy init`)."""
+    from .output_folder import check_checkpoint_folder
+
     out = Path(out)
-    if (out / CONFIG_FILE).exists() and not force:
-        raise CheckpointError(f"{out}: already holds a checkpoint; pass --force to overwrite it")
+    check_checkpoint_folder(out, force, "init")
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, **overrides).items() if v is not None}
     cfg = PLTConfig.from_name(preset, **changes)
-    return save_checkpoint(PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype)), out)  # weights in cfg.dtype
+    path = save_checkpoint(PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype)), out)  # weights in cfg.dtype
+    (out / RESULTS_FILE).unlink(missing_ok=True)  # a --force'd trained folder: its results describe old weights
+    return path

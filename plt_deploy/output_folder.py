@@ -9,8 +9,14 @@ of racing to the rename, and, holding it, removes temporaries that only a killed
 
 `check_replaceable(out, ...)` is the rule for an existing `out`: missing or empty is written into;
 a folder the same command made (it holds that command's marker file: an export's manifest.json,
-a repository's plt-deploy-repo.json) is replaced only with --force; anything else is refused in
-one line naming what it holds. The command's source is never inside what it would replace.
+a repository's plt-deploy-repo.json) is replaced only with --force, and only if everything in it
+is what that command wrote (`owned`: the manifest's file list, the repository's model folder);
+anything else is refused in one line naming what it holds, never deleted. The command's source is
+never inside what it would replace.
+
+`check_checkpoint_folder(folder, force)` is the same rule for `init` and `train`, which write a
+checkpoint's files into the folder itself (config.json, model.safetensors): --force overwrites a
+plt-deploy checkpoint only; a Hugging Face model folder or a folder of other files is refused.
 """
 
 from __future__ import annotations
@@ -80,9 +86,10 @@ def _lock(fd: int, lock_path: Path, out: Path, command: str) -> None:
     os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
-def check_replaceable(out: str | Path, command: str, marker: str, force: bool, sources=()) -> None:
+def check_replaceable(out: str | Path, command: str, marker: str, force: bool, sources=(), owned=None) -> None:
     """Refuse to write `out` unless it is missing, empty, or (with force) a folder `command` made,
-    i.e. one holding `marker`; refuse any `sources` (the command's inputs) inside `out`."""
+    i.e. one holding `marker` and nothing but `owned(out)` (names of what the command wrote there;
+    default: the marker alone); refuse any `sources` (the command's inputs) inside `out`."""
     out = Path(out)
     for source in sources:
         if source is not None and _inside(Path(source), out):
@@ -95,13 +102,45 @@ def check_replaceable(out: str | Path, command: str, marker: str, force: bool, s
     if not held:
         return
     if (out / marker).is_file():
-        if force:
-            return
-        raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` (no {marker}; it holds {shown}); "
+        if not force:
+            raise ArtifactError(f"{out}: already exists; pass --force to replace it")
+        theirs = [name for name in held if name not in (owned(out) if owned else {marker})]
+        if theirs:
+            raise ArtifactError(f"{out}: holds files `plt-deploy {command}` did not write ({_shown(theirs)}); "
+                                "--force would delete them: move them out or choose another --out")
+        return
+    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` (no {marker}; it holds {_shown(held)}); "
                         f"{'--force replaces only a folder that command made: ' if force else ''}"
                         "choose another --out")
+
+
+def check_checkpoint_folder(folder: str | Path, force: bool, command: str = "init") -> None:
+    """`init` / `train` write config.json and model.safetensors into `folder`: refuse unless it is
+    missing, empty, or (with force) a plt-deploy checkpoint. Other files in a checkpoint folder
+    are left alone; a Hugging Face model folder or a folder without a checkpoint is never written."""
+    from . import hf
+    from .checkpoint import CONFIG_FILE
+    from .errors import CheckpointError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: exists and is not a folder; choose another --out")
+    held = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    if not held:
+        return
+    if hf.is_hf_folder(folder):
+        raise CheckpointError(f"{folder}: is a Hugging Face model folder; `plt-deploy {command}` never writes into "
+                              "one (--force included): choose another --out")
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{folder}: holds {_shown(held)} but no plt-deploy checkpoint; `plt-deploy {command}` "
+                              f"writes only into a new or empty folder{' (--force included)' if force else ''}: "
+                              "choose another --out")
+    if not force:
+        raise CheckpointError(f"{folder}: already holds a checkpoint; pass --force to overwrite it")
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends.torch_backend import TorchBackend
+from .checkpoint import RESULTS_FILE  # train_results.json
 from .generate import SamplingParams, generate
 from .model import PLT
 from .tasks import TASKS, Task
@@ -107,7 +108,6 @@ def exact_match(backend, task: Task, examples: int = 256, seed: int = 1234, batc
     return correct / examples
 
 
-RESULTS_FILE = "train_results.json"
 SMALL_MODEL_PARAMETERS = 5_000_000
 
 

@@ -447,3 +447,16 @@ def test_loopcoder_caches_written_by_kv_cache_update(hf_export):
     from test_kv_inplace import assert_caches_written_by_kv_cache_update
 
     assert_caches_written_by_kv_cache_update(hf_export)
+
+
+def test_check_on_a_sharded_hf_folder(tmp_path, capsys):
+    """`check --model` takes a checkpoint in shards (model-0000x-of-0000y.safetensors), as every command does."""
+    from cli_helpers import run_cli
+    from plt_deploy.export.exporter import export_model
+
+    folder = hf.save_hf_checkpoint(random_loopcoder(seed=4, window=4, max_seq_len=64), tmp_path / "sharded", shards=2)
+    assert not (folder / "model.safetensors").exists()
+    out = export_model(folder, tmp_path / "onnx", max_seq=32, max_batch=2, progress=False, validate=False)
+    code, text, err = run_cli(capsys, "check", "--model", str(folder), "--onnx", str(out), "--steps", "2",
+                              "--new-tokens", "2")
+    assert code == 0 and "PASSED" in text, text + err

@@ -81,6 +81,10 @@ def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, caps
     code, _, err = run_cli(capsys, *argv, "--model", str(repo / "plt" / "1" / "artifact"), "--force")
     assert_one_line_error(code, err, "is inside --out")  # its own copied checkpoint as the source
     assert run_cli(capsys, *argv, "--force")[0] == 0  # its own repository: replaced
+    (repo / "NOTES.md").write_text("mine")  # the user's file beside it: --force would delete it
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "did not write (NOTES.md)")
+    assert (repo / "NOTES.md").read_text() == "mine" and (repo / "plt-deploy-repo.json").is_file()
 
 
 def test_second_train_into_the_same_out_is_refused_at_once(tmp_path):
@@ -125,3 +129,73 @@ def test_train_into_an_unwritable_out_fails_before_training(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--out", str(blocker / "run"), "--steps", "100000")
     assert_one_line_error(code, err, str(blocker))
     assert time.monotonic() - start < 30  # refused, not trained first (100000 steps take an hour)
+
+
+def test_export_force_refuses_an_export_holding_the_users_files(runs, tmp_path, capsys):
+    import json
+
+    old = tmp_path / "old"
+    (old / "sub").mkdir(parents=True)
+    (old / "decode.onnx").write_bytes(b"graph")
+    (old / "manifest.json").write_text(json.dumps({"files": {"decode.onnx": {}}}))
+    (old / "NOTES.md").write_text("mine")
+    (old / "sub" / "x.txt").write_text("mine too")
+    for argv in (("export", "--model", str(runs / "walk")), ("export", "--model", str(runs / "walk"),
+                                                              "--weights", "int8", "--block-size", "16")):
+        code, _, err = run_cli(capsys, *argv, "--out", str(old), "--force")
+        assert_one_line_error(code, err, "did not write (NOTES.md, sub)", "--force would delete them")
+    assert sorted(p.name for p in old.iterdir()) == ["NOTES.md", "decode.onnx", "manifest.json", "sub"]
+    assert (old / "sub" / "x.txt").read_text() == "mine too"
+    (old / "NOTES.md").unlink()
+    shutil.rmtree(old / "sub")
+    from plt_deploy.export.manifest import owned_names
+    from plt_deploy.output_folder import check_replaceable
+
+    check_replaceable(old, "export", "manifest.json", force=True, owned=owned_names)  # only its own files: ok
+
+
+def _hf_folder(root: Path) -> Path:
+    """A Hugging Face model folder as a user downloads it (the bytes are what matters here)."""
+    import json
+
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "iquestloopcoder", "hidden_size": 64}))
+    (root / "model-00001-of-00002.safetensors").write_bytes(b"weights 1")
+    (root / "model.safetensors").write_bytes(b"weights")
+    (root / "tokenizer.json").write_text("{}")
+    return root
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("argv", [("init",), ("init", "--force"), ("train", "--force", "--steps", "1"),
+                                  ("train", "--variants", "plt,vanilla", "--force", "--steps", "1")])
+def test_init_and_train_never_write_into_a_hugging_face_folder(tmp_path, capsys, argv):
+    hf = _hf_folder(tmp_path / "LoopCoder")
+    before = _snapshot(hf)
+    code, _, err = run_cli(capsys, argv[0], "--out", str(hf), *argv[1:])
+    assert_one_line_error(code, err, str(hf))
+    assert _snapshot(hf) == before
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_init_refuses_a_folder_of_other_files(tmp_path, capsys, force):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "init", "--out", str(mine), *(["--force"] if force else []))
+    assert_one_line_error(code, err, "holds notes.txt but no plt-deploy checkpoint")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_init_force_over_a_trained_checkpoint_drops_its_stale_results_keeps_other_files(runs, capsys):
+    ck = runs / "walk"
+    (ck / "train_results.json").write_text("{}")  # results of the weights about to be replaced
+    (ck / "NOTES.md").write_text("mine")
+    code, _, err = run_cli(capsys, "init", "--out", str(ck))
+    assert_one_line_error(code, err, "already holds a checkpoint; pass --force")
+    code, _, err = run_cli(capsys, "init", "--out", str(ck), "--force", "--seed", "9")
+    assert code == 0, err
+    assert not (ck / "train_results.json").exists() and (ck / "NOTES.md").read_text() == "mine"

@@ -103,8 +103,12 @@ def test_existing_repository_is_kept_unless_force(ckpt, tmp_path, capsys):
     code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, f"{repo}: already exists; pass --force")
     assert (repo / "keep-me").exists()
+    code, _, err = run_cli(capsys, *argv, "--force")  # a file it did not write: --force would delete it
+    assert_one_line_error(code, err, "did not write (keep-me)")
+    assert (repo / "keep-me").read_text() == "x"
+    (repo / "keep-me").unlink()
     assert run_cli(capsys, *argv, "--force")[0] == 0
-    assert not (repo / "keep-me").exists() and (repo / "plt" / "config.pbtxt").is_file()
+    assert (repo / "plt" / "config.pbtxt").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

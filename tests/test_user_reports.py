@@ -265,3 +265,26 @@ def test_top_level_help_shows_whole_descriptions(capsys, monkeypatch):
     flat = " ".join(commands.split())
     for name, description in COMMANDS.items():
         assert f"{name} {description}" in flat, (name, out)
+
+
+def test_prompt_file_drops_one_trailing_newline_and_refuses_bytes_that_are_not_utf8(ckpt, tmp_path, capsys):
+    def generate(*argv, stdin=None):
+        return subprocess.run([sys.executable, "-c", "from plt_deploy.cli import main; main()", "generate", "--model",
+                               str(ckpt), "--max-new-tokens", "1", *argv], input=stdin, env=ENV, capture_output=True,
+                              timeout=120)
+
+    piped = generate("--prompt-file", "-", stdin=b"12+34=\n")  # what `echo 12+34= | plt-deploy generate` sends
+    plain = generate("--prompt", "12+34=")
+    assert piped.returncode == 0 and piped.stdout == plain.stdout, (piped.stdout, plain.stdout, piped.stderr)
+    kept = generate("--prompt-file", "-", stdin=b"12+34=\n\n")  # only one newline is dropped
+    assert kept.returncode == 0 and kept.stdout.startswith(b"12+34=\n"), kept.stdout
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café".encode("latin-1"))
+    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt-file", str(bad))
+    assert_one_line_error(code, err, "not UTF-8 text (byte 3")
+    assert code == 2
+
+
+def test_check_unknown_backend_is_a_usage_error(ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "check", "--model", str(ckpt), "--onnx", str(tmp_path), "--backends", "torch,foo")
+    assert code == 2 and "unknown backend 'foo'" in err and "Traceback" not in err, err

@@ -88,23 +88,27 @@ def variant_dirs(out: str | Path, variants) -> dict[str, Path]:
 
 def refuse_existing_checkpoints(out: str | Path, variants, force: bool = False) -> None:
     """`train` writes one checkpoint per variant (out/ itself for one variant): refuse to overwrite
-    any without --force, saying when it is the partial result of an interrupted run."""
+    any without --force, saying when it is the partial result of an interrupted run; refuse, even
+    with --force, a folder that is not a plt-deploy checkpoint (output_folder.check_checkpoint_folder)."""
     import json
 
+    from ..checkpoint import CONFIG_FILE, RESULTS_FILE
     from ..errors import CheckpointError
+    from ..output_folder import check_checkpoint_folder
 
     out = Path(out)
-    if force:
-        return
+    dirs = variant_dirs(out, variants)
+    if len(dirs) > 1 and (out / CONFIG_FILE).is_file():  # several variants: out/ holds their folders
+        raise CheckpointError(f"{out}: holds a checkpoint ({CONFIG_FILE}); training several variants writes one "
+                              "subfolder each and train_results.json there: choose another --out")
     try:
-        record = json.loads((out / "train_results.json").read_text())
+        record = json.loads((out / RESULTS_FILE).read_text())
         partial = {r["variant"]: (r["steps"], record["steps"]) for r in record["results"] if r.get("interrupted")}
     except (OSError, ValueError, KeyError, TypeError):
         partial = {}
-    for v, d in variant_dirs(out, variants).items():
-        if (d / "config.json").exists():
-            if v in partial:
-                done, total = partial[v]
-                raise CheckpointError(f"{d}: already holds the checkpoint of an interrupted run ({v} at step "
-                                      f"{done} of {total}); training does not resume: pass --force to train again")
-            raise CheckpointError(f"{d}: already holds a checkpoint; pass --force to overwrite it")
+    for v, d in dirs.items():
+        if not force and v in partial and (d / CONFIG_FILE).exists():
+            done, total = partial[v]
+            raise CheckpointError(f"{d}: already holds the checkpoint of an interrupted run ({v} at step "
+                                  f"{done} of {total}); training does not resume: pass --force to train again")
+        check_checkpoint_folder(d, force, "train")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import BACKEND_NAMES as KNOWN
 from ..errors import InputError
 from .compare import RULE
 from .parity import compare_backends, compare_greedy, fit_workload
 
-KNOWN = ("torch", "onnxruntime", "tensorrt")
 
 
 def greedy_prompts(vocab: int, lengths=(9, 5), seed: int = 1) -> list[list[int]]:
@@ -28,7 +28,7 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     """
     from ..backends import load_backend
     from ..backends.torch_backend import load as load_torch
-    from ..checkpoint import WEIGHTS_FILE, atomic_write_bytes, weights_header
+    from ..checkpoint import atomic_write_bytes, weight_files, weights_header
     from ..export.manifest import read_manifest
 
     log = log or (lambda line: None)
@@ -43,7 +43,8 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
         from ..output_folder import check_writable
 
         check_writable(Path(report).parent, "--report")
-    weights_header(Path(model) / WEIGHTS_FILE)  # a damaged checkpoint is named as such, not as "another model"
+    for path in weight_files(model):  # a damaged checkpoint is named as such, not as "another model"
+        weights_header(path)
     manifest = read_manifest(onnx, expect_model=model)  # refuses damaged files or another model's export
     dtype = manifest.dtype
     batch, prompt_lengths, steps, new_tokens, notes = fit_workload(manifest.max_batch, manifest.max_seq, 2, steps,

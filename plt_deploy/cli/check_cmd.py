@@ -7,11 +7,22 @@ import sys
 import click
 
 
+def _backends(ctx, param, value: str) -> list[str]:
+    """--backends: known names only (a usage error, exit 2, before anything loads)."""
+    from ..backends import BACKEND_NAMES as KNOWN  # what check/report.py accepts (torch: the reference)
+
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    unknown = [b for b in names if b not in KNOWN]
+    if unknown:
+        raise click.BadParameter(f"unknown backend {unknown[0]!r}; choose from {', '.join(KNOWN)}")
+    return names
+
+
 @click.command("check")
 @click.option("--model", required=True, type=click.Path(file_okay=False), help="Checkpoint folder (the reference).")
 @click.option("--onnx", "onnx_dir", required=True, type=click.Path(file_okay=False),
               help="Export folder written by `plt-deploy export` from the same checkpoint.")
-@click.option("--backends", default="torch,onnxruntime", show_default=True,
+@click.option("--backends", default="torch,onnxruntime", show_default=True, callback=_backends,
               help="Comma-separated backends; each is compared with torch (the reference, always run).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Decode steps compared.")
@@ -29,7 +40,7 @@ def command(model, onnx_dir, backends, report, steps, new_tokens, threads, provi
     from ..check.report import run_check
     from ..progress import console
 
-    result = run_check(model, onnx_dir, backends.split(","), report, steps=steps, new_tokens=new_tokens,
+    result = run_check(model, onnx_dir, backends, report, steps=steps, new_tokens=new_tokens,
                        threads=threads, provider=provider, console=console(),
                        log=lambda line: click.echo(line, err=True))
     if not result["passed"]:

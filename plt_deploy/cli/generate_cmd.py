@@ -10,11 +10,23 @@ from ..backends import BACKEND_NAMES
 from .options import finite, non_empty, seed_option
 
 
+def _prompt_text(f) -> str:
+    """A --prompt-file's text: UTF-8, one trailing newline dropped (the rest as it is)."""
+    data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{f.name}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
+                                 param_hint="--prompt-file") from None
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 @click.command("generate")
 @click.option("--model", required=True, help="Checkpoint folder (torch) or export folder (onnxruntime, tensorrt).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt text; repeat for a batch.")
-@click.option("--prompt-file", "prompt_files", multiple=True, type=click.File("r", encoding="utf-8"),
-              help="Read a prompt from this file ('-' = stdin), for prompts too long for the shell; repeatable.")
+@click.option("--prompt-file", "prompt_files", multiple=True, type=click.File("rb"),
+              help="Read a prompt from this UTF-8 file ('-' = stdin), for prompts too long for the shell; "
+                   "repeatable. One trailing newline (what echo and editors add) is dropped.")
 @click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
@@ -31,7 +43,7 @@ def command(model, prompts, prompt_files, backend, max_new_tokens, temperature, 
     """Generate a continuation of each --prompt (the prompt is printed, then the new text)."""
     from ..backends.folders import preflight
 
-    prompts = prompts + tuple(f.read() for f in prompt_files)  # the files' text as it is (no newline stripped)
+    prompts = prompts + tuple(_prompt_text(f) for f in prompt_files)
     if not prompts:
         raise click.UsageError("give a prompt: --prompt TEXT or --prompt-file PATH ('-' = stdin)")
 

@@ -31,7 +31,8 @@ from ..tasks import TASKS
               help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads (default: 1 for models under 5M parameters, where it is fastest; else torch's).")
-@click.option("--force", is_flag=True, help="Overwrite existing checkpoints.")
+@click.option("--force", is_flag=True, help="Overwrite existing plt-deploy checkpoints (a Hugging Face model folder or a "
+              "folder of other files is refused, --force or not; other files beside a checkpoint are kept).")
 def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes,
             save_every, threads, force):
     """Train on a synthetic task (made on the fly) and report held-out exact-match accuracy.

@@ -207,7 +207,8 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
     with claim_output(Path(out), log=log):
-        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir])
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir],
+                          owned=manifest_lib.owned_names)
         return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log,
                              streamed)
 

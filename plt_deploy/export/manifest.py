@@ -21,6 +21,18 @@ from .consistency import check_manifest_matches_graphs
 from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
+ENGINE_DIR = "tensorrt"  # `plt-deploy build` writes engines and the timing cache here, inside the export
+
+
+def owned_names(folder: Path) -> set[str]:
+    """What `export` / `build` wrote into an export folder: the manifest, the files it lists, the
+    engine folder (output_folder.check_replaceable: --force replaces only these). An unreadable
+    manifest owns only itself, so nothing else in the folder is taken for ours."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST_FILE).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        files = {}
+    return {MANIFEST_FILE, ENGINE_DIR, *(name for name in files if isinstance(name, str))}
 FORMAT = "plt-deploy.onnx-export"
 FORMAT_VERSION = 4  # 2: every state output has alias_of (prefill too) and in_place; 3: cache writes are
 # TensorScatter (in place, TensorRT KVCacheUpdate), rings 4-D [batch, rows*kv_heads, ring, head_dim];

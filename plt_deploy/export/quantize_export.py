@@ -33,7 +33,8 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out} is the source export; write the quantized export to another folder")
     with claim_output(out, log=log):
-        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src])
+        check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src],
+                          owned=manifest_lib.owned_names)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
         try:
             data = dict(m.data)

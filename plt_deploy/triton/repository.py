@@ -48,7 +48,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     if plugin is not None and backend != "tensorrt":
         raise InputError(f"--plugin is for --backend tensorrt, not {backend}")
     out, model = Path(out), Path(model)
-    check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin])
+    check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin], owned=owned_names)
     checked = check_artifact(model, backend, plugin=plugin)
     if backend == "torch":  # what the torch backend's load refuses (truncated file, extra tensor), refused now
         from ..checkpoint import load_checkpoint
@@ -83,6 +83,15 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def owned_names(repo: Path) -> set[str]:
+    """What `triton-repo` wrote into REPO: its marker, README.md and the model folder the marker names."""
+    try:
+        model = json.loads((Path(repo) / MARKER).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        model = None
+    return {MARKER, "README.md", *([model] if isinstance(model, str) and model else [])}
 
 
 def _validate_if_possible(text: str, where: Path) -> None:
