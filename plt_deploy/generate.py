@@ -113,8 +113,14 @@ class TextStream:
         return delta, False
 
     def flush(self) -> str:
-        """The held-back text at the end of the sequence."""
-        delta, self.sent = self.text[self.sent:], len(self.text)
+        """The held-back text at the end of the sequence, without a last character whose bytes never
+        completed (the sequence ended inside it: decoders show U+FFFD, which is not the model's text).
+        `text` is cut the same way."""
+        end, floor = len(self.text), max(len(self.stable), self.sent)
+        while end > floor and self.text[end - 1] == "\ufffd":
+            end -= 1
+        self.text = self.text[:end]
+        delta, self.sent = self.text[self.sent:], end
         return delta
 
 
@@ -229,11 +235,11 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
 
 
 def visible_text(decode: Callable[[list[int]], str], ids: list[int], stop_strings: tuple[str, ...] = ()) -> str:
-    """The text of generated `ids` as a user sees it: cut before the first stop string."""
-    if not stop_strings:
-        return decode(ids)
+    """The text of generated `ids` as a user sees it: cut before the first stop string, without a
+    last character left incomplete (TextStream.flush)."""
     text = TextStream(decode, stop_strings)
     for token in ids:
         if text.push(token)[1]:
             break
+    text.flush()
     return text.text

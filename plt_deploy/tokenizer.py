@@ -43,7 +43,11 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers` tokenizer.json; bos/eos looked up among common special-token names."""
+    """A `tokenizers` tokenizer.json; bos/eos looked up among common special-token names.
+
+    encode adds the special tokens tokenizer.json's post-processor adds (a BOS only if it says so),
+    as transformers' fast tokenizers and mlx-lm encode a prompt; tokenizer_config.json's
+    add_bos_token does not add one on its own (checked against transformers 5.24's AutoTokenizer)."""
 
     def __init__(self, path: Path, eos_ids: tuple[int, ...] = ()):
         from tokenizers import Tokenizer
@@ -60,21 +64,20 @@ class HFTokenizer:
         self.pad_id = find(special.get("pad_token"), "<pad>", "<|pad|>")
         if self.pad_id is None:
             self.pad_id = self.eos_id if self.eos_id is not None else 0
-        self.add_bos = special.get("add_bos_token", True) is not False
         self.eos_ids = tuple(eos_ids) or ((self.eos_id,) if self.eos_id is not None else ())
         self.eos_id = self.eos_ids[0] if self.eos_ids else None
         name = lambda i: self.tok.id_to_token(i) if i is not None else None  # noqa: E731
         self.bos_token, self.eos_token = name(self.bos_id) or "", name(self.eos_id) or ""
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """add_bos=False: no special tokens at all (a chat template that writes its own BOS)."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = text[exc.start].encode("utf-8", errors="surrogateescape")
             raise InputError(f"text is not valid UTF-8 (byte {bad!r} at character {exc.start}); "
                              "this model's tokenizer.json needs UTF-8 text") from None
-        ids = self.tok.encode(text, add_special_tokens=False).ids
-        return [self.bos_id, *ids] if add_bos and self.add_bos and self.bos_id is not None else ids
+        return self.tok.encode(text, add_special_tokens=add_bos).ids
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
@@ -84,7 +87,7 @@ class HFTokenizer:
 
 
 def _tokenizer_config(path: Path) -> dict:
-    """bos_token / eos_token / pad_token as strings and add_bos_token of a tokenizer_config.json ({} if absent)."""
+    """bos_token / eos_token / pad_token as strings of a tokenizer_config.json ({} if absent)."""
     if not path.is_file():
         return {}
     try:
@@ -95,8 +98,6 @@ def _tokenizer_config(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a valid tokenizer config ({exc})") from None
     out = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in data.items()
            if k in ("bos_token", "eos_token", "pad_token")}
-    if "add_bos_token" in data:
-        out["add_bos_token"] = data["add_bos_token"]
     return out
 
 

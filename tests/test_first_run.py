@@ -376,7 +376,8 @@ def test_text_stream_is_incremental_and_equals_decode(kind):
         ids = [rng.randrange(tok.get_vocab_size()) for _ in range(rng.randrange(1, 60))]
         stream = TextStream(decode)
         shown = "".join(stream.push(i)[0] for i in ids) + stream.flush()
-        assert shown == tok.decode(ids, skip_special_tokens=True), (kind, ids)
+        # equal to decode, but for the U+FFFD a last incomplete character decodes to (flush drops it)
+        assert shown == tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd"), (kind, ids)
     decoded_ids.clear()
     stream = TextStream(decode)
     text = "the quick brown fox jumps over the lazy dog " * 40

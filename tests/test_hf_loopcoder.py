@@ -460,3 +460,29 @@ def test_check_on_a_sharded_hf_folder(tmp_path, capsys):
     code, text, err = run_cli(capsys, "check", "--model", str(folder), "--onnx", str(out), "--steps", "2",
                               "--new-tokens", "2")
     assert code == 0 and "PASSED" in text, text + err
+
+
+@pytest.mark.parametrize("post_processor", [False, True])
+def test_prompt_ids_follow_the_tokenizer_json_post_processor(tmp_path, post_processor):
+    """A BOS only where tokenizer.json's post-processor adds one (add_bos_token in the config does not),
+    as transformers' AutoTokenizer encodes (compared when transformers is installed)."""
+    from tokenizers import Tokenizer, processors
+
+    from plt_deploy.tokenizer import HFTokenizer
+
+    write_tokenizer(tmp_path)  # its tokenizer_config.json says add_bos_token: true
+    if post_processor:
+        t = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        t.save(str(tmp_path / "tokenizer.json"))
+    tok = HFTokenizer(tmp_path / "tokenizer.json")
+    words = [tok.token_to_id("hello"), tok.token_to_id("world")]
+    assert tok.encode("hello world") == ([1] if post_processor else []) + words
+    assert tok.encode("hello world", add_bos=False) == words  # a chat template writing its own BOS
+    try:
+        import transformers
+    except ImportError:
+        return
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|im_end|>"}))
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path)).encode("hello world") == tok.encode("hello world")

@@ -150,19 +150,40 @@ def test_text_stream_holds_partial_utf8_and_stop_prefixes():
     assert "\ufffd" not in shown
 
 
+def test_a_sequence_ending_inside_a_character_drops_it():
+    """max_tokens cuts "é" (2 bytes) after its first byte: flush (the engine's reader side at
+    finish "length", `generate --stream`) and visible_text (`generate`) give the text without U+FFFD."""
+    from plt_deploy.generate import visible_text
+
+    tok = ByteTokenizer()
+    ids = list("ab\u00e9".encode())[:-1]  # a, b, the first byte of é
+    ts = TextStream(tok.decode)
+    shown = "".join(ts.push(t)[0] for t in ids) + ts.flush()
+    assert shown == "ab" and ts.text == "ab" and visible_text(tok.decode, ids) == "ab"
+    assert tok.decode(ids).endswith("\ufffd")  # what the decoder alone gives
+
+
 def test_limits_and_queue(backends):
     be = backends["torch"]
     engine = Engine(be, ByteTokenizer(), slots=1, max_context=32, max_queue=2)
     with pytest.raises(InputError, match="prompt of 30 tokens \\+ max_tokens 5 = 35 exceeds the context of 32"):
         engine.submit([1] * 30, SamplingParams(max_new_tokens=5))
-    # not started: the queue fills and the next request is refused at once
-    engine.submit([1, 2], SamplingParams(max_new_tokens=2))
-    engine.submit([1, 2], SamplingParams(max_new_tokens=2))
+    # not started: one request takes the free slot, two wait, the next is refused at once
+    for _ in range(3):
+        engine.submit([1, 2], SamplingParams(max_new_tokens=2))
     with pytest.raises(QueueFullError, match="queue is full"):
         engine.submit([1, 2], SamplingParams(max_new_tokens=2))
     engine.start()
     engine.stop(timeout=30)
     assert engine.stats()["waiting"] == 0
+    # --max-queue 0: nothing waits, but every free slot still takes a request
+    engine = Engine(be, ByteTokenizer(), slots=2, max_context=32, max_queue=0)
+    reqs = [engine.submit([1, 2], SamplingParams(max_new_tokens=2)) for _ in range(2)]
+    with pytest.raises(QueueFullError, match="queue is full \\(0 requests\\)"):
+        engine.submit([1, 2], SamplingParams(max_new_tokens=2))
+    engine.start()
+    assert all(len(list(r)) >= 1 for r in reqs) and all(r.finish_reason == "length" for r in reqs)
+    engine.stop(timeout=30)
 
 
 def test_cancel_frees_slot_at_next_step(backends):

@@ -18,7 +18,8 @@ from ..backends import LOADERS
 @click.option("--max-context", type=click.IntRange(min=2), default=256, show_default=True,
               help="Prompt + generated tokens per request.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Requests waiting for a slot; beyond it: 429.")
+              help="Requests that may wait while every slot is taken (0: none wait); beyond it: 429. "
+                   "A request that finds a free slot is always admitted.")
 @click.option("--max-step-tokens", type=click.IntRange(min=1),
               help="Tokens per engine step: one per decoding slot, the rest for prompt chunks (chunked prefill), "
                    "so a long prompt cannot stall running streams. At least --slots. "

@@ -270,8 +270,10 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise EngineStoppedError("the server is shutting down; no new requests")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFullError(f"the waiting queue is full ({self.max_queue} requests); retry later")
+            free = self.slots - len(self._running)  # the first `free` waiting requests take a slot at the next step
+            if len(self._waiting) + 1 > max(free, 0) + self.max_queue:
+                raise QueueFullError(f"every slot is taken and the waiting queue is full ({self.max_queue} "
+                                     "requests); retry later")
             self._waiting.append(req)
             self._cond.notify_all()
         return req
