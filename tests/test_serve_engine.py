@@ -391,6 +391,25 @@ def test_prefix_cache_hit_gives_the_tokens_of_a_miss(backends, name):
     assert f'plt:prefix_cache_queries_total{{model_name="m",replica="0"}} {float(sum(map(len, turns)))}' in body
 
 
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_prefix_cache_serves_different_questions_over_one_system_prompt(backends, name):
+    """The second question saves its state where it leaves the first one's blocks, so the third hits
+    there (the system prompt's whole blocks); its tokens equal those of an engine without the cache."""
+    be = backends[name]
+    system = [1 + (7 * j) % 240 for j in range(22)]  # 5 whole blocks of 4, then 2 tokens
+    questions = [system + [100 + q, 110 + q, 120 + q] for q in range(4)]
+    params = SamplingParams(max_new_tokens=5)
+    results = {}
+    for mb in (0, 8):
+        engine = Engine(be, ByteTokenizer(), slots=2, max_context=64, prefix_cache_mb=mb, prefix_block=4).start()
+        assert engine.wait_ready(60)
+        results[mb] = [list(engine.submit(p, params)) for p in questions]
+        engine.stop(timeout=30)
+    miss, hit = ([[e.token_id for e in evs if e.token_id is not None] for evs in results[mb]] for mb in (0, 8))
+    assert hit == miss
+    assert [evs[-1].cached_tokens for evs in results[8]] == [0, 0, 20, 20]
+
+
 def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
     from plt_deploy.backends.state import SlotState
     from plt_deploy.serve.prefix_cache import PrefixCache
@@ -406,4 +425,5 @@ def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
     assert pc.lookup(b) is None and pc.lookup(a)[0] == 8 and pc.lookup(c)[0] == 8
     assert not pc.store(a, 6, state(6))  # not a block boundary
     assert pc.lookup(a[:8]) is None  # a prompt of exactly the prefix must keep a token to prefill
+    assert pc.shared(a[:4] + [99] * 6) == 4 and pc.shared(b + [1]) == 0  # b was evicted: its blocks too
     assert PrefixCache(16, 4).store(a, 8, state(8)) and not PrefixCache(4, 4).store(a, 8, state(8))

@@ -86,6 +86,7 @@ class EngineRequest:
         self.generated: list[int] = []
         self.slot: int | None = None
         self.n_cached = 0  # prompt tokens in the slot so far (chunked prefill)
+        self.save_at: tuple[int, ...] = ()  # prompt lengths where its state goes to the prefix cache
         self.cached_tokens = 0  # of which from the prefix cache
         self.finish_reason: str | None = None
         self.cancelled = False
@@ -397,12 +398,16 @@ class Engine:
         """Load the longest cached prefix of r's prompt into its slot (prefix cache hit)."""
         if self.prefix_cache is None:
             return
-        hit = self.prefix_cache.lookup(r.prompt_ids)
+        pc = self.prefix_cache
+        hit = pc.lookup(r.prompt_ids)
         if self.metrics:
             self.metrics.on_prefix_lookup(len(r.prompt_ids), hit[0] if hit else 0)
         if hit is not None:
             self.session.load_slot(r.slot, hit[1])
             r.n_cached = r.cached_tokens = hit[0]
+        # saved where it leaves an earlier prompt's blocks (prefix_cache.shared) and at its own end
+        r.save_at = tuple(sorted({p for p in (pc.shared(r.prompt_ids), pc.boundary(len(r.prompt_ids)))
+                                  if p > r.n_cached}))
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -423,8 +428,9 @@ class Engine:
         batch; requests whose prompt is complete sample their first token. An error fails only the
         requests of the failed call; the other rows are intact."""
         pc = self.prefix_cache
-        stop_at = (lambda r: pc.boundary(len(r.prompt_ids)) if pc is not None and pc.wants(
-            r.prompt_ids, pc.boundary(len(r.prompt_ids))) else None)
+
+        def stop_at(r):  # the next point where r's state is saved, if the cache still wants it
+            return next((p for p in r.save_at if p > r.n_cached and pc.wants(r.prompt_ids, p)), None)
         n_decode = sum(1 for r in self._running.values() if r.generated)
         chunks = plan_chunks(sorted(prefilling, key=lambda r: r.t_arrival), self.max_step_tokens - n_decode,
                              lambda r: (r.n_cached, len(r.prompt_ids)), stop_at)
@@ -444,7 +450,7 @@ class Engine:
                 continue
             for i, (r, start, n) in enumerate(group):
                 r.n_cached = start + n
-                if pc is not None and r.n_cached == stop_at(r):
+                if r.n_cached in r.save_at and pc.wants(r.prompt_ids, r.n_cached):
                     pc.store(r.prompt_ids, r.n_cached, self.session.save_slot(r.slot, r.n_cached))
                 if r.n_cached == len(r.prompt_ids):
                     done.append(r)

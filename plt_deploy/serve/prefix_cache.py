@@ -8,6 +8,11 @@ longest stored prefix of its prompt that leaves at least one token to prefill (t
 logits come from that token), loads it into its slot and prefills only the rest. The token ids are
 stored with each entry and compared on a hit, so a hash collision can never serve wrong state.
 
+Prompts that share a prefix but go on differently (one system prompt, different questions) meet at
+no stored boundary: the first entry is saved at the end of the first prompt. So a prompt is also
+saved where it leaves the blocks of an earlier entry (`shared`: the last block boundary its chain
+has in common with a stored one); the third such prompt hits that entry.
+
 Bounded by bytes (`capacity_bytes`), least recently used first out. Counters follow vLLM's
 metrics: queries and hits are counted in prompt tokens.
 """
@@ -32,6 +37,7 @@ class PrefixCache:
             raise ValueError(f"need capacity >= 0 and block >= 1, got {capacity_bytes}, {block}")
         self.capacity, self.block = capacity_bytes, block
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # chain key -> entry, least recent first
+        self._chains: dict[int, int] = {}  # chain key of every block prefix of a stored entry -> entries using it
         self.bytes = 0
         self.queries = self.hits = 0  # prompt tokens looked up / found
         self.evictions = 0
@@ -59,6 +65,14 @@ class PrefixCache:
                 return end, e.state
         return None
 
+    def shared(self, tokens: list[int]) -> int:
+        """The last block boundary (leaving a token to prefill) where `tokens` still follows a stored
+        entry's blocks, 0 if none: a prompt saved there serves later prompts with that prefix."""
+        for end, key in reversed(self._keys(tokens, self.boundary(len(tokens)))):
+            if key in self._chains:
+                return end
+        return 0
+
     def wants(self, tokens: list[int], length: int) -> bool:
         """Whether saving `tokens[:length]` would add an entry (a boundary, not stored yet, fits at all)."""
         if length < self.block or length % self.block or self.capacity == 0:
@@ -73,7 +87,14 @@ class PrefixCache:
             _, old = self._entries.popitem(last=False)
             self.bytes -= old.state.nbytes
             self.evictions += 1
-        self._entries[self._keys(tokens, length)[-1][1]] = Entry(tuple(tokens[:length]), state)
+            for _, key in self._keys(list(old.tokens), len(old.tokens)):
+                self._chains[key] -= 1
+                if not self._chains[key]:
+                    del self._chains[key]
+        keys = self._keys(tokens, length)
+        self._entries[keys[-1][1]] = Entry(tuple(tokens[:length]), state)
+        for _, key in keys:
+            self._chains[key] = self._chains.get(key, 0) + 1
         self.bytes += state.nbytes
         return True
 
