@@ -139,15 +139,18 @@ def test_generate_runs_a_quantized_export(quantized, capsys):
 
 
 def test_export_from_checkpoint_int8_validates(tiny_exports, tmp_path, capsys):
-    """The user's path: a checkpoint traced and quantized in one export, validated by quantization error."""
+    """The user's path: a checkpoint traced and quantized in one export, validated by quantization error.
+    No --block-size: the default 32 does not divide tiny's mlp_hidden, so 16 is taken, with a note."""
     ck, _ = tiny_exports["plt"]
     out = tmp_path / "ex8"
     code, stdout, err = run_cli(capsys, "export", "--model", str(ck), "--out", str(out), "--weights", "int8",
-                                "--block-size", "16", "--max-batch", "2")
+                                "--max-batch", "2")
     assert code == 0, err
+    assert "note: --block-size 16: the default 32 does not divide the model's mlp_hidden = 176" in err
     assert "quantization error (int8, block 16): top-1 agreement" in err and "check's bound" in err
     data = json.loads((out / "manifest.json").read_text())
     assert data["weights"]["format"] == "int8" and data["weights"]["method"] == "rtn"
+    assert data["weights"]["block_size"] == 16 and "auto_block" not in data["weights"]
     assert data["weights"]["quantized_tensors"]["decode"] == 15
 
 
@@ -156,7 +159,8 @@ def _nothing_written(parent, name):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--weights", "int4"], "mlp_hidden = 176 is not a multiple of the block size; use --block-size 16"),
+    (["--weights", "int4", "--block-size", "32"], "mlp_hidden = 176 is not a multiple of the block size; use "
+                                                  "--block-size 16"),
     (["--weights", "int4", "--block-size", "48"], "--block-size 48: choose from 16, 32, 64, 128"),
     (["--weights", "int4", "--quant-method", "gptq"], "--quant-method 'gptq' is unknown"),
     (["--weights", "int3"], "Invalid value for '--weights': 'int3' is not one of"),

@@ -20,7 +20,8 @@ from ..export.quantize import WEIGHT_CHOICES
 @click.option("--max-seq", type=click.IntRange(min=MIN_EXPORT_SEQ), help="Longest sequence (default: the model's max_seq_len).")
 @click.option("--weights", type=click.Choice(WEIGHT_CHOICES), help="Weight storage: fp32, fp16, bf16 (the float dtype) or int8, int4 (weight-only "
               "quantization of the linear layers, per-block scales; activations stay in --dtype).")
-@click.option("--block-size", type=int, help="int8/int4: input features per scale (16, 32, 64 or 128; default 32).")
+@click.option("--block-size", type=int, help="int8/int4: input features per scale (16, 32, 64 or 128; default 32, or the largest "
+              "smaller one that divides the model's layer sizes).")
 @click.option("--quant-method", help="int8/int4: how weights are rounded (rtn: round to nearest; default).")
 @click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also store the embedding table quantized.")
 @click.option("--force", is_flag=True, help="Replace an existing export folder (one holding manifest.json and only "

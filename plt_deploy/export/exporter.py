@@ -202,7 +202,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     if weights is not None:  # a block size that does not fit: refused before anything starts
         from ..checkpoint import load_config  # our config.json or a Hugging Face one
 
-        check_quantizable(load_config(model_dir), weights)
+        weights = check_quantizable(load_config(model_dir), weights, log)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")

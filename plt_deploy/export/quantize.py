@@ -17,7 +17,7 @@ saving, not a speed one). How the caches are written does not matter to this pas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class WeightSpec:
     block_size: int = DEFAULT_BLOCK
     method: str = "rtn"
     embeddings: bool = False  # also quantize the embedding table (Gather; not fused by any runtime)
+    auto_block: bool = False  # --block-size not given: check_quantizable may pick a smaller one that fits
 
     @property
     def bits(self) -> int:
@@ -50,7 +51,7 @@ class WeightSpec:
         return INT_WEIGHTS[self.format][1]
 
     def to_manifest(self, tensors: dict[str, int]) -> dict:
-        return {**asdict(self), "symmetric": True, "axis": "K (input features), blocks of block_size",
+        return {**{k: v for k, v in asdict(self).items() if k != "auto_block"}, "symmetric": True, "axis": "K (input features), blocks of block_size",
                 "layout": "DequantizeLinear(q, scale, axis=0, block_size) -> MatMul",
                 "runtimes": {"onnxruntime": "fused into com.microsoft MatMulNBits at session creation",
                              "tensorrt": "weight-only block quantization (IDequantizeLayer, zero zero-point)"},
@@ -80,20 +81,31 @@ def parse_weights(weights: str | None, dtype: str | None, block_size: int | None
         if block_size is not None or method is not None or embeddings:
             raise InputError("--block-size, --quant-method and --quantize-embeddings need --weights int8|int4")
         return dtype, None
-    return dtype, WeightSpec(weights, block_size or DEFAULT_BLOCK, method or METHODS[0], embeddings)
+    return dtype, WeightSpec(weights, block_size or DEFAULT_BLOCK, method or METHODS[0], embeddings,
+                             auto_block=block_size is None)
 
 
-def check_quantizable(cfg, spec: WeightSpec) -> None:
-    """InputError if a linear layer's input size is not a multiple of the block size (before any tracing)."""
+def check_quantizable(cfg, spec: WeightSpec, log=None) -> WeightSpec:
+    """The spec to use for `cfg`; InputError if a linear layer's input size is not a multiple of the
+    block size (before any tracing). A default block size (--block-size not given) that does not fit
+    becomes the largest smaller one that does, with a note to `log`."""
     sizes = {"d_model": cfg.d_model, "n_heads * head_dim": cfg.n_heads * cfg.head_dim,
              "mlp_hidden": cfg.mlp_hidden}
+    fits = [b for b in BLOCK_SIZES if all(v % b == 0 for v in sizes.values())]
+    smaller = [b for b in fits if b < spec.block_size]
+    if spec.auto_block and spec.block_size not in fits and smaller:
+        name, k = next((n, v) for n, v in sizes.items() if v % spec.block_size)
+        if log is not None:
+            log(f"note: --block-size {max(smaller)}: the default {spec.block_size} does not divide the model's "
+                f"{name} = {k}")
+        return replace(spec, block_size=max(smaller))
     for name, k in sizes.items():
         if k % spec.block_size:
-            fits = [b for b in BLOCK_SIZES if all(v % b == 0 for v in sizes.values())]
             advice = f"use --block-size {' or '.join(map(str, fits))}" if fits else \
                 f"no block size of {', '.join(map(str, BLOCK_SIZES))} divides every input size {sorted(sizes.values())}"
             raise InputError(f"--weights {spec.format} --block-size {spec.block_size}: the model's {name} = {k} is "
                              f"not a multiple of the block size; {advice}")
+    return spec
 
 
 def rtn(w: np.ndarray, block: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:

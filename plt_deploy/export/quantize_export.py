@@ -29,7 +29,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     if m.quantized:
         raise InputError(f"{src}: already quantized ({m.weights['format']}, block {m.weights['block_size']}); "
                          "quantize from the float checkpoint or a float export")
-    check_quantizable(m.config, spec)
+    spec = check_quantizable(m.config, spec, log)
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out} is the source export; write the quantized export to another folder")
     with claim_output(out, log=log):
