@@ -52,4 +52,4 @@ def command(model, out, dtype, opset, max_batch, max_seq, weights, block_size, q
 
     path = export_model(model, out, dtype=dtype, opset=opset, max_batch=max_batch, max_seq=max_seq, force=force,
                         validate=not no_validate, log=lambda line: click.echo(line, err=True), weights=spec)
-    click.echo(f"wrote {path} (manifest.json, prefill.onnx, decode.onnx)")
+    click.echo(f"wrote {path} ({', '.join(sorted(p.name for p in path.iterdir() if p.is_file()))})")
