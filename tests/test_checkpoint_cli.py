@@ -128,7 +128,8 @@ def test_hf_tokenizer_json_is_used_when_present(ckpt):
     tok.save(str(ckpt / "tokenizer.json"))
     loaded = load_tokenizer(ckpt, 259)
     assert isinstance(loaded, HFTokenizer)
-    assert loaded.encode("hello world") == [0, 3, 4] and loaded.eos_id == 1
+    # no post-processor in this tokenizer.json: no BOS, as transformers encodes it
+    assert loaded.encode("hello world") == [3, 4] and loaded.bos_id == 0 and loaded.eos_id == 1
     assert isinstance(load_tokenizer(ckpt.parent, 259), ByteTokenizer)
     (ckpt / "tokenizer.json").write_text("garbage")
     with pytest.raises(CheckpointError, match="tokenizer.json"):
