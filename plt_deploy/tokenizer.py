@@ -1,7 +1,7 @@
 """Tokenizers: a built-in byte-level one, or a Hugging Face tokenizer.json in the checkpoint folder.
 
-Beside tokenizer.json, as in Hugging Face: tokenizer_config.json gives the bos/eos token strings and
-add_bos_token; the end-of-sequence ids are a LIST (`eos_ids`, generation stops at any of them) taken
+Beside tokenizer.json, as in Hugging Face: tokenizer_config.json gives the bos/eos token strings (its
+add_bos_token is not read: tokenizer.json's post-processor decides, see HFTokenizer); the end-of-sequence ids are a LIST (`eos_ids`, generation stops at any of them) taken
 from generation_config.json's eos_token_id, else config.json's, else the eos token.
 """
 
@@ -46,8 +46,12 @@ class HFTokenizer:
     """A `tokenizers` tokenizer.json; bos/eos looked up among common special-token names.
 
     encode adds the special tokens tokenizer.json's post-processor adds (a BOS only if it says so),
-    as transformers' fast tokenizers and mlx-lm encode a prompt; tokenizer_config.json's
-    add_bos_token does not add one on its own (checked against transformers 5.24's AutoTokenizer)."""
+    as transformers 5 and mlx-lm (which loads it) encode a prompt: transformers 5's from_pretrained
+    drops add_bos_token / add_eos_token from tokenizer_config.json whenever a tokenizer.json exists,
+    for every tokenizer class, LlamaTokenizer(Fast) included (checked against 5.24's AutoTokenizer:
+    tests/test_tokenizer_bos.py). transformers 4's LlamaTokenizerFast differed: it rebuilt the
+    post-processor from add_bos_token (default True), so a Llama-class folder whose tokenizer.json has
+    no BOS post-processor got a BOS there and gets none here."""
 
     def __init__(self, path: Path, eos_ids: tuple[int, ...] = ()):
         from tokenizers import Tokenizer
