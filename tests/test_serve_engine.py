@@ -163,6 +163,43 @@ def test_a_sequence_ending_inside_a_character_drops_it():
     assert tok.decode(ids).endswith("\ufffd")  # what the decoder alone gives
 
 
+def byte_fallback_decode():
+    """decode of a SentencePiece-style tokenizer (byte-fallback BPE, as Llama and LoopCoder ship):
+    unlike ByteTokenizer's, its decoder shows EACH byte of an incomplete character as a U+FFFD."""
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}, "\u2581a": 259}
+    t = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    t.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                   decoders.Strip(" ", 1, 0)])
+    return lambda ids: t.decode(list(ids))
+
+
+@pytest.mark.parametrize("end", ["length", "stop", "cancelled"])
+def test_the_reader_drops_a_character_the_request_ended_inside(end):
+    """The engine's reader side (EngineRequest._render) ends a request whose last tokens are 2 of the
+    3 bytes of a character without them (the decoder alone gives two U+FFFD), at its length, at a
+    stop token after them, or cancelled; `generate` (visible_text) gives the same text."""
+    from plt_deploy.generate import visible_text
+    from plt_deploy.serve.engine import EngineRequest, TokenEvent
+
+    decode = byte_fallback_decode()
+    ids = [259, 3 + 0xE4, 3 + 0xB8]  # "a", then the first 2 bytes of U+4E2D (E4 B8 AD)
+    assert decode(ids) == "a\ufffd\ufffd" and decode(ids + [3 + 0xAD]) == "a\u4e2d"
+    assert visible_text(decode, ids) == "a"
+    r = EngineRequest([1], SamplingParams(max_new_tokens=3 if end == "length" else 9, stop_tokens=(2,)), None, decode)
+    for t in ids[:-1]:
+        r._emit(TokenEvent(t, ""))
+    last = {"length": [TokenEvent(ids[-1], "", "length")],
+            "stop": [TokenEvent(ids[-1], ""), TokenEvent(2, "", "stop")],
+            "cancelled": [TokenEvent(ids[-1], ""), TokenEvent(None, "", "cancelled")]}[end]
+    for ev in last:  # as Engine._finish: the request's reason is set before its last event goes out
+        r.finish_reason = ev.finish_reason
+        r._emit(ev)
+    events = list(r)
+    assert "".join(e.text for e in events) == "a" and events[-1].finish_reason == end
+
+
 def test_limits_and_queue(backends):
     be = backends["torch"]
     engine = Engine(be, ByteTokenizer(), slots=1, max_context=32, max_queue=2)

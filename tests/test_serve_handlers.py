@@ -77,6 +77,29 @@ def test_chat_handler_streams_sse_ending_in_done(engine):
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_inside_a_character_answers_without_a_replacement_char(engine, stream):
+    """The tiny model continues this prompt with 0xF0, the first byte of a 4-byte character; cut
+    there by max_tokens (finish "length"), the answer drops it, whole or streamed, as `generate` does."""
+    from plt_deploy.generate import SamplingParams, visible_text
+
+    engine.start().wait_ready(120)
+    prompt = [256, 0xF0, 0x9F]
+    ids = [e.token_id for e in engine.submit(prompt, SamplingParams(max_new_tokens=1)) if e.token_id is not None]
+    assert ids == [0xF0] and engine.tokenizer.decode(ids) == "\ufffd"
+    r = run(CompletionsHandler(engine).create({"prompt": prompt, "max_tokens": 1, "ignore_eos": True,
+                                               "stream": stream}))
+    if stream:
+        async def collect():
+            return [part async for part in r.body_iterator]
+        chunks = [json.loads(e[len("data: "):]) for e in run(collect())[:-1]]
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        reason = chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        text, reason = body(r)["choices"][0]["text"], body(r)["choices"][0]["finish_reason"]
+    assert reason == "length" and text == visible_text(engine.tokenizer.decode, ids) == ""
+
 @pytest.mark.parametrize("handler, data, status, code, param", [
     (CompletionsHandler, {"prompt": "x", "n": 2}, 400, "unsupported_field", "n"),
     (CompletionsHandler, {"prompt": "x", "bogus": 1}, 400, "unsupported_field", "bogus"),
