@@ -223,6 +223,36 @@ def test_limits_and_queue(backends):
     engine.stop(timeout=30)
 
 
+
+@pytest.mark.parametrize("max_queue, admitted", [(1, 3), (0, 2)])
+def test_a_running_engine_admits_its_free_slots_plus_max_queue(backends, max_queue, admitted):
+    """--slots 2 on a running engine whose prefill is held (nothing finishes): of 6 requests, the 2
+    that get a slot and max_queue more are admitted, the rest refused at once, however the engine's
+    steps fall between the submissions; once they finish, the slots admit again."""
+    engine = Engine(backends["torch"], ByteTokenizer(), slots=2, max_context=32, max_queue=max_queue).start()
+    assert engine.wait_ready(60)
+    gate, extend = threading.Event(), engine.session.extend
+
+    def held_extend(*args, **kw):
+        gate.wait(30)
+        return extend(*args, **kw)
+    engine.session.extend = held_extend
+    params = SamplingParams(max_new_tokens=2)
+    try:
+        handles, refused = [], 0
+        for _ in range(6):
+            try:
+                handles.append(engine.submit([1, 2], params))
+            except QueueFullError:
+                refused += 1
+            time.sleep(0.01)  # the engine steps (and blocks in the held prefill) between submissions
+        assert (len(handles), refused) == (admitted, 6 - admitted)
+    finally:
+        gate.set()
+    assert all(list(h)[-1].finish_reason == "length" for h in handles)
+    assert all(list(engine.submit([1, 2], params))[-1].finish_reason == "length" for _ in range(2))
+    engine.stop(timeout=30)
+
 def test_cancel_frees_slot_at_next_step(backends):
     be = backends["torch"]
     engine = Engine(be, ByteTokenizer(), slots=2, max_context=200).start()
