@@ -477,6 +477,32 @@ def test_prefix_cache_serves_different_questions_over_one_system_prompt(backends
     assert [evs[-1].cached_tokens for evs in results[8]] == [0, 0, 20, 20]
 
 
+
+def test_prefix_cache_questions_arriving_together_save_their_shared_prefix(backends):
+    """Four questions over one system prompt admitted in one step (none has stored a state yet): the
+    shared blocks are saved from the prompts in flight, so a fifth question hits them (before: it
+    only saved them itself); every token equals an engine's without the cache, and the hit is
+    counted in plt:prefix_cache_hits_total."""
+    from plt_deploy.serve.metrics import Metrics
+
+    be = backends["torch"]
+    system = [1 + (7 * j) % 240 for j in range(22)]  # 5 whole blocks of 4, then 2 tokens
+    questions = [system + [100 + q, 110 + q, 120 + q] for q in range(5)]
+    params = SamplingParams(max_new_tokens=4)
+    results = {}
+    for mb in (0, 8):
+        engine = Engine(be, ByteTokenizer(), slots=4, max_context=64, prefix_cache_mb=mb, prefix_block=4,
+                        metrics=Metrics("m"))
+        together = [engine.submit(p, params) for p in questions[:4]]  # waiting before the loop starts
+        engine.start()
+        results[mb] = [list(h) for h in together] + [list(engine.submit(questions[4], params))]
+        body = engine.metrics.render()[0].decode()
+        engine.stop(timeout=30)
+    miss, hit = ([[e.token_id for e in evs if e.token_id is not None] for evs in results[mb]] for mb in (0, 8))
+    assert hit == miss
+    assert [evs[-1].cached_tokens for evs in results[8]] == [0, 0, 0, 0, 20]
+    assert 'plt:prefix_cache_hits_total{model_name="m",replica="0"} 20.0' in body
+
 def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
     from plt_deploy.backends.state import SlotState
     from plt_deploy.serve.prefix_cache import PrefixCache
@@ -493,4 +519,7 @@ def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
     assert not pc.store(a, 6, state(6))  # not a block boundary
     assert pc.lookup(a[:8]) is None  # a prompt of exactly the prefix must keep a token to prefill
     assert pc.shared(a[:4] + [99] * 6) == 4 and pc.shared(b + [1]) == 0  # b was evicted: its blocks too
+    fresh = PrefixCache(64, 4)  # prompts in flight: their common whole blocks, within the prompt's last boundary
+    assert fresh.shared(list(range(20)), [list(range(10)) + [99], [5] * 30]) == 8 and fresh.shared(list(range(20))) == 0
+    assert fresh.shared(list(range(9)), [list(range(20))]) == 8 and fresh.shared(list(range(8)), [list(range(20))]) == 4
     assert PrefixCache(16, 4).store(a, 8, state(8)) and not PrefixCache(4, 4).store(a, 8, state(8))

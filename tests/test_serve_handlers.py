@@ -88,8 +88,8 @@ def test_max_tokens_inside_a_character_answers_without_a_replacement_char(engine
     prompt = [256, 0xF0, 0x9F]
     ids = [e.token_id for e in engine.submit(prompt, SamplingParams(max_new_tokens=1)) if e.token_id is not None]
     assert ids == [0xF0] and engine.tokenizer.decode(ids) == "\ufffd"
-    r = run(CompletionsHandler(engine).create({"prompt": prompt, "max_tokens": 1, "ignore_eos": True,
-                                               "stream": stream}))
+    r = run(CompletionsHandler(engine).create({"prompt": prompt, "max_tokens": 1, "temperature": 0,
+                                               "ignore_eos": True, "stream": stream}))
     if stream:
         async def collect():
             return [part async for part in r.body_iterator]

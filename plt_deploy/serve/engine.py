@@ -405,8 +405,11 @@ class Engine:
         if hit is not None:
             self.session.load_slot(r.slot, hit[1])
             r.n_cached = r.cached_tokens = hit[0]
-        # saved where it leaves an earlier prompt's blocks (prefix_cache.shared) and at its own end
-        r.save_at = tuple(sorted({p for p in (pc.shared(r.prompt_ids), pc.boundary(len(r.prompt_ids)))
+        # saved where it leaves the blocks of an earlier prompt or of one in flight (prefix_cache.shared)
+        # and at its own end
+        with self._cond:
+            others = [o.prompt_ids for o in (*self._running.values(), *self._waiting) if o is not r]
+        r.save_at = tuple(sorted({p for p in (pc.shared(r.prompt_ids, others), pc.boundary(len(r.prompt_ids)))
                                   if p > r.n_cached}))
 
     def _drop_cancelled(self) -> None:

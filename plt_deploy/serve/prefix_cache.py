@@ -11,7 +11,8 @@ stored with each entry and compared on a hit, so a hash collision can never serv
 Prompts that share a prefix but go on differently (one system prompt, different questions) meet at
 no stored boundary: the first entry is saved at the end of the first prompt. So a prompt is also
 saved where it leaves the blocks of an earlier entry (`shared`: the last block boundary its chain
-has in common with a stored one); the third such prompt hits that entry.
+has in common with a stored one) or of another prompt in flight (running or waiting: questions
+that arrive together); the next such prompt hits that entry.
 
 Bounded by bytes (`capacity_bytes`), least recently used first out. Counters follow vLLM's
 metrics: queries and hits are counted in prompt tokens.
@@ -65,13 +66,21 @@ class PrefixCache:
                 return end, e.state
         return None
 
-    def shared(self, tokens: list[int]) -> int:
+    def shared(self, tokens: list[int], others: list[list[int]] = ()) -> int:
         """The last block boundary (leaving a token to prefill) where `tokens` still follows a stored
-        entry's blocks, 0 if none: a prompt saved there serves later prompts with that prefix."""
-        for end, key in reversed(self._keys(tokens, self.boundary(len(tokens)))):
+        entry's blocks, or one of `others` (prompts in flight, whose states are not stored yet), 0 if
+        none: a prompt saved there serves later prompts with that prefix."""
+        limit = self.boundary(len(tokens))
+        best = 0
+        for other in others:
+            same = next((i for i, (a, b) in enumerate(zip(tokens, other)) if a != b), min(len(tokens), len(other)))
+            best = max(best, min(same // self.block * self.block, limit))
+        for end, key in reversed(self._keys(tokens, limit)):
+            if end <= best:
+                break
             if key in self._chains:
                 return end
-        return 0
+        return best
 
     def wants(self, tokens: list[int], length: int) -> bool:
         """Whether saving `tokens[:length]` would add an entry (a boundary, not stored yet, fits at all)."""
