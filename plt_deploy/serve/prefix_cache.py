@@ -73,14 +73,29 @@ class PrefixCache:
         limit = self.boundary(len(tokens))
         best = 0
         for other in others:
-            same = next((i for i, (a, b) in enumerate(zip(tokens, other)) if a != b), min(len(tokens), len(other)))
-            best = max(best, min(same // self.block * self.block, limit))
+            best = self._common(tokens, other, limit, best)
         for end, key in reversed(self._keys(tokens, limit)):
             if end <= best:
                 break
             if key in self._chains:
                 return end
         return best
+
+    def _common(self, a: list[int], b: list[int], limit: int, at_least: int = 0) -> int:
+        """The longest whole-block prefix a and b share, at most `limit` tokens, or `at_least` if that
+        is longer: a binary search over block counts with list comparisons (C speed: the engine
+        thread runs this per admission), after one comparison that rules out a b not beating at_least."""
+        lo, hi = at_least // self.block, min(limit, len(b)) // self.block
+        if lo >= hi or a[:(lo + 1) * self.block] != b[:(lo + 1) * self.block]:
+            return at_least
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            n = mid * self.block
+            if a[:n] == b[:n]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * self.block
 
     def wants(self, tokens: list[int], length: int) -> bool:
         """Whether saving `tokens[:length]` would add an entry (a boundary, not stored yet, fits at all)."""
