@@ -523,3 +523,24 @@ def test_prefix_cache_evicts_least_recently_used_within_its_bytes():
     assert fresh.shared(list(range(20)), [list(range(10)) + [99], [5] * 30]) == 8 and fresh.shared(list(range(20))) == 0
     assert fresh.shared(list(range(9)), [list(range(20))]) == 8 and fresh.shared(list(range(8)), [list(range(20))]) == 4
     assert PrefixCache(16, 4).store(a, 8, state(8)) and not PrefixCache(4, 4).store(a, 8, state(8))
+
+
+def test_prefix_cache_shared_with_prompts_in_flight_equals_the_plain_definition():
+    """PrefixCache.shared(tokens, others) (a binary search over whole blocks) == the longest common
+    prefix with any of the others, cut to whole blocks and to the prompt's last boundary."""
+    import random
+
+    from plt_deploy.serve.prefix_cache import PrefixCache
+
+    rng = random.Random(0)
+    for _ in range(1000):
+        block = rng.choice([1, 3, 4, 16])
+        pc = PrefixCache(100, block)
+        a = [rng.randrange(3) for _ in range(rng.randrange(1, 40))]
+        others = [a[:rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(10))]
+                  for _ in range(rng.randrange(4))]
+        plain = 0
+        for b in others:
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            plain = max(plain, min(same // block * block, pc.boundary(len(a))))
+        assert pc.shared(a, others) == plain, (a, others, block)
