@@ -51,7 +51,8 @@ class WeightSpec:
         return INT_WEIGHTS[self.format][1]
 
     def to_manifest(self, tensors: dict[str, int]) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "auto_block"}, "symmetric": True, "axis": "K (input features), blocks of block_size",
+        spec = {k: v for k, v in asdict(self).items() if k != "auto_block"}  # how it was asked: not recorded
+        return {**spec, "symmetric": True, "axis": "K (input features), blocks of block_size",
                 "layout": "DequantizeLinear(q, scale, axis=0, block_size) -> MatMul",
                 "runtimes": {"onnxruntime": "fused into com.microsoft MatMulNBits at session creation",
                              "tensorrt": "weight-only block quantization (IDequantizeLayer, zero zero-point)"},
@@ -255,7 +256,7 @@ def _quantize_gathers(nodes: list, inits: dict, spec: WeightSpec, store, tokens:
         q, scale = rtn(table.T, spec.block_size, spec.qmax)  # blocks along d: [d, V], [d/block, V]
         base = f"{src}.rows"
         store([_q_tensor(f"{base}.q{spec.bits}", np.ascontiguousarray(q.T), spec.bits),
-                          _scale_tensor(f"{base}.scale", np.ascontiguousarray(scale.T), inits[src].data_type)])
+               _scale_tensor(f"{base}.scale", np.ascontiguousarray(scale.T), inits[src].data_type)])
         dq_out = f"{node.name or node.output[0]}.table_dq"
         nodes.insert(nodes.index(node), helper.make_node(
             "DequantizeLinear", [f"{base}.q{spec.bits}", f"{base}.scale"], [dq_out], axis=1,
