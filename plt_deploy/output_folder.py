@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ArtifactError, InputError
 
@@ -107,8 +107,10 @@ def _lock(fd: int, lock_path: Path, out: Path, command: str) -> None:
 
 def check_replaceable(out: str | Path, command: str, marker: str, force: bool, sources=(), owned=None) -> None:
     """Refuse to write `out` unless it is missing, empty, or (with force) a folder `command` made,
-    i.e. one holding `marker` and nothing but `owned(out)` (names of what the command wrote there;
-    default: the marker alone); refuse any `sources` (the command's inputs) inside `out`."""
+    i.e. one whose `owned(out)` (what the command wrote there, read from its marker; default: the
+    marker alone) includes `marker` and covers everything in it; refuse any `sources` (the
+    command's inputs) inside `out`. `owned` gives paths relative to `out`: a name owns that file or
+    folder whole, "a/b" owns a/b only (a user's a/c is then refused, not deleted)."""
     out = Path(out)
     for source in sources:
         if source is not None and _inside(Path(source), out):
@@ -120,17 +122,38 @@ def check_replaceable(out: str | Path, command: str, marker: str, force: bool, s
     held = sorted(p.name for p in out.iterdir())
     if not held:
         return
-    if (out / marker).is_file():
+    ours = set(owned(out)) if owned else {marker}
+    if (out / marker).is_file() and marker in ours:
         if not force:
             raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-        theirs = [name for name in held if name not in (owned(out) if owned else {marker})]
+        theirs = not_owned(out, ours)
         if theirs:
             raise ArtifactError(f"{out}: holds files `plt-deploy {command}` did not write ({_shown(theirs)}); "
                                 "--force would delete them: move them out or choose another --out")
         return
-    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` (no {marker}; it holds {_shown(held)}); "
+    why = f"{marker} is not its own" if (out / marker).exists() else f"no {marker}"
+    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` ({why}; it holds {_shown(held)}); "
                         f"{'--force replaces only a folder that command made: ' if force else ''}"
                         "choose another --out")
+
+
+def not_owned(folder: Path, owned) -> list[str]:
+    """Paths under `folder` (relative, sorted) that no entry of `owned` covers: an entry covers
+    itself and everything below it; a folder above an entry is looked into, not owned."""
+    owned = {PurePosixPath(o) for o in owned}
+    above = {parent for o in owned for parent in o.parents}
+
+    def walk(path: Path, rel: PurePosixPath):
+        for child in sorted(path.iterdir()):
+            r = rel / child.name
+            if r in owned:
+                continue
+            if r in above and child.is_dir() and not child.is_symlink():
+                yield from walk(child, r)
+            else:
+                yield r.as_posix()
+
+    return list(walk(Path(folder), PurePosixPath()))
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_results.json")  # what init/train write

@@ -52,7 +52,7 @@ def test_export_force_is_allowed_over_an_export_only(runs, tmp_path, capsys):
 
     old = tmp_path / "old"
     old.mkdir()
-    (old / "manifest.json").write_text("{}")
+    (old / "manifest.json").write_text('{"format": "plt-deploy.onnx-export"}')
     code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(old))
     assert_one_line_error(code, err, f"{old}: already exists; pass --force")
     check_replaceable(old, "export", "manifest.json", force=True, sources=[runs / "walk"])  # what --force passes
@@ -61,6 +61,8 @@ def test_export_force_is_allowed_over_an_export_only(runs, tmp_path, capsys):
 
 
 def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, capsys):
+    import json
+
     pytest.importorskip("tritonclient", reason="needs the triton extra: pip install 'plt-deploy[triton]'")
     ck = runs / "walk"
     code, _, err = run_cli(capsys, "triton-repo", "--model", str(ck), "--out", str(runs), "--backend", "torch",
@@ -85,6 +87,21 @@ def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, caps
     code, _, err = run_cli(capsys, *argv, "--force")
     assert_one_line_error(code, err, "did not write (NOTES.md)")
     assert (repo / "NOTES.md").read_text() == "mine" and (repo / "plt-deploy-repo.json").is_file()
+    (repo / "NOTES.md").unlink()
+    (repo / "plt" / "2").mkdir()  # a version the user added beside ours, and notes inside ours
+    (repo / "plt" / "2" / "model.py").write_text("mine")
+    (repo / "plt" / "1" / "NOTES.md").write_text("mine")
+    before = _snapshot(repo)
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "did not write (plt/1/NOTES.md, plt/2)")
+    assert _snapshot(repo) == before
+    shutil.rmtree(repo / "plt" / "2")
+    (repo / "plt" / "1" / "NOTES.md").unlink()
+    assert run_cli(capsys, *argv, "--force")[0] == 0  # only its own files again: replaced
+    marker = json.loads((repo / "plt-deploy-repo.json").read_text())
+    (repo / "plt-deploy-repo.json").write_text(json.dumps({**marker, "written_by": "someone else"}))
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "not made by `plt-deploy triton-repo` (plt-deploy-repo.json is not its own")
 
 
 def test_second_train_into_the_same_out_is_refused_at_once(tmp_path):
@@ -137,7 +154,7 @@ def test_export_force_refuses_an_export_holding_the_users_files(runs, tmp_path, 
     old = tmp_path / "old"
     (old / "sub").mkdir(parents=True)
     (old / "decode.onnx").write_bytes(b"graph")
-    (old / "manifest.json").write_text(json.dumps({"files": {"decode.onnx": {}}}))
+    (old / "manifest.json").write_text(json.dumps({"format": "plt-deploy.onnx-export", "files": {"decode.onnx": {}}}))
     (old / "NOTES.md").write_text("mine")
     (old / "sub" / "x.txt").write_text("mine too")
     for argv in (("export", "--model", str(runs / "walk")), ("export", "--model", str(runs / "walk"),
@@ -152,6 +169,35 @@ def test_export_force_refuses_an_export_holding_the_users_files(runs, tmp_path, 
     from plt_deploy.output_folder import check_replaceable
 
     check_replaceable(old, "export", "manifest.json", force=True, owned=owned_names)  # only its own files: ok
+    (old / "tensorrt").mkdir()  # what `build` writes there is its own, a user's file there is not
+    for name in ("decode.plan", "prefill.plan", "timing.cache", ".decode.plan.x1.tmp"):
+        (old / "tensorrt" / name).write_bytes(b"plan")
+    check_replaceable(old, "export", "manifest.json", force=True, owned=owned_names)
+    (old / "tensorrt" / "NOTES.md").write_text("mine")
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(old), "--force")
+    assert_one_line_error(code, err, "did not write (tensorrt/NOTES.md)")
+    assert (old / "tensorrt" / "NOTES.md").read_text() == "mine"
+
+
+def test_a_whole_export_is_its_own(tiny_exports):
+    """What --force may replace covers everything `export` writes (else --force over an export is refused)."""
+    from plt_deploy.export.manifest import owned_names
+    from plt_deploy.output_folder import not_owned
+
+    for _, ex in tiny_exports.values():
+        assert not_owned(ex, owned_names(ex)) == [], ex
+
+
+def test_export_force_refuses_a_manifest_json_it_did_not_write(runs, tmp_path, capsys):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app", "files": {"index.html": {}}}')
+    (web / "index.html").write_text("mine")
+    before = _snapshot(web)
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(web), "--force")
+    assert_one_line_error(code, err, "not made by `plt-deploy export` (manifest.json is not its own; it holds "
+                                     "index.html, manifest.json)")
+    assert _snapshot(web) == before
 
 
 def _hf_folder(root: Path, model_type: bool = True) -> Path:
