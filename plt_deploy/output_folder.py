@@ -1,17 +1,18 @@
-"""Writing an output folder safely (export, train, triton-repo): one writer at a time, stale
+"""Writing an output folder safely (export, triton-repo, init, train): one writer at a time, stale
 temporaries from killed runs cleaned, a full disk reported with the path, and `--force` limited
 to replacing what the same command made.
 
-Export and triton-repo build everything in a hidden `.NAME.*.tmp` folder beside NAME and rename
-it at the end. `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
+Export, triton-repo and init build everything in a hidden `.NAME.*.tmp` folder beside NAME and
+rename it at the end (`swap_in`: an old NAME is renamed aside first, then deleted). `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
 run, so a second run into the same folder is refused at once (naming the first one's pid) instead
 of racing to the rename, and, holding it, removes temporaries that only a killed run can have left.
 
 `check_replaceable(out, ...)` is the rule for an existing `out`: missing or empty is written into;
-a folder the same command made (it holds that command's marker file: an export's manifest.json,
-a repository's plt-deploy-repo.json) is replaced only with --force, and only if everything in it
-is what that command wrote (`owned`: the manifest's file list, the repository's model folder);
-anything else is refused in one line naming what it holds, never deleted. The command's source is
+a folder the same command made (it holds that command's own marker file: an export's manifest.json,
+a repository's plt-deploy-repo.json) is replaced only with --force, and only if everything in it,
+subfolders included, is what that command wrote (`owned`: the manifest's file list and engine
+files, the repository's files; `not_owned` lists the rest); anything else is refused in one line
+naming it, never deleted. The command's source is
 never inside what it would replace.
 
 `check_checkpoint_folder(folder, force)` is the same rule for `init` and `train`, which write a
@@ -19,7 +20,7 @@ checkpoint's files into the folder itself (config.json, model.safetensors, train
 variant subfolders): --force replaces a folder holding only what they wrote (`checkpoint_owned`:
 a plt-deploy config, weights whose metadata names plt-deploy); a Hugging Face model folder, or a
 folder holding anything else (hidden files included), is refused naming it. `init` builds the new
-checkpoint in a temporary folder and swaps it in (`publish`); `train` clears what an earlier run
+checkpoint in a temporary folder and swaps it in (`swap_in`); `train` clears what an earlier run
 wrote before it starts (`clear_checkpoint_folder`), so no stale file describes another model.
 """
 
