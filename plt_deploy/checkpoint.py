@@ -184,13 +184,27 @@ RESULTS_FILE = "train_results.json"  # `train` writes it beside its checkpoints 
 
 def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int | None = None,
                     window: int | None = None, seed: int = 0, force: bool = False, **overrides) -> Path:
-    """A randomly initialised checkpoint from a preset (`plt-deploy init`)."""
-    from .output_folder import check_checkpoint_folder
+    """A randomly initialised checkpoint from a preset (`plt-deploy init`).
+
+    Written into a temporary folder beside `out` and swapped in (output_folder.swap_in): with force,
+    an earlier init/train output is replaced whole (no stale train_results.json or variant folder);
+    a folder holding anything else is refused first (output_folder.check_checkpoint_folder)."""
+    import shutil
+
+    from .output_folder import check_checkpoint_folder, claim_output, swap_in
 
     out = Path(out)
     check_checkpoint_folder(out, force, "init")
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, **overrides).items() if v is not None}
     cfg = PLTConfig.from_name(preset, **changes)
-    path = save_checkpoint(PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype)), out)  # weights in cfg.dtype
-    (out / RESULTS_FILE).unlink(missing_ok=True)  # a --force'd trained folder: its results describe old weights
-    return path
+    model = PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype))  # weights in cfg.dtype
+    with claim_output(out, command="init"):
+        check_checkpoint_folder(out, force, "init")  # again, holding the lock: what is replaced is what was checked
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            save_checkpoint(model, tmp)  # files get what open() would give them (atomic_write_bytes)
+            tmp.chmod(0o777 & ~_umask())  # and the folder what mkdir would: mkdtemp makes 0700
+            swap_in(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,22 +1,27 @@
-"""Writing an output folder safely (export, train, triton-repo): one writer at a time, stale
+"""Writing an output folder safely (export, triton-repo, init, train): one writer at a time, stale
 temporaries from killed runs cleaned, a full disk reported with the path, and `--force` limited
 to replacing what the same command made.
 
-Export and triton-repo build everything in a hidden `.NAME.*.tmp` folder beside NAME and rename
-it at the end. `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
+Export, triton-repo and init build everything in a hidden `.NAME.*.tmp` folder beside NAME and
+rename it at the end (`swap_in`: an old NAME is renamed aside first, then deleted). `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
 run, so a second run into the same folder is refused at once (naming the first one's pid) instead
 of racing to the rename, and, holding it, removes temporaries that only a killed run can have left.
 
 `check_replaceable(out, ...)` is the rule for an existing `out`: missing or empty is written into;
-a folder the same command made (it holds that command's marker file: an export's manifest.json,
-a repository's plt-deploy-repo.json) is replaced only with --force, and only if everything in it
-is what that command wrote (`owned`: the manifest's file list, the repository's model folder);
-anything else is refused in one line naming what it holds, never deleted. The command's source is
+a folder the same command made (it holds that command's own marker file: an export's manifest.json,
+a repository's plt-deploy-repo.json) is replaced only with --force, and only if everything in it,
+subfolders included, is what that command wrote (`owned`: the manifest's file list and engine
+files, the repository's files; `not_owned` lists the rest); anything else is refused in one line
+naming it, never deleted. The command's source is
 never inside what it would replace.
 
 `check_checkpoint_folder(folder, force)` is the same rule for `init` and `train`, which write a
-checkpoint's files into the folder itself (config.json, model.safetensors): --force overwrites a
-plt-deploy checkpoint only; a Hugging Face model folder or a folder of other files is refused.
+checkpoint's files into the folder itself (config.json, model.safetensors, train_results.json, or
+variant subfolders): --force replaces a folder holding only what they wrote (`checkpoint_owned`:
+a plt-deploy config, weights whose metadata names plt-deploy); a Hugging Face model folder, or a
+folder holding anything else (hidden files included), is refused naming it. `init` builds the new
+checkpoint in a temporary folder and swaps it in (`swap_in`); `train` clears what an earlier run
+wrote before it starts (`clear_checkpoint_folder`), so no stale file describes another model.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ArtifactError, InputError
 
@@ -59,13 +64,28 @@ def claim_output(out: Path, log=None, command: str = "export"):
 
 
 def publish(tmp: Path, out: Path) -> Path:
-    """Make the finished temporary folder `tmp` readable and rename it to `out` (replacing an old one)."""
+    """Make the finished temporary folder `tmp` readable and rename it to `out` (swap_in)."""
     for f in tmp.iterdir():
         f.chmod(0o644)
     tmp.chmod(0o755)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    return swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
+    swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between), so `out` is at
+    every moment the old folder or the new one."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return out
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old.tmp"))
+    os.replace(out, old / "old")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old / "old", out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -88,8 +108,10 @@ def _lock(fd: int, lock_path: Path, out: Path, command: str) -> None:
 
 def check_replaceable(out: str | Path, command: str, marker: str, force: bool, sources=(), owned=None) -> None:
     """Refuse to write `out` unless it is missing, empty, or (with force) a folder `command` made,
-    i.e. one holding `marker` and nothing but `owned(out)` (names of what the command wrote there;
-    default: the marker alone); refuse any `sources` (the command's inputs) inside `out`."""
+    i.e. one whose `owned(out)` (what the command wrote there, read from its marker; default: the
+    marker alone) includes `marker` and covers everything in it; refuse any `sources` (the
+    command's inputs) inside `out`. `owned` gives paths relative to `out`: a name owns that file or
+    folder whole, "a/b" owns a/b only (a user's a/c is then refused, not deleted)."""
     out = Path(out)
     for source in sources:
         if source is not None and _inside(Path(source), out):
@@ -101,42 +123,155 @@ def check_replaceable(out: str | Path, command: str, marker: str, force: bool, s
     held = sorted(p.name for p in out.iterdir())
     if not held:
         return
-    if (out / marker).is_file():
+    ours = set(owned(out)) if owned else {marker}
+    if (out / marker).is_file() and marker in ours:
         if not force:
             raise ArtifactError(f"{out}: already exists; pass --force to replace it")
-        theirs = [name for name in held if name not in (owned(out) if owned else {marker})]
+        theirs = not_owned(out, ours)
         if theirs:
             raise ArtifactError(f"{out}: holds files `plt-deploy {command}` did not write ({_shown(theirs)}); "
                                 "--force would delete them: move them out or choose another --out")
         return
-    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` (no {marker}; it holds {_shown(held)}); "
+    why = f"{marker} is not its own" if (out / marker).exists() else f"no {marker}"
+    raise ArtifactError(f"{out}: not made by `plt-deploy {command}` ({why}; it holds {_shown(held)}); "
                         f"{'--force replaces only a folder that command made: ' if force else ''}"
                         "choose another --out")
 
 
+def not_owned(folder: Path, owned) -> list[str]:
+    """Paths under `folder` (relative, sorted) that no entry of `owned` covers: an entry covers
+    itself and everything below it; a folder above an entry is looked into, not owned."""
+    owned = {PurePosixPath(o) for o in owned}
+    above = {parent for o in owned for parent in o.parents}
+
+    def walk(path: Path, rel: PurePosixPath):
+        for child in sorted(path.iterdir()):
+            r = rel / child.name
+            if r in owned:
+                continue
+            if r in above and child.is_dir() and not child.is_symlink():
+                yield from walk(child, r)
+            else:
+                yield r.as_posix()
+
+    return list(walk(Path(folder), PurePosixPath()))
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_results.json")  # what init/train write
+# into a checkpoint folder (checkpoint.CONFIG_FILE, WEIGHTS_FILE, RESULTS_FILE), plus the hidden
+# `.NAME.*.tmp` of checkpoint.atomic_write_bytes that a killed run can leave
+PRODUCER = "plt-deploy"  # checkpoint.save_checkpoint's safetensors metadata "producer"
+
+
 def check_checkpoint_folder(folder: str | Path, force: bool, command: str = "init") -> None:
-    """`init` / `train` write config.json and model.safetensors into `folder`: refuse unless it is
-    missing, empty, or (with force) a plt-deploy checkpoint. Other files in a checkpoint folder
-    are left alone; a Hugging Face model folder or a folder without a checkpoint is never written."""
+    """`init` / `train` write a checkpoint (config.json, model.safetensors, train_results.json) into
+    `folder`, or, for several variants, one checkpoint subfolder each and train_results.json: refuse
+    unless `folder` is missing, empty, or (with force) made by init/train and holding nothing else
+    (checkpoint_owned). Hidden files count. A Hugging Face model folder, a config.json that is not
+    a plt-deploy config, weights plt-deploy did not write, or any other file is refused in one line
+    naming it, --force or not; nothing is written or deleted."""
     from . import hf
-    from .checkpoint import CONFIG_FILE
     from .errors import CheckpointError
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"{folder}: exists and is not a folder; choose another --out")
-    held = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     if not held:
         return
     if hf.is_hf_folder(folder):
-        raise CheckpointError(f"{folder}: is a Hugging Face model folder; `plt-deploy {command}` never writes into "
-                              "one (--force included): choose another --out")
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{folder}: holds {_shown(held)} but no plt-deploy checkpoint; `plt-deploy {command}` "
-                              f"writes only into a new or empty folder{' (--force included)' if force else ''}: "
-                              "choose another --out")
+        raise CheckpointError(f"{folder}: is a Hugging Face model folder (it holds {_shown(held)}); "
+                              f"`plt-deploy {command}` never writes into one (--force included): choose another --out")
+    owned = checkpoint_owned(folder)
+    theirs = [name for name in held if name not in owned]
+    if theirs or not owned:
+        what = (f"holds {_shown(held)} but no plt-deploy checkpoint" if not owned else
+                f"holds files `plt-deploy init` or `train` did not write ({_shown(theirs)})")
+        raise CheckpointError(f"{folder}: {what}; `plt-deploy {command}` writes only into a new or empty folder"
+                              f"{' or (with --force) one it wrote' if force else ''}: "
+                              "move them out or choose another --out")
     if not force:
-        raise CheckpointError(f"{folder}: already holds a checkpoint; pass --force to overwrite it")
+        raise CheckpointError(f"{folder}: already holds a checkpoint; pass --force to replace it")
+
+
+def checkpoint_owned(folder: Path, nested: bool = True) -> set[str]:
+    """Names in `folder` that init/train wrote: a checkpoint's files (config.json a plt-deploy config,
+    model.safetensors with plt-deploy's producer metadata, train_results.json in train's schema, their
+    leftover temporaries) and, when `nested`, variant subfolders holding only such files. Empty when
+    the folder holds no checkpoint of ours (nothing else is then taken for ours)."""
+    import re
+
+    from .config import VARIANTS
+
+    owned = set()
+    if _own_config(folder / "config.json"):
+        owned.add("config.json")
+        if _own_weights(folder / "model.safetensors"):
+            owned.add("model.safetensors")
+    if nested:
+        for name in VARIANTS:
+            sub = folder / name
+            if sub.is_dir() and not sub.is_symlink():
+                inner = checkpoint_owned(sub, nested=False)
+                if inner and inner == {p.name for p in sub.iterdir()}:
+                    owned.add(name)
+    if owned and _own_results(folder / "train_results.json"):
+        owned.add("train_results.json")
+    if owned:
+        temporary = re.compile(r"\.(%s)\..+\.tmp" % "|".join(map(re.escape, CHECKPOINT_FILES)))
+        owned |= {p.name for p in folder.iterdir() if p.is_file() and temporary.fullmatch(p.name)}
+    return owned
+
+
+def _own_config(path: Path) -> bool:
+    import json
+
+    from .config import PLTConfig
+
+    try:
+        PLTConfig.from_dict(json.loads(path.read_text()))
+        return path.is_file() and not path.is_symlink()
+    except Exception:  # unreadable, not JSON, not our schema: not ours
+        return False
+
+
+def _own_weights(path: Path) -> bool:
+    """The safetensors header (8-byte length + JSON) names plt-deploy as producer; read without torch."""
+    import json
+    import struct
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                return False
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        return meta.get("producer") == PRODUCER
+    except Exception:
+        return False
+
+
+def _own_results(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return path.is_file() and not path.is_symlink() and isinstance(data, dict) and isinstance(data.get("results"), list)
+    except Exception:
+        return False
+
+
+def clear_checkpoint_folder(folder: str | Path) -> None:
+    """Remove what init/train wrote in `folder` (check_checkpoint_folder has passed with force):
+    the next run's files then describe one model, with no stale train_results.json or variant."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for name in checkpoint_owned(folder):
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _shown(names: list[str]) -> str:

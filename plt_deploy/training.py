@@ -137,7 +137,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
     from .errors import InputError
-    from .output_folder import check_writable, claim_output
+    from .output_folder import check_checkpoint_folder, check_writable, claim_output, clear_checkpoint_folder
 
     out = Path(out)
     with claim_output(out, command="train"):  # a second run into the same --out is refused at once
@@ -147,11 +147,15 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
         the_task = TASKS[task]
         dirs = variant_dirs(out, variants)
         refuse_existing_checkpoints(out, variants, force)
+        if len(dirs) > 1:  # out/ itself holds the variants' folders: nothing but an earlier run's outputs
+            check_checkpoint_folder(out, force, "train")
         configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
         for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
             cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
         for folder in dirs.values():  # a read-only --out fails now, not after training
             check_writable(folder)
+        if force:  # what an earlier init/train wrote here goes, so no stale file describes another model
+            clear_checkpoint_folder(out)
         results = []
 
         def write_results():

@@ -52,7 +52,7 @@ def test_export_force_is_allowed_over_an_export_only(runs, tmp_path, capsys):
 
     old = tmp_path / "old"
     old.mkdir()
-    (old / "manifest.json").write_text("{}")
+    (old / "manifest.json").write_text('{"format": "plt-deploy.onnx-export"}')
     code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(old))
     assert_one_line_error(code, err, f"{old}: already exists; pass --force")
     check_replaceable(old, "export", "manifest.json", force=True, sources=[runs / "walk"])  # what --force passes
@@ -61,6 +61,8 @@ def test_export_force_is_allowed_over_an_export_only(runs, tmp_path, capsys):
 
 
 def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, capsys):
+    import json
+
     pytest.importorskip("tritonclient", reason="needs the triton extra: pip install 'plt-deploy[triton]'")
     ck = runs / "walk"
     code, _, err = run_cli(capsys, "triton-repo", "--model", str(ck), "--out", str(runs), "--backend", "torch",
@@ -85,6 +87,21 @@ def test_triton_repo_force_replaces_only_its_own_repository(runs, tmp_path, caps
     code, _, err = run_cli(capsys, *argv, "--force")
     assert_one_line_error(code, err, "did not write (NOTES.md)")
     assert (repo / "NOTES.md").read_text() == "mine" and (repo / "plt-deploy-repo.json").is_file()
+    (repo / "NOTES.md").unlink()
+    (repo / "plt" / "2").mkdir()  # a version the user added beside ours, and notes inside ours
+    (repo / "plt" / "2" / "model.py").write_text("mine")
+    (repo / "plt" / "1" / "NOTES.md").write_text("mine")
+    before = _snapshot(repo)
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "did not write (plt/1/NOTES.md, plt/2)")
+    assert _snapshot(repo) == before
+    shutil.rmtree(repo / "plt" / "2")
+    (repo / "plt" / "1" / "NOTES.md").unlink()
+    assert run_cli(capsys, *argv, "--force")[0] == 0  # only its own files again: replaced
+    marker = json.loads((repo / "plt-deploy-repo.json").read_text())
+    (repo / "plt-deploy-repo.json").write_text(json.dumps({**marker, "written_by": "someone else"}))
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "not made by `plt-deploy triton-repo` (plt-deploy-repo.json is not its own")
 
 
 def test_second_train_into_the_same_out_is_refused_at_once(tmp_path):
@@ -137,7 +154,7 @@ def test_export_force_refuses_an_export_holding_the_users_files(runs, tmp_path, 
     old = tmp_path / "old"
     (old / "sub").mkdir(parents=True)
     (old / "decode.onnx").write_bytes(b"graph")
-    (old / "manifest.json").write_text(json.dumps({"files": {"decode.onnx": {}}}))
+    (old / "manifest.json").write_text(json.dumps({"format": "plt-deploy.onnx-export", "files": {"decode.onnx": {}}}))
     (old / "NOTES.md").write_text("mine")
     (old / "sub" / "x.txt").write_text("mine too")
     for argv in (("export", "--model", str(runs / "walk")), ("export", "--model", str(runs / "walk"),
@@ -152,14 +169,45 @@ def test_export_force_refuses_an_export_holding_the_users_files(runs, tmp_path, 
     from plt_deploy.output_folder import check_replaceable
 
     check_replaceable(old, "export", "manifest.json", force=True, owned=owned_names)  # only its own files: ok
+    (old / "tensorrt").mkdir()  # what `build` writes there is its own, a user's file there is not
+    for name in ("decode.plan", "prefill.plan", "timing.cache", ".decode.plan.x1.tmp"):
+        (old / "tensorrt" / name).write_bytes(b"plan")
+    check_replaceable(old, "export", "manifest.json", force=True, owned=owned_names)
+    (old / "tensorrt" / "NOTES.md").write_text("mine")
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(old), "--force")
+    assert_one_line_error(code, err, "did not write (tensorrt/NOTES.md)")
+    assert (old / "tensorrt" / "NOTES.md").read_text() == "mine"
 
 
-def _hf_folder(root: Path) -> Path:
-    """A Hugging Face model folder as a user downloads it (the bytes are what matters here)."""
+def test_a_whole_export_is_its_own(tiny_exports):
+    """What --force may replace covers everything `export` writes (else --force over an export is refused)."""
+    from plt_deploy.export.manifest import owned_names
+    from plt_deploy.output_folder import not_owned
+
+    for _, ex in tiny_exports.values():
+        assert not_owned(ex, owned_names(ex)) == [], ex
+
+
+def test_export_force_refuses_a_manifest_json_it_did_not_write(runs, tmp_path, capsys):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app", "files": {"index.html": {}}}')
+    (web / "index.html").write_text("mine")
+    before = _snapshot(web)
+    code, _, err = run_cli(capsys, "export", "--model", str(runs / "walk"), "--out", str(web), "--force")
+    assert_one_line_error(code, err, "not made by `plt-deploy export` (manifest.json is not its own; it holds "
+                                     "index.html, manifest.json)")
+    assert _snapshot(web) == before
+
+
+def _hf_folder(root: Path, model_type: bool = True) -> Path:
+    """A Hugging Face model folder as a user downloads it (the bytes are what matters here); without
+    model_type, a config.json of some other tool."""
     import json
 
     root.mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps({"model_type": "iquestloopcoder", "hidden_size": 64}))
+    config = {"architectures": ["SomeModel"], "hidden_size": 64}
+    (root / "config.json").write_text(json.dumps({**config, **({"model_type": "iquestloopcoder"} if model_type else {})}))
     (root / "model-00001-of-00002.safetensors").write_bytes(b"weights 1")
     (root / "model.safetensors").write_bytes(b"weights")
     (root / "tokenizer.json").write_text("{}")
@@ -167,35 +215,109 @@ def _hf_folder(root: Path) -> Path:
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("argv", [("init",), ("init", "--force"), ("train", "--force", "--steps", "1"),
-                                  ("train", "--variants", "plt,vanilla", "--force", "--steps", "1")])
-def test_init_and_train_never_write_into_a_hugging_face_folder(tmp_path, capsys, argv):
-    hf = _hf_folder(tmp_path / "LoopCoder")
+INIT_TRAIN = [("init",), ("init", "--force"), ("train", "--force", "--steps", "1"),
+              ("train", "--variants", "plt,vanilla", "--steps", "1"),
+              ("train", "--variants", "plt,vanilla", "--force", "--steps", "1")]
+
+
+@pytest.mark.parametrize("model_type", [True, False], ids=["hf", "other-config"])
+@pytest.mark.parametrize("argv", INIT_TRAIN)
+def test_init_and_train_never_write_into_a_hugging_face_folder(tmp_path, capsys, argv, model_type):
+    hf = _hf_folder(tmp_path / "LoopCoder", model_type)
     before = _snapshot(hf)
     code, _, err = run_cli(capsys, argv[0], "--out", str(hf), *argv[1:])
-    assert_one_line_error(code, err, str(hf))
+    assert_one_line_error(code, err, str(hf), "config.json")
     assert _snapshot(hf) == before
 
 
+@pytest.mark.parametrize("argv", INIT_TRAIN)
+@pytest.mark.parametrize("hidden", [".git", ".notes"])
+def test_init_and_train_count_hidden_files(tmp_path, capsys, argv, hidden):
+    mine = tmp_path / "mine"
+    (mine / ".git").mkdir(parents=True) if hidden == ".git" else (mine.mkdir(), (mine / hidden).write_text("mine"))
+    before = _snapshot(mine)
+    code, _, err = run_cli(capsys, argv[0], "--out", str(mine), *argv[1:])
+    assert_one_line_error(code, err, f"holds {hidden} but no plt-deploy checkpoint")
+    assert _snapshot(mine) == before
+
+
 @pytest.mark.parametrize("force", [False, True])
-def test_init_refuses_a_folder_of_other_files(tmp_path, capsys, force):
+@pytest.mark.parametrize("command", ["init", "train"])
+def test_init_and_train_refuse_a_folder_of_other_files(tmp_path, capsys, force, command):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "init", "--out", str(mine), *(["--force"] if force else []))
+    extra = ("--variants", "plt,vanilla", "--steps", "1") if command == "train" else ()
+    code, _, err = run_cli(capsys, command, "--out", str(mine), *extra, *(["--force"] if force else []))
     assert_one_line_error(code, err, "holds notes.txt but no plt-deploy checkpoint")
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
-def test_init_force_over_a_trained_checkpoint_drops_its_stale_results_keeps_other_files(runs, capsys):
+def test_init_force_refuses_a_checkpoint_holding_the_users_files(runs, capsys):
     ck = runs / "walk"
-    (ck / "train_results.json").write_text("{}")  # results of the weights about to be replaced
     (ck / "NOTES.md").write_text("mine")
+    before = _snapshot(ck)
+    for force in ((), ("--force",)):
+        code, _, err = run_cli(capsys, "init", "--out", str(ck), *force, "--seed", "9")
+        assert_one_line_error(code, err, "did not write (NOTES.md)")
+        assert _snapshot(ck) == before
+
+
+def test_init_force_refuses_weights_it_did_not_write(runs, capsys):
+    """config.json is a plt-deploy config, but model.safetensors was saved by something else."""
+    from safetensors.torch import load_file, save_file
+
+    ck = runs / "walk"
+    save_file(load_file(ck / "model.safetensors"), ck / "model.safetensors")  # no producer metadata
+    before = _snapshot(ck)
+    code, _, err = run_cli(capsys, "init", "--out", str(ck), "--force")
+    assert_one_line_error(code, err, "did not write (model.safetensors)")
+    assert _snapshot(ck) == before
+
+
+def test_init_force_replaces_an_earlier_output_whole(runs, capsys):
+    """No stale train_results.json, temporary or variant folder of the earlier run survives."""
+    import json
+
+    from plt_deploy.config import PLTConfig
+
+    ck = runs / "walk"
+    (ck / "train_results.json").write_text(json.dumps({"task": "addition", "results": []}))
+    (ck / ".model.safetensors.x1.tmp").write_bytes(b"half")  # left by a killed run
     code, _, err = run_cli(capsys, "init", "--out", str(ck))
     assert_one_line_error(code, err, "already holds a checkpoint; pass --force")
-    code, _, err = run_cli(capsys, "init", "--out", str(ck), "--force", "--seed", "9")
+    old = (ck / "model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, "init", "--out", str(ck), "--force", "--seed", "9", "--mode", "vanilla")
     assert code == 0, err
-    assert not (ck / "train_results.json").exists() and (ck / "NOTES.md").read_text() == "mine"
+    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "model.safetensors"]
+    assert (ck / "model.safetensors").read_bytes() != old and PLTConfig.from_json(ck / "config.json").mode == "vanilla"
+    assert sorted(p.name for p in runs.iterdir()) == ["notes.txt", "walk"]  # no lock or temporary left beside it
+    parent = runs / "two"  # a several-variant train output: replaced by one checkpoint
+    for v in ("plt", "vanilla"):
+        init_checkpoint("tiny", parent / v, mode=v)
+    (parent / "train_results.json").write_text(json.dumps({"task": "addition", "results": []}))
+    code, _, err = run_cli(capsys, "init", "--out", str(parent), "--force")
+    assert code == 0 and sorted(p.name for p in parent.iterdir()) == ["config.json", "model.safetensors"], err
+
+
+def test_train_force_replaces_an_earlier_output_whole(runs, capsys):
+    import json
+
+    parent = runs / "two"
+    for v in ("plt", "looped", "vanilla"):
+        init_checkpoint("tiny", parent / v, mode=v)
+    (parent / "train_results.json").write_text(json.dumps({"task": "addition", "results": [{"variant": "looped"}]}))
+    (parent / "looped" / "NOTES.md").write_text("mine")  # a user's file inside an earlier variant: refused
+    argv = ("train", "--out", str(parent), "--variants", "plt,vanilla", "--steps", "1", "--eval-examples", "1")
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert_one_line_error(code, err, "holds files `plt-deploy init` or `train` did not write (looped)")
+    assert (parent / "looped" / "NOTES.md").is_file()
+    (parent / "looped" / "NOTES.md").unlink()
+    code, _, err = run_cli(capsys, *argv, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in parent.iterdir()) == ["plt", "train_results.json", "vanilla"]
+    results = json.loads((parent / "train_results.json").read_text())["results"]
+    assert [r["variant"] for r in results] == ["plt", "vanilla"]

@@ -288,3 +288,11 @@ def test_prompt_file_drops_one_trailing_newline_and_refuses_bytes_that_are_not_u
 def test_check_unknown_backend_is_a_usage_error(ckpt, tmp_path, capsys):
     code, _, err = run_cli(capsys, "check", "--model", str(ckpt), "--onnx", str(tmp_path), "--backends", "torch,foo")
     assert code == 2 and "unknown backend 'foo'" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["torch", "", " , ", "torch,torch"])
+def test_check_backends_naming_nothing_to_compare_is_a_usage_error(tmp_path, capsys, value):
+    code, _, err = run_cli(capsys, "check", "--model", str(tmp_path / "no-model"), "--onnx", str(tmp_path),
+                           "--backends", value)
+    assert_one_line_error(code, err, "Invalid value for '--backends'", "nothing to compare")
+    assert code == 2

@@ -44,11 +44,10 @@ from ..checkpoint import atomic_write_bytes
 from ..config import MIN_EXPORT_SEQ
 from ..errors import ArtifactError, InputError
 from ..export.io_spec import DECODE, GRAPHS, PREFILL, GraphSpec
-from ..export.manifest import ENGINE_DIR, MANIFEST_FILE, sha256_file, write_manifest
+from ..export.manifest import ENGINE_DIR, MANIFEST_FILE, TIMING_CACHE, sha256_file, write_manifest
 from ..ops import contract
 from . import availability, plan_check
 
-TIMING_CACHE = "timing.cache"
 STRONGLY_TYPED_DEFAULT = (11, 0)  # TensorRT 11 networks are always strongly typed
 # Standard ONNX ops of recent opsets the exports use, and the first TensorRT whose ONNX parser imports
 # them (TensorRT's CHANGELOG: Attention in 10.14; RMSNormalization, RotaryEmbedding, TensorScatter in 10.15).

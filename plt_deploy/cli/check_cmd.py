@@ -8,13 +8,16 @@ import click
 
 
 def _backends(ctx, param, value: str) -> list[str]:
-    """--backends: known names only (a usage error, exit 2, before anything loads)."""
+    """--backends: known names, at least one besides torch (a usage error, exit 2, before anything loads)."""
     from ..backends import BACKEND_NAMES as KNOWN  # what check/report.py accepts (torch: the reference)
 
     names = [b.strip() for b in value.split(",") if b.strip()]
     unknown = [b for b in names if b not in KNOWN]
     if unknown:
         raise click.BadParameter(f"unknown backend {unknown[0]!r}; choose from {', '.join(KNOWN)}")
+    if all(b == "torch" for b in names):
+        raise click.BadParameter(f"{value!r} names nothing to compare: torch is the reference (always run); "
+                                 "add onnxruntime or tensorrt")
     return names
 
 

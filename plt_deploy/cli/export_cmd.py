@@ -24,8 +24,9 @@ from ..export.quantize import WEIGHT_CHOICES
               "smaller one that divides the model's layer sizes).")
 @click.option("--quant-method", help="int8/int4: how weights are rounded (rtn: round to nearest; default).")
 @click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also store the embedding table quantized.")
-@click.option("--force", is_flag=True, help="Replace an existing export folder (one holding manifest.json and only "
-              "what export/build wrote: a folder with other files, or any other non-empty folder, is refused).")
+@click.option("--force", is_flag=True, help="Replace an existing export folder: one holding plt-deploy's manifest.json "
+              "and only what export/build wrote. A folder holding anything else (a file beside the graphs or in "
+              "tensorrt/), or any other non-empty folder, is refused in one line naming it; nothing is deleted.")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check after export.")
 def command(model, out, dtype, opset, max_batch, max_seq, weights, block_size, quant_method, quantize_embeddings, force,
             no_validate):

@@ -17,8 +17,9 @@ from ..config import MODES, PRESETS
 @click.option("--window", type=click.IntRange(min=1), help="G-SWA window w.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype.")
 @seed_option(default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite an existing plt-deploy checkpoint (a Hugging Face model folder or a "
-              "folder of other files is refused, --force or not; other files beside a checkpoint are kept).")
+@click.option("--force", is_flag=True, help="Replace the output of an earlier init/train whole (its train_results.json "
+              "goes too). A folder holding anything else (a Hugging Face model, other files, hidden ones included) "
+              "is refused, --force or not, naming what it holds; nothing is deleted.")
 def command(preset, out, mode, loops, window, dtype, seed, force):
     """Write a randomly initialised checkpoint (config.json + model.safetensors)."""
     from ..config import PLTConfig

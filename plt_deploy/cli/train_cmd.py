@@ -31,8 +31,9 @@ from ..tasks import TASKS
               help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads (default: 1 for models under 5M parameters, where it is fastest; else torch's).")
-@click.option("--force", is_flag=True, help="Overwrite existing plt-deploy checkpoints (a Hugging Face model folder or a "
-              "folder of other files is refused, --force or not; other files beside a checkpoint are kept).")
+@click.option("--force", is_flag=True, help="Replace the output of an earlier init/train (all of it: checkpoints, "
+              "train_results.json). A folder holding anything else (a Hugging Face model, other files, hidden "
+              "ones included) is refused, --force or not, naming what it holds; nothing is deleted.")
 def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes,
             save_every, threads, force):
     """Train on a synthetic task (made on the fly) and report held-out exact-match accuracy.
@@ -55,7 +56,11 @@ def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, 
         raise click.UsageError(str(exc)) from None
     from ..backends.folders import refuse_existing_checkpoints
 
-    refuse_existing_checkpoints(out, names, force)  # before torch loads: a refusal takes milliseconds
+    refuse_existing_checkpoints(out, names, force)  # before training: a refusal takes milliseconds
+    if len(names) > 1:
+        from ..output_folder import check_checkpoint_folder
+
+        check_checkpoint_folder(out, force, "train")  # out/ itself, parent of the variants' folders
     from contextlib import ExitStack
 
     from ..training import TrainingInterrupted, train_variants

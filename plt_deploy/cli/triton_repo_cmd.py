@@ -30,8 +30,9 @@ def _name(ctx, param, value):
               help="TensorRT plugin library (default: the one the engines were built with).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--force", is_flag=True,
-              help="Replace a repository this command wrote, if it holds nothing else (a folder with other "
-              "files, or any other non-empty folder, is refused).")
+              help="Replace a repository this command wrote, if it holds nothing else. A folder holding anything "
+              "else (a file beside it, a version NAME/2 you added), or any other non-empty folder, is refused in one "
+              "line naming it; nothing is deleted.")
 def command(model, out, backend, slots, name, max_context, plugin, threads, force):
     """Write REPO/NAME/{config.pbtxt,1/model.py,1/artifact} and REPO/README.md for `tritonserver`."""
     from ..triton.repository import write_repository

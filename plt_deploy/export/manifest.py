@@ -22,17 +22,32 @@ from .io_spec import GRAPHS, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
 ENGINE_DIR = "tensorrt"  # `plt-deploy build` writes engines and the timing cache here, inside the export
+TIMING_CACHE = "timing.cache"  # the timing cache's default name in ENGINE_DIR
 
 
 def owned_names(folder: Path) -> set[str]:
-    """What `export` / `build` wrote into an export folder: the manifest, the files it lists, the
-    engine folder (output_folder.check_replaceable: --force replaces only these). An unreadable
-    manifest owns only itself, so nothing else in the folder is taken for ours."""
+    """What `export` / `build` wrote into an export folder (output_folder.check_replaceable: --force
+    replaces only these): the manifest, the files it lists, and in the engine folder the plans,
+    the timing cache and their leftover temporaries (a user's file there is not ours). A manifest
+    that is not ours (no plt-deploy format) owns nothing, so nothing in the folder is taken for ours."""
+    import re
+
+    folder = Path(folder)
     try:
-        files = json.loads((Path(folder) / MANIFEST_FILE).read_text()).get("files") or {}
+        data = json.loads((folder / MANIFEST_FILE).read_text())
+        files = data.get("files") or {} if data.get("format") == FORMAT else None
     except (OSError, ValueError, AttributeError):
-        files = {}
-    return {MANIFEST_FILE, ENGINE_DIR, *(name for name in files if isinstance(name, str))}
+        files = None
+    if files is None:
+        return set()
+    engine_files = [f"{g}.plan" for g in GRAPHS] + [TIMING_CACHE]  # what build/engine.py writes there
+    temporary = re.compile(r"\.(%s)\..+\.tmp" % "|".join(map(re.escape, engine_files)))
+    engines = folder / ENGINE_DIR
+    leftovers = [p.name for p in engines.iterdir() if temporary.fullmatch(p.name)] if engines.is_dir() else []
+    return {MANIFEST_FILE, *(f"{ENGINE_DIR}/{n}" for n in engine_files + leftovers),
+            *(name for name in (files if isinstance(files, dict) else {}) if isinstance(name, str))}
+
+
 FORMAT = "plt-deploy.onnx-export"
 FORMAT_VERSION = 4  # 2: every state output has alias_of (prefill too) and in_place; 3: cache writes are
 # TensorScatter (in place, TensorRT KVCacheUpdate), rings 4-D [batch, rows*kv_heads, ring, head_dim];

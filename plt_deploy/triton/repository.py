@@ -35,6 +35,7 @@ ARTIFACT_DIR = "artifact"
 PLUGIN_DIR = "plugins"
 MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
 MARKER = "plt-deploy-repo.json"  # written into every repository: what --force may replace
+WRITTEN_BY = "plt-deploy triton-repo"  # the marker's "written_by"
 
 
 def write_repository(model: str | Path, out: str | Path, backend: str = "onnxruntime", slots: int = 4,
@@ -76,7 +77,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
         shutil.copy2(MODEL_TEMPLATE, version / "model.py")
         (tmp / name / "config.pbtxt").write_text(config_text)
         (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
-        (tmp / MARKER).write_text(json.dumps({"written_by": "plt-deploy triton-repo", "model": name,
+        (tmp / MARKER).write_text(json.dumps({"written_by": WRITTEN_BY, "model": name,
                                               "backend": backend}) + "\n")
         _replace(tmp, out)
     except BaseException:
@@ -86,12 +87,20 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
 
 
 def owned_names(repo: Path) -> set[str]:
-    """What `triton-repo` wrote into REPO: its marker, README.md and the model folder the marker names."""
+    """What `triton-repo` wrote into REPO (output_folder.check_replaceable: --force replaces only
+    these): its marker, README.md, and in the model folder the marker names config.pbtxt and
+    version 1's model.py, artifact/ and plugins/ (a user's NAME/2/ or notes there are not ours).
+    A marker that is not ours owns nothing."""
     try:
-        model = json.loads((Path(repo) / MARKER).read_text()).get("model")
+        data = json.loads((Path(repo) / MARKER).read_text())
+        model = data.get("model") if data.get("written_by") == WRITTEN_BY else None
     except (OSError, ValueError, AttributeError):
         model = None
-    return {MARKER, "README.md", *([model] if isinstance(model, str) and model else [])}
+    if not isinstance(model, str) or not model or model in (".", "..") or "/" in model:
+        return set()
+    version = f"{model}/{VERSION}"
+    return {MARKER, "README.md", f"{model}/config.pbtxt", f"{version}/model.py", f"{version}/{ARTIFACT_DIR}",
+            f"{version}/{PLUGIN_DIR}"}
 
 
 def _validate_if_possible(text: str, where: Path) -> None:
