@@ -191,7 +191,7 @@ def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int 
     a folder holding anything else is refused first (output_folder.check_checkpoint_folder)."""
     import shutil
 
-    from .output_folder import check_checkpoint_folder, claim_output, swap_in
+    from .output_folder import check_checkpoint_folder, claim_output, swap_in, temporary_folder
 
     out = Path(out)
     check_checkpoint_folder(out, force, "init")
@@ -200,7 +200,7 @@ def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int 
     model = PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype))  # weights in cfg.dtype
     with claim_output(out, command="init"):
         check_checkpoint_folder(out, force, "init")  # again, holding the lock: what is replaced is what was checked
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        tmp = temporary_folder(out)
         try:
             save_checkpoint(model, tmp)  # files get what open() would give them (atomic_write_bytes)
             tmp.chmod(0o777 & ~_umask())  # and the folder what mkdir would: mkdtemp makes 0700

@@ -2,10 +2,13 @@
 temporaries from killed runs cleaned, a full disk reported with the path, and `--force` limited
 to replacing what the same command made.
 
-Export, triton-repo and init build everything in a hidden `.NAME.*.tmp` folder beside NAME and
-rename it at the end (`swap_in`: an old NAME is renamed aside first, then deleted). `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
+Export, triton-repo and init build everything in a hidden `.NAME.*.tmp` folder beside NAME
+(`temporary_folder`, which marks it as the tool's with a TEMPORARY_MARKER file) and rename it at
+the end (`swap_in`: the marker goes, an old NAME is renamed aside into another marked temporary,
+then deleted). `claim_output(out)` holds an exclusive lock (`.NAME.lock`, flock) for the whole
 run, so a second run into the same folder is refused at once (naming the first one's pid) instead
-of racing to the rename, and, holding it, removes temporaries that only a killed run can have left.
+of racing to the rename, and, holding it, removes the marked temporaries that only a killed run
+can have left (a user's own `.NAME.x.tmp` folder has no marker and is never touched).
 
 `check_replaceable(out, ...)` is the rule for an existing `out`: missing or empty is written into;
 a folder the same command made (it holds that command's own marker file: an export's manifest.json,
@@ -36,6 +39,8 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ArtifactError, InputError
 
+TEMPORARY_MARKER = ".plt-deploy-temporary"  # inside every temporary folder this tool makes, and only there
+
 
 @contextmanager
 def claim_output(out: Path, log=None, command: str = "export"):
@@ -48,6 +53,8 @@ def claim_output(out: Path, log=None, command: str = "export"):
         _lock(fd, lock_path, out, command)
         try:
             for stale in sorted(out.parent.glob(f".{out.name}.*.tmp")):
+                if not (stale / TEMPORARY_MARKER).is_file():
+                    continue  # not made by this tool: a user's folder, whatever its name
                 shutil.rmtree(stale, ignore_errors=True)
                 if log is not None:
                     log(f"removed {stale}, left by an interrupted {command}")
@@ -63,6 +70,14 @@ def claim_output(out: Path, log=None, command: str = "export"):
         os.close(fd)
 
 
+def temporary_folder(out: Path, suffix: str = ".tmp") -> Path:
+    """A new hidden `.NAME.*.tmp` folder beside `out`, marked as this tool's (claim_output removes
+    only marked ones; swap_in removes the marker)."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix))
+    (tmp / TEMPORARY_MARKER).write_text(f"a temporary folder of plt-deploy for {out.name} (pid {os.getpid()})\n")
+    return tmp
+
+
 def publish(tmp: Path, out: Path) -> Path:
     """Make the finished temporary folder `tmp` readable and rename it to `out` (swap_in)."""
     for f in tmp.iterdir():
@@ -75,10 +90,11 @@ def swap_in(tmp: Path, out: Path) -> Path:
     """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
     swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between), so `out` is at
     every moment the old folder or the new one."""
+    (tmp / TEMPORARY_MARKER).unlink(missing_ok=True)
     if not out.exists():
         os.replace(tmp, out)
         return out
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old.tmp"))
+    old = temporary_folder(out, suffix=".old.tmp")
     os.replace(out, old / "old")
     try:
         os.replace(tmp, out)

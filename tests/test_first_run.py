@@ -221,14 +221,18 @@ def test_backend_and_folder_mixups(tiny_exports, tmp_path, capsys):
 # --- nothing lost, nothing half-done --------------------------------------------------------
 
 def test_one_export_at_a_time_and_stale_temporaries(tmp_path):
-    from plt_deploy.output_folder import claim_output
+    from plt_deploy.output_folder import claim_output, temporary_folder
 
     out = tmp_path / "ex"
-    stale = tmp_path / ".ex.123.tmp"
-    stale.mkdir()
+    stale = temporary_folder(out)  # what a killed run leaves
+    (stale / "decode.onnx").write_bytes(b"half")
+    users = tmp_path / ".ex.mine.tmp"  # the same pattern, not the tool's: kept
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
     notes = []
     with claim_output(out, log=notes.append):
-        assert not stale.exists() and "interrupted export" in notes[0]
+        assert not stale.exists() and "interrupted export" in notes[0] and len(notes) == 1
+        assert (users / "notes.txt").read_text() == "mine"
         with pytest.raises(ArtifactError, match="another export into this folder is running"):
             with claim_output(out):
                 pass

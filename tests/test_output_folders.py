@@ -321,3 +321,26 @@ def test_train_force_replaces_an_earlier_output_whole(runs, capsys):
     assert sorted(p.name for p in parent.iterdir()) == ["plt", "train_results.json", "vanilla"]
     results = json.loads((parent / "train_results.json").read_text())["results"]
     assert [r["variant"] for r in results] == ["plt", "vanilla"]
+
+
+@pytest.mark.parametrize("command", ["export", "init", "triton-repo"])
+def test_a_users_hidden_folder_named_like_a_temporary_survives(runs, tmp_path, capsys, command):
+    """The tool removes only the temporaries it marked: a user's `.NAME.x.tmp` folder beside --out
+    is kept through a run, and what is published carries no marker."""
+    from plt_deploy.output_folder import TEMPORARY_MARKER
+
+    out = tmp_path / "out"
+    users = tmp_path / ".out.backup.tmp"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    argv = {"export": ["export", "--model", runs / "walk", "--out", out],
+            "init": ["init", "--preset", "tiny", "--out", out],
+            "triton-repo": ["triton-repo", "--model", runs / "walk", "--out", out, "--backend", "torch"]}[command]
+    if command == "triton-repo":
+        pytest.importorskip("tritonclient", reason="needs the triton extra: pip install 'plt-deploy[triton]'")
+    for force in ([], ["--force"]):  # a new folder, then replacing it (the old one goes aside in a temporary)
+        code, _, err = run_cli(capsys, *map(str, argv), *force)
+        assert code == 0, err
+    assert (users / "notes.txt").read_text() == "mine"
+    assert not list(out.rglob(TEMPORARY_MARKER))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [".out.backup.tmp"]

@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import signal
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -220,6 +219,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
 
     from .. import hf
     from ..checkpoint import load_checkpoint, load_config
+    from ..output_folder import publish, temporary_folder
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
@@ -258,7 +258,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         advance()
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        tmp = temporary_folder(out)
         try:
             # Example sizes: distinct from each other and from the static dims, >= 2 so nothing specialises.
             b_ex = min(3, max_batch) if max_batch >= 2 else 2
@@ -343,7 +343,6 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                 validate_export(tmp, model, dtype, max_batch=max_batch, max_seq=max_seq)
             advance()
             advance()
-            from ..output_folder import publish
 
             publish(tmp, out)
         except BaseException:

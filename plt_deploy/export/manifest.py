@@ -77,10 +77,13 @@ def op_entry() -> dict:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Fill in every file's sha256 (all files in the folder but the manifest) and write atomically."""
+    """Fill in every file's sha256 (all files in the folder but the manifest and a temporary's marker)
+    and write atomically."""
     folder = Path(folder)
-    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                         for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    from ..output_folder import TEMPORARY_MARKER  # a folder being written holds it until swapped in
+
+    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())
+                         if p.is_file() and p.name not in (MANIFEST_FILE, TEMPORARY_MARKER)}
     path = folder / MANIFEST_FILE
     atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
     return path

@@ -9,7 +9,6 @@ export: a temporary folder renamed into place, the manifest last; a quantized so
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ArtifactError, InputError
@@ -22,7 +21,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     import onnx
 
     from .exporter import save_onnx
-    from ..output_folder import check_replaceable, claim_output, publish
+    from ..output_folder import check_replaceable, claim_output, publish, temporary_folder
 
     src, out = Path(src), Path(out)
     m = manifest_lib.read_manifest(src)
@@ -35,7 +34,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     with claim_output(out, log=log):
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src],
                           owned=manifest_lib.owned_names)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        tmp = temporary_folder(out)
         try:
             data = dict(m.data)
             counts, graphs = {}, {}

@@ -19,13 +19,11 @@ only when it holds MARKER (this command wrote it); the model is never inside REP
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError
-from ..output_folder import check_replaceable
+from ..output_folder import check_replaceable, claim_output, swap_in, temporary_folder
 from ..serve import DEFAULT_MAX_CONTEXT
 from .artifact import check_artifact, check_backend
 from .config import ModelParams, check_model_name, parse_config, render_config
@@ -67,22 +65,24 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     _validate_if_possible(config_text, out / name / "config.pbtxt")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        version = tmp / name / VERSION
-        shutil.copytree(model, version / ARTIFACT_DIR, ignore=shutil.ignore_patterns("__pycache__", ".*.tmp"))
-        if checked.plugin is not None:
-            (version / PLUGIN_DIR).mkdir()
-            shutil.copy2(checked.plugin, version / params.plugin)
-        shutil.copy2(MODEL_TEMPLATE, version / "model.py")
-        (tmp / name / "config.pbtxt").write_text(config_text)
-        (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
-        (tmp / MARKER).write_text(json.dumps({"written_by": WRITTEN_BY, "model": name,
-                                              "backend": backend}) + "\n")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claim_output(out, command="triton-repo"):
+        check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin], owned=owned_names)  # held
+        tmp = temporary_folder(out)
+        try:
+            version = tmp / name / VERSION
+            shutil.copytree(model, version / ARTIFACT_DIR, ignore=shutil.ignore_patterns("__pycache__", ".*.tmp"))
+            if checked.plugin is not None:
+                (version / PLUGIN_DIR).mkdir()
+                shutil.copy2(checked.plugin, version / params.plugin)
+            shutil.copy2(MODEL_TEMPLATE, version / "model.py")
+            (tmp / name / "config.pbtxt").write_text(config_text)
+            (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
+            (tmp / MARKER).write_text(json.dumps({"written_by": WRITTEN_BY, "model": name,
+                                                  "backend": backend}) + "\n")
+            swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
@@ -111,20 +111,6 @@ def _validate_if_possible(text: str, where: Path) -> None:
         parse_config(text, str(where))
     except BackendUnavailable:
         pass
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-    os.rename(out, old / "repo")
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old / "repo", out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def readme_text(repo: Path, name: str, params: ModelParams) -> str:
