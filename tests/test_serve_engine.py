@@ -203,8 +203,11 @@ def test_the_reader_drops_a_character_the_request_ended_inside(end):
 def test_limits_and_queue(backends):
     be = backends["torch"]
     engine = Engine(be, ByteTokenizer(), slots=1, max_context=32, max_queue=2)
-    with pytest.raises(InputError, match="prompt of 30 tokens \\+ max_tokens 5 = 35 exceeds the context of 32"):
+    with pytest.raises(InputError, match="prompt of 30 tokens \\+ max_tokens 5 = 35 exceeds the context of 32 tokens "
+                       f"\\(the server's --max-context; the model allows up to {be.max_seq}\\)"):
         engine.submit([1] * 30, SamplingParams(max_new_tokens=5))
+    with pytest.raises(InputError, match="the prompt of 40 tokens leaves no room in the context of 32 tokens \\(the server"):
+        engine.submit([1] * 40, SamplingParams(max_new_tokens=1))
     # not started: one request takes the free slot, two wait, the next is refused at once
     for _ in range(3):
         engine.submit([1, 2], SamplingParams(max_new_tokens=2))

@@ -254,10 +254,16 @@ class Engine:
             raise InputError("the prompt is empty: it needs at least one token")
         if n_prompt > self.max_context or (n_prompt == self.max_context and params.max_new_tokens):
             raise ContextLengthError(f"the prompt of {n_prompt} tokens leaves no room in the context of "
-                                     f"{self.max_context} tokens", "prompt")
+                                     f"{self.max_context} tokens{self._context_hint()}", "prompt")
         if n_prompt + params.max_new_tokens > self.max_context:
             raise ContextLengthError(f"prompt of {n_prompt} tokens + max_tokens {params.max_new_tokens} = "
-                             f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} tokens", "max_tokens")
+                                     f"{n_prompt + params.max_new_tokens} exceeds the context of {self.max_context} "
+                                     f"tokens{self._context_hint()}", "max_tokens")
+
+    def _context_hint(self) -> str:
+        """Where the context limit comes from, when the model allows more (the server's setting)."""
+        limit = self.backend.max_seq
+        return f" (the server's --max-context; the model allows up to {limit})" if limit > self.max_context else ""
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> EngineRequest:
         """Queue a request; raises InputError (too long, bad params), QueueFullError, EngineStoppedError."""
