@@ -311,11 +311,12 @@ def _optimized_decode_nodes(model, tmp_path, name):
 
 def test_decode_graph_size_and_step_only_work_once(tmp_path):
     """PLT-2's optimized decode graph: masks and ring positions once per step (not per layer), and at
-    most 19 nodes per layer more than vanilla's (the local Attention, gate 3, mix 3, ring writes 2,
+    most 21 nodes per layer more than vanilla's (the local Attention, gate 3, mix 3, ring writes 2,
     the row split and select 4, rank changes of the 5-D contract 4, 4 reshapes between the model's
-    [B, L-1, Hkv, ., D] rows and the 4-D rings TensorScatter / TensorRT's KVCacheUpdate write, minus 2
-    transposes vanilla has) plus 20 once per step (loop rows from the carry, ring slot and positions,
-    local mask, gate bias).
+    [B, L-1, Hkv, ., D] rows and the 4-D rings TensorScatter / TensorRT's KVCacheUpdate write, 2
+    reshapes putting a KV head's query heads and rows in one query axis of the global Attention
+    (0.97x decode time: onnx_op.build_function), minus 2 transposes vanilla has) plus 20 once per
+    step (loop rows from the carry, ring slot and positions, local mask, gate bias).
 
     Issue 10's target of <= 1.15x vanilla is NOT met (docs/onnx.md): vanilla itself shrank to 40
     nodes per layer with the same one-node Attention, so 1.15x would leave 6 nodes per layer for
@@ -339,4 +340,4 @@ def test_decode_graph_size_and_step_only_work_once(tmp_path):
     assert p2.count("Attention") == 4 and p2.count("TensorScatter") == 8  # 2 attentions, 4 cache writes / layer
     assert "ScatterElements" not in p2 + v2 and v2.count("TensorScatter") == 4
     assert v2.count("Attention") == 2  # vanilla: the same one-node Attention per layer
-    assert len(p2) - len(v2) <= 20 + 19 * 2, (len(p2), len(v2))
+    assert len(p2) - len(v2) <= 20 + 21 * 2, (len(p2), len(v2))

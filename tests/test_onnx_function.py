@@ -57,13 +57,15 @@ DECODE = [i for i, (a, t) in enumerate(CASES) if t["query"].shape[3] == 1 and t[
 
 @pytest.mark.parametrize("case", DECODE, ids=[IDS[i] for i in DECODE])
 def test_function_specialised_to_static_dims_matches(case):
-    """The body the exporter attaches to a decode graph (static R, G, S = 1, D, W; opset 24: no
-    global mask, Attention's nonpad_kv_seqlen) computes the same as the generic one."""
+    """The body the exporter attaches to a decode graph (static R, G, S = 1, D, W, Hkv; opset 24: no
+    global mask, Attention's nonpad_kv_seqlen, query heads of a KV head and rows in one query axis)
+    computes the same as the generic one."""
     import onnxruntime as ort
 
     attrs, t = CASES[case]
     _, R, _, S, D = t["query"].shape
-    static = {"R": R, "G": attrs["global_rows"], "S": S, "D": D, "W": t["key_local"].shape[3]}
+    static = {"R": R, "G": attrs["global_rows"], "S": S, "D": D, "W": t["key_local"].shape[3],
+              "Hkv": t["key_global"].shape[1]}
     elem = helper.np_dtype_to_tensor_dtype(t["query"].numpy().dtype)
     model = one_node_model(attrs, elem, opset=24, static=static)
     onnx.checker.check_model(model, full_check=True)

@@ -2,7 +2,7 @@
 
     python -m plt_deploy.bench.micro linear [THREADS]   # torch: F.linear vs (W @ x.T).T vs per-row mat-vec
     python -m plt_deploy.bench.micro matmul      # ONNX Runtime MatMul with 1, 2, 3, 8 rows
-    python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080
+    python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080, 2 layouts
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
@@ -84,25 +84,34 @@ def matmul(rows=(1, 2, 3, 8)) -> None:
 
 
 def attention(layers: int = 10, hq: int = 8, hkv: int = 4, d: int = 64) -> None:
+    """ONNX Runtime's Attention at decode, 1 and 2 query rows, two layouts: q [1, Hq, S, D] (heads
+    grouped by the kernel) and q [1, Hkv, G*S, D] (a KV head's query heads and rows in one query
+    axis, as the G-SWA decode body does: onnx_op.build_function). Outputs checked equal."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
     fns = {}
     for s in (1, 2):
         for t in (160, 2080):
-            ins = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, hq, s, d]),
-                   helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
-            nodes, outs, feeds = [], [], {"q": rng.standard_normal((1, hq, s, d), dtype=np.float32),
-                                          "n": np.array([t - 20])}
+            q = rng.standard_normal((1, hq, s, d), dtype=np.float32)
+            feeds = {"n": np.array([t - 20])}
             for i in range(layers):
                 for kv in ("k", "v"):
-                    ins.append(helper.make_tensor_value_info(f"{kv}{i}", TensorProto.FLOAT, [1, hkv, t, d]))
                     feeds[f"{kv}{i}"] = rng.standard_normal((1, hkv, t, d), dtype=np.float32)
-                nodes.append(helper.make_node("Attention", ["q", f"k{i}", f"v{i}", "", "", "", "n"], [f"y{i}"],
-                                              scale=d ** -0.5))
-                outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
-            sess = _session(nodes, ins, outs)
-            fns[f"{s} query row(s), T {t}"] = (lambda sess, f: lambda: sess.run(None, f))(sess, feeds)
+            outs = []
+            for layout, q_shape in (("heads", (1, hq, s, d)), ("grouped", (1, hkv, hq // hkv * s, d))):
+                ins = [helper.make_tensor_value_info("q", TensorProto.FLOAT, list(q_shape)),
+                       helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+                ins += [helper.make_tensor_value_info(f"{kv}{i}", TensorProto.FLOAT, [1, hkv, t, d])
+                        for i in range(layers) for kv in ("k", "v")]
+                nodes = [helper.make_node("Attention", ["q", f"k{i}", f"v{i}", "", "", "", "n"], [f"y{i}"],
+                                          scale=d ** -0.5) for i in range(layers)]
+                sess = _session(nodes, ins, [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None)
+                                             for i in range(layers)])
+                f = {**feeds, "q": q.reshape(q_shape)}
+                outs.append(sess.run(None, f)[0].reshape(-1))
+                fns[f"{s} query row(s), T {t}, {layout}"] = (lambda sess, f: lambda: sess.run(None, f))(sess, f)
+            np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
     for k, v in _interleaved(fns).items():
         print(f"{layers} x Attention (Hq {hq}, Hkv {hkv}, D {d}), {k}: {v:.3f} ms")
 

@@ -288,7 +288,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             graphs, op_nodes = {}, {}
             static = {"prefill": {"R": 1, "G": 0, "D": cfg.head_dim},  # loops >= 2; W = ring + prompt
                       "decode": {"R": cfg.decode_gswa_rows[0], "G": cfg.decode_gswa_rows[1], "S": 1,
-                                 "D": cfg.head_dim, "W": ring_len(cfg)}}
+                                 "D": cfg.head_dim, "W": ring_len(cfg), "Hkv": cfg.n_kv_heads}}
             quantized = {}
             for name in list(protos):
                 proto = protos.pop(name)  # freed once saved: one graph in memory at a time

@@ -152,8 +152,8 @@ def build_function(opset: int, static: dict[str, int] | None = None) -> Function
     it), which is exactly the contract's "0 if no key is valid". The gate of rows r < G is closed
     by a -inf bias, so they come out as y_global.
 
-    static: dims known for every call site ("R", "S", "D", "W", and "G", the global_rows of every
-    node), used as constants instead of
+    static: dims known for every call site ("R", "S", "D", "W", "Hkv", and "G", the global_rows of
+    every node), used as constants instead of
     Shape nodes (ONNX Runtime folds neither Shape slices of partly dynamic tensors nor masks
     built from them). With S == 1 and opset >= 24 the global part needs no mask at all: query
     t sees slots 0..t, i.e. Attention's nonpad_kv_seqlen = t + 1 per sequence. Everything else
@@ -213,7 +213,14 @@ def build_function(opset: int, static: dict[str, int] | None = None) -> Function
     scale = _ref("scale", onnx.AttributeProto.FLOAT)
     if static.get("S") == 1 and opset >= 24:  # one query per sequence: keys 0..t, no mask
         seen = b.node("Add", [b.node("Squeeze", [query_pos, b.ints([1])]), one_i])  # [B] = t + 1
-        y_g = b.node("Attention", [qg, kg, vg, "", "", "", seen], scale=scale)
+        # Every row sees the same keys, so the G = Hq/Hkv query heads of a KV head and the R rows go
+        # into one query axis, [B, Hkv, G*R, D]: ONNX Runtime's kernel then reads each K/V slot once
+        # per KV head for all of them (not once per query head: bench/micro.py attention, 0.86x time
+        # at T 2080, 0.76x at T 160 for R = 2 on the CPU).
+        grouped = b.node("Reshape", [qg, b.node("Concat", [b.ints([0]), dim("Hkv", key_g, 1), b.ints([-1]), D],
+                                                 axis=0)])
+        y_g = b.node("Reshape", [b.node("Attention", [grouped, kg, vg, "", "", "", seen], scale=scale),
+                                 b.node("Concat", [b.ints([0, -1]), R, D], axis=0)])  # [B, Hq, R, D]
     else:
         slots = b.node("Range", [zero_i, scalar(b.node("Shape", [key_g], start=2, end=3)), one_i])  # [T]
         valid_g = b.node("Unsqueeze", [b.node("LessOrEqual", [slots, t]), b.ints([1])])  # [B, 1, S, T]
