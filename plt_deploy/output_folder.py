@@ -78,19 +78,23 @@ def temporary_folder(out: Path, suffix: str = ".tmp") -> Path:
     return tmp
 
 
-def publish(tmp: Path, out: Path) -> Path:
+def publish(tmp: Path, out: Path, recheck=None) -> Path:
     """Make the finished temporary folder `tmp` readable and rename it to `out` (swap_in)."""
     for f in tmp.iterdir():
         f.chmod(0o644)
     tmp.chmod(0o755)
-    return swap_in(tmp, out)
+    return swap_in(tmp, out, recheck)
 
 
-def swap_in(tmp: Path, out: Path) -> Path:
+def swap_in(tmp: Path, out: Path, recheck=None) -> Path:
     """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
     swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between), so `out` is at
-    every moment the old folder or the new one."""
+    every moment the old folder or the new one. `recheck()` (the command's check_replaceable or
+    check_checkpoint_folder) runs again just before an old `out` is moved: a file put into it while
+    the command ran is refused, not deleted."""
     (tmp / TEMPORARY_MARKER).unlink(missing_ok=True)
+    if out.exists() and recheck is not None:
+        recheck()
     if not out.exists():
         os.replace(tmp, out)
         return out

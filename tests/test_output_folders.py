@@ -344,3 +344,37 @@ def test_a_users_hidden_folder_named_like_a_temporary_survives(runs, tmp_path, c
     assert (users / "notes.txt").read_text() == "mine"
     assert not list(out.rglob(TEMPORARY_MARKER))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [".out.backup.tmp"]
+
+
+def test_a_file_put_into_out_while_the_command_runs_is_refused_not_deleted(runs, tmp_path, monkeypatch):
+    """--force checked `out` before the run; the check runs again just before the old folder is
+    swapped out, so a file the user saved there meanwhile stops the command instead of going."""
+    from plt_deploy import checkpoint
+    from plt_deploy.errors import ArtifactError, CheckpointError
+    from plt_deploy.export import exporter
+
+    ex = tmp_path / "ex"
+    exporter.export_model(runs / "walk", ex, validate=False, progress=False)
+    before = (ex / "manifest.json").read_bytes()
+
+    def user_saves_notes(folder, *args, **kwargs):
+        (ex / "NOTES.md").write_text("mine")
+
+    monkeypatch.setattr(exporter, "validate_export", user_saves_notes)
+    with pytest.raises(ArtifactError, match="NOTES.md"):
+        exporter.export_model(runs / "walk", ex, force=True, progress=False)
+    assert (ex / "NOTES.md").read_text() == "mine" and (ex / "manifest.json").read_bytes() == before
+
+    ck = tmp_path / "ck"
+    init_checkpoint("tiny", ck, seed=1)
+    save = checkpoint.save_checkpoint
+
+    def save_while_user_writes(model, folder):
+        save(model, folder)
+        (ck / "NOTES.md").write_text("mine")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_while_user_writes)
+    with pytest.raises(CheckpointError, match="NOTES.md"):
+        init_checkpoint("tiny", ck, seed=2, force=True)
+    assert (ck / "NOTES.md").read_text() == "mine" and (ck / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ck.", ".ex."))) == []

@@ -219,7 +219,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
 
     from .. import hf
     from ..checkpoint import load_checkpoint, load_config
-    from ..output_folder import publish, temporary_folder
+    from ..output_folder import check_replaceable, publish, temporary_folder
     from ..ops import gswa  # noqa: F401
 
     model_dir, out = Path(model_dir), Path(out)
@@ -344,7 +344,8 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
             advance()
             advance()
 
-            publish(tmp, out)
+            publish(tmp, out, recheck=lambda: check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force,
+                                                                owned=manifest_lib.owned_names))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -53,7 +53,8 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
             data.update(graphs=graphs, weights={**spec.to_manifest(counts), "quantized_from": str(src)})
             manifest_lib.write_manifest(tmp, data)
             manifest_lib.read_manifest(tmp)  # the result loads like any export
-            publish(tmp, out)
+            publish(tmp, out, recheck=lambda: check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force,
+                                                                owned=manifest_lib.owned_names))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

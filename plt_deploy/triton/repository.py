@@ -79,7 +79,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
             (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
             (tmp / MARKER).write_text(json.dumps({"written_by": WRITTEN_BY, "model": name,
                                                   "backend": backend}) + "\n")
-            swap_in(tmp, out)
+            swap_in(tmp, out, recheck=lambda: check_replaceable(out, "triton-repo", MARKER, force, owned=owned_names))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
