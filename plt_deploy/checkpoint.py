@@ -203,7 +203,6 @@ def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int 
         tmp = temporary_folder(out)
         try:
             save_checkpoint(model, tmp)  # files get what open() would give them (atomic_write_bytes)
-            tmp.chmod(0o777 & ~_umask())  # and the folder what mkdir would: mkdtemp makes 0700
             swap_in(tmp, out, recheck=lambda: check_checkpoint_folder(out, force, "init"))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -101,6 +101,8 @@ class PLTConfig:
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         need(isinstance(self.loops, int) and self.loops >= 1, f"loops must be >= 1, got {self.loops!r}")
         need(isinstance(self.window, int) and self.window >= 1, f"window must be >= 1, got {self.window!r}")
+        need(self.window <= self.max_seq_len, f"window ({self.window}) must be <= max_seq_len ({self.max_seq_len}): "
+             "a longer window holds no more keys, only a bigger cache")
         need(self.mode != "loopcoder" or self.loops >= 2, f"mode loopcoder needs loops >= 2, got {self.loops!r}")
         need(self.n_heads % self.n_kv_heads == 0,
              f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")

@@ -22,9 +22,10 @@ never inside what it would replace.
 checkpoint's files into the folder itself (config.json, model.safetensors, train_results.json, or
 variant subfolders): --force replaces a folder holding only what they wrote (`checkpoint_owned`:
 a plt-deploy config, weights whose metadata names plt-deploy); a Hugging Face model folder, or a
-folder holding anything else (hidden files included), is refused naming it. `init` builds the new
-checkpoint in a temporary folder and swaps it in (`swap_in`); `train` clears what an earlier run
-wrote before it starts (`clear_checkpoint_folder`), so no stale file describes another model.
+folder holding anything else (hidden files included), is refused naming it. `init`, and `train`
+over an earlier run, build the new checkpoint in a temporary folder and swap it in when it is
+finished (`swap_in`), so an interrupted or failed run leaves the earlier one whole and no stale
+file describes another model.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def claim_output(out: Path, log=None, command: str = "export"):
 
 def temporary_folder(out: Path, suffix: str = ".tmp") -> Path:
     """A new hidden `.NAME.*.tmp` folder beside `out`, marked as this tool's (claim_output removes
-    only marked ones; swap_in removes the marker)."""
+    only marked ones; swap_in removes the marker), with the permissions mkdir would give it (mkdtemp
+    makes 0700: a published folder would be unreadable to other users, e.g. a Triton server's)."""
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)
     (tmp / TEMPORARY_MARKER).write_text(f"a temporary folder of plt-deploy for {out.name} (pid {os.getpid()})\n")
     return tmp
 
@@ -281,17 +286,6 @@ def _own_results(path: Path) -> bool:
         return path.is_file() and not path.is_symlink() and isinstance(data, dict) and isinstance(data.get("results"), list)
     except Exception:
         return False
-
-
-def clear_checkpoint_folder(folder: str | Path) -> None:
-    """Remove what init/train wrote in `folder` (check_checkpoint_folder has passed with force):
-    the next run's files then describe one model, with no stale train_results.json or variant."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for name in checkpoint_owned(folder):
-        path = folder / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _shown(names: list[str]) -> str:

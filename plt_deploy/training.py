@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +113,14 @@ SMALL_MODEL_PARAMETERS = 5_000_000
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training: the checkpoint of the last finished step was saved."""
+    """Ctrl-C during training: the checkpoint of the last finished step was saved, or, when the run
+    was to replace an earlier one (--force), dropped and the earlier run kept (`kept`)."""
 
-    def __init__(self, variant: str, step: int, steps: int, checkpoint: Path):
-        self.variant, self.step, self.checkpoint = variant, step, checkpoint
-        super().__init__(f"interrupted: {variant} at step {step} of {steps}; its checkpoint of step {step} "
-                         f"is in {checkpoint}")
+    def __init__(self, variant: str, step: int, steps: int, checkpoint: Path, kept: Path | None = None):
+        self.variant, self.step, self.checkpoint, self.kept = variant, step, checkpoint, kept
+        where = (f"not kept: {kept} still holds the earlier run (--force replaces it only with a finished run)"
+                 if kept is not None else f"in {checkpoint}")
+        super().__init__(f"interrupted: {variant} at step {step} of {steps}; its checkpoint of step {step} is {where}")
 
 
 def train_variants(out: str | Path, task: str = "addition", variants=("plt",), preset: str = "tiny",
@@ -128,7 +131,9 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
 
     One run into `out` at a time (output_folder.claim_output: a second is refused, naming the first).
     Checkpoints are written atomically every `save_every` steps and at the end, so an interrupted
-    run (should_stop() turning true, raising TrainingInterrupted) keeps its last finished step.
+    run (should_stop() turning true, raising TrainingInterrupted) keeps its last finished step. With
+    `force` over an earlier run, the new run is written into a temporary folder beside `out` and
+    swapped in only when it finishes: interrupted or failed, it leaves the earlier run as it was.
     progress(variant, step, loss) runs after every step. threads=None picks 1 CPU thread for
     models under SMALL_MODEL_PARAMETERS (the tiny preset trains ~3.7x faster on 1 thread than on 2:
     its matrices are too small to split) and torch's default otherwise.
@@ -137,7 +142,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
     from .errors import InputError
-    from .output_folder import check_checkpoint_folder, check_writable, claim_output, clear_checkpoint_folder
+    from .output_folder import check_checkpoint_folder, check_writable, claim_output, swap_in, temporary_folder
 
     out = Path(out)
     with claim_output(out, command="train"):  # a second run into the same --out is refused at once
@@ -145,39 +150,64 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
             raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         variants = check_variants(variants)
         the_task = TASKS[task]
-        dirs = variant_dirs(out, variants)
+        final_dirs = variant_dirs(out, variants)
         refuse_existing_checkpoints(out, variants, force)
-        if len(dirs) > 1:  # out/ itself holds the variants' folders: nothing but an earlier run's outputs
+        if len(final_dirs) > 1:  # out/ itself holds the variants' folders: nothing but an earlier run's outputs
             check_checkpoint_folder(out, force, "train")
         configs = variant_configs(preset, variants, loops, window, extra={"task": task})  # all validated first
         for cfg in configs.values():  # --batch too big for this machine: refused before any model exists
             cfg.check_training_memory(batch, the_task.max_len - 1)  # loss_fn runs tokens[:, :-1]
-        for folder in dirs.values():  # a read-only --out fails now, not after training
-            check_writable(folder)
-        if force:  # what an earlier init/train wrote here goes, so no stale file describes another model
-            clear_checkpoint_folder(out)
-        results = []
-
-        def write_results():
-            atomic_write_bytes(out / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "steps": steps,
-                                                               "results": results}, indent=2) + "\n").encode())
-
-        saved_threads = torch.get_num_threads()
+        # An earlier run (force passed the checks above) stays whole until this one finishes.
+        replacing = out.is_dir() and any(out.iterdir())
+        work = temporary_folder(out) if replacing else out
         try:
-            for name, cfg in configs.items():
-                small = cfg.parameter_count() < SMALL_MODEL_PARAMETERS
-                torch.set_num_threads(threads or (1 if small else saved_threads))
-                results.append(_train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
-                                          max_minutes, save_every, progress, should_stop))
-        except TrainingInterrupted as exc:  # record how far it got beside the kept checkpoint
-            results.append({"variant": exc.variant, "steps": exc.step, "interrupted": True,
-                            "checkpoint": str(exc.checkpoint)})
-            write_results()
+            dirs = variant_dirs(work, variants)
+            for folder in dirs.values():  # a read-only --out fails now, not after training
+                check_writable(folder)
+            results = _train_all(configs, the_task, dirs, final_dirs, work, task, preset, steps, batch, lr, seed,
+                                 eval_examples, max_minutes, save_every, threads, progress, should_stop)
+            if replacing:
+                swap_in(work, out, recheck=lambda: check_checkpoint_folder(out, True, "train"))
+            return results
+        except TrainingInterrupted as exc:
+            if replacing:  # the partial run goes, the earlier one stays
+                raise TrainingInterrupted(exc.variant, exc.step, steps, final_dirs[exc.variant], kept=out) from None
             raise
         finally:
-            torch.set_num_threads(saved_threads)
+            if replacing:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_all(configs: dict, the_task: Task, dirs: dict, final_dirs: dict, work: Path, task: str, preset: str,
+               steps: int, batch: int, lr: float, seed: int, eval_examples: int, max_minutes, save_every: int,
+               threads, progress, should_stop) -> list[dict]:
+    """Train every variant into `dirs` and write train_results.json into `work`; the rows name the
+    checkpoints where they end up (`final_dirs`)."""
+    from .checkpoint import atomic_write_bytes
+
+    results = []
+
+    def write_results():
+        atomic_write_bytes(work / RESULTS_FILE, (json.dumps({"task": task, "preset": preset, "steps": steps,
+                                                            "results": results}, indent=2) + "\n").encode())
+
+    saved_threads = torch.get_num_threads()
+    try:
+        for name, cfg in configs.items():
+            small = cfg.parameter_count() < SMALL_MODEL_PARAMETERS
+            torch.set_num_threads(threads or (1 if small else saved_threads))
+            row = _train_one(name, cfg, the_task, dirs[name], steps, batch, lr, seed, eval_examples,
+                             max_minutes, save_every, progress, should_stop)
+            results.append({**row, "checkpoint": str(final_dirs[name])})
+    except TrainingInterrupted as exc:  # record how far it got beside the kept checkpoint
+        results.append({"variant": exc.variant, "steps": exc.step, "interrupted": True,
+                        "checkpoint": str(final_dirs[exc.variant])})
         write_results()
-        return results
+        raise TrainingInterrupted(exc.variant, exc.step, steps, final_dirs[exc.variant]) from None
+    finally:
+        torch.set_num_threads(saved_threads)
+    write_results()
+    return results
 
 
 def _train_one(name: str, cfg, task: Task, out_dir: Path, steps: int, batch: int, lr: float, seed: int,

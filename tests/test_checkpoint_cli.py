@@ -62,6 +62,7 @@ def test_config_that_does_not_match_the_weights(ckpt, capsys):
     ("{not json", "not valid JSON"),
     ('{"n_heads": 4, "n_kv_heads": 3}', "divisible"),
     ('{"window": 0}', "window must be >= 1"),
+    ('{"window": 5000}', "window (5000) must be <= max_seq_len"),
     ('{"loops": 0}', "loops must be >= 1"),
     ('{"colour": "blue"}', "unknown field(s) colour"),
 ])
@@ -134,3 +135,13 @@ def test_hf_tokenizer_json_is_used_when_present(ckpt):
     (ckpt / "tokenizer.json").write_text("garbage")
     with pytest.raises(CheckpointError, match="tokenizer.json"):
         load_tokenizer(ckpt, 259)
+
+
+def test_init_refuses_a_window_beyond_max_seq_len(tmp_path, capsys):
+    """Reported: `init --preset tiny --window 5000` (max_seq_len 256) was written, and its export
+    carried rings of 5,000 slots for sequences of at most 256."""
+    code, _, err = run_cli(capsys, "init", "--preset", "tiny", "--out", str(tmp_path / "w"), "--window", "5000")
+    assert code == 2 and "window (5000) must be <= max_seq_len (256)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "w").exists()
+    code, _, err = run_cli(capsys, "init", "--preset", "tiny", "--out", str(tmp_path / "w"), "--window", "256")
+    assert code == 0, err

@@ -378,3 +378,37 @@ def test_a_file_put_into_out_while_the_command_runs_is_refused_not_deleted(runs,
         init_checkpoint("tiny", ck, seed=2, force=True)
     assert (ck / "NOTES.md").read_text() == "mine" and (ck / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ck.", ".ex."))) == []
+
+
+@pytest.mark.parametrize("variants", [("plt",), ("plt", "vanilla")])
+def test_train_force_interrupted_keeps_the_earlier_run(tmp_path, variants):
+    """Reported: Ctrl-C in `train --force` over a finished model left step 17's weights in its place.
+    The new run is swapped in only when finished; interrupted, the earlier run stays byte for byte."""
+    from plt_deploy.training import TrainingInterrupted, train_variants
+
+    out = tmp_path / "add"
+    train_variants(out, variants=variants, steps=2, eval_examples=1)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = {"n": 0}
+
+    def stop_after_some_steps():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(TrainingInterrupted, match=f"is not kept: {out} still holds the earlier run"):
+        train_variants(out, variants=variants, steps=50, eval_examples=1, force=True, seed=1,
+                       should_stop=stop_after_some_steps)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name != "add"] == []  # no temporary left
+    results = train_variants(out, variants=variants, steps=2, eval_examples=1, force=True, seed=1)  # finished: replaced
+    assert [r["checkpoint"] for r in results] == [str(out if len(variants) == 1 else out / v) for v in variants]
+    assert (out / "train_results.json").is_file() and [p.name for p in tmp_path.iterdir() if p.name != "add"] == []
+
+
+def test_train_interrupted_into_a_new_folder_keeps_its_last_step(tmp_path):
+    from plt_deploy.training import TrainingInterrupted, train_variants
+
+    out = tmp_path / "new"
+    with pytest.raises(TrainingInterrupted, match=f"is in {out}"):
+        train_variants(out, steps=50, eval_examples=1, should_stop=lambda: True)
+    assert (out / "model.safetensors").is_file() and (out / "train_results.json").is_file()

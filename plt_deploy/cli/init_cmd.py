@@ -23,10 +23,14 @@ from ..config import MODES, PRESETS
 def command(preset, out, mode, loops, window, dtype, seed, force):
     """Write a randomly initialised checkpoint (config.json + model.safetensors)."""
     from ..config import PLTConfig
+    from ..errors import ConfigError
 
     loops_for_mode(mode, loops)
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, dtype=dtype).items() if v is not None}
-    PLTConfig.from_name(preset, **changes)  # a bad combination fails here, before torch is imported
+    try:
+        PLTConfig.from_name(preset, **changes)  # a bad combination fails here, before torch is imported
+    except ConfigError as exc:  # e.g. --window beyond the preset's max_seq_len: a usage error, as train's
+        raise click.UsageError(str(exc)) from None
     from ..checkpoint import init_checkpoint
 
     path = init_checkpoint(preset, out, mode=mode, loops=loops, window=window, seed=seed, force=force, dtype=dtype)
