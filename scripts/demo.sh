@@ -22,7 +22,7 @@ plt-deploy train --out runs/demo --task addition --variants plt --steps "$STEPS"
 echo "[3/5] export" >&2
 plt-deploy export --model runs/demo --out export/demo --force
 echo "[4/5] check" >&2
-plt-deploy check --model runs/demo --onnx export/demo --report runs/demo/check.json
+plt-deploy check --model runs/demo --onnx export/demo --report runs/demo-check.json
 echo "[5/5] generate" >&2
 echo "The model was trained to add two 3-digit numbers and write the sum least-significant digit first"
 echo "(123+456=579 is answered 975), prompt then answer:"
