@@ -1,6 +1,10 @@
 """Flags checked where click parses them, and what `init` writes."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -67,3 +71,13 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.splitlines()[-1:] == [b"interrupted"] and b"\n\n" not in err, err
     assert not (tmp_path / "ex").exists()  # nothing half-written
+
+
+def test_a_ctrl_c_after_the_command_finished_does_not_fail_it(tmp_path):
+    """Reported: `triton-repo` interrupted just after it printed `wrote ...` exited 130 although the
+    repository was complete. Once the command has finished, a Ctrl-C no longer changes its exit."""
+    code = ("import os, signal, sys; from plt_deploy.cli import main; sys.argv = ['plt-deploy', 'layout', "
+            "'--preset', 'tiny']; main(); os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(0.5)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0 and "interrupted" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

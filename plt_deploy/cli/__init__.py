@@ -7,6 +7,7 @@ own usage errors exit 2. A traceback means a bug in plt-deploy.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from importlib import import_module
 
@@ -97,3 +98,5 @@ def main(argv=None):
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
+    if argv is None:  # the command finished: a Ctrl-C from now on (interpreter shutdown) does not make it exit 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
