@@ -9,6 +9,7 @@ between the config and the weights is reported naming the tensor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -90,7 +91,11 @@ def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, byte
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
-    weights = save(state_dict_for_save(model), metadata={"format": "pt", "producer": "plt-deploy"})
+    tensors, metadata = state_dict_for_save(model), {"format": "pt", "producer": "plt-deploy"}
+    # The data section does not depend on the header's metadata: its digest goes into the header
+    # (read_weights checks it, so a flipped byte is a one-line error, not a silently wrong model).
+    metadata["data_sha256"] = hashlib.sha256(_data_section(save(tensors, metadata=metadata))).hexdigest()
+    weights = save(tensors, metadata=metadata)
     atomic_write_bytes(out / WEIGHTS_FILE, weights)
     atomic_write_bytes(out / CONFIG_FILE, (json.dumps(model.cfg.to_dict(), indent=2) + "\n").encode())
     for name, data in (extra_files or {}).items():
@@ -120,16 +125,30 @@ def load_config(model_dir: str | Path) -> PLTConfig:
         raise CheckpointError(str(exc)) from None
 
 
+def _data_section(blob: bytes) -> memoryview:
+    """The tensor bytes of a serialized safetensors file (after the 8-byte length and the header)."""
+    return memoryview(blob)[8 + int.from_bytes(blob[:8], "little"):]
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; its data checked against the header's data_sha256 when it has
+    one (save_checkpoint writes it; Hugging Face files and older checkpoints have none)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        return load(path.read_bytes())
+        blob = path.read_bytes()
+        weights = load(blob)
+        header = json.loads(bytes(memoryview(blob)[8:8 + int.from_bytes(blob[:8], "little")]))
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
+    expected = (header.get("__metadata__") or {}).get("data_sha256")
+    if expected is not None and hashlib.sha256(_data_section(blob)).hexdigest() != expected:
+        raise CheckpointError(f"{path}: the tensor data does not match the checksum in its header (data_sha256): "
+                              "the file is corrupt; restore it or train/init again")
+    return weights
 
 
 def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:

@@ -79,6 +79,24 @@ def test_corrupt_weights_file(ckpt, capsys):
     assert_one_line_error(code, err, "model.safetensors", "not a valid safetensors file")
 
 
+def test_a_flipped_byte_in_the_weights_is_refused(ckpt, capsys):
+    """Reported: one byte flipped inside model.safetensors' tensor data loaded silently (generate
+    answered as before). save_checkpoint records the data's sha256 in the header; loading checks it.
+    A file without the digest (an older checkpoint) still loads."""
+    from safetensors.torch import load, save
+
+    path = ckpt / "model.safetensors"
+    good = path.read_bytes()
+    data = bytearray(good)
+    data[-5] ^= 0x01  # inside the last tensor's bytes: still a valid safetensors file
+    path.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "hi")
+    assert_one_line_error(code, err, "model.safetensors: the tensor data does not match the checksum")
+    path.write_bytes(save(load(good), metadata={"format": "pt", "producer": "plt-deploy"}))  # no digest
+    code, out, err = run_cli(capsys, "generate", "--model", str(ckpt), "--prompt", "hi", "--max-new-tokens", "2")
+    assert code == 0, err
+
+
 def test_impossible_config_values():
     with pytest.raises(ConfigError, match="divisible"):
         PLTConfig(n_heads=4, n_kv_heads=3)
