@@ -296,3 +296,29 @@ def test_check_backends_naming_nothing_to_compare_is_a_usage_error(tmp_path, cap
                            "--backends", value)
     assert_one_line_error(code, err, "Invalid value for '--backends'", "nothing to compare")
     assert code == 2
+
+
+def test_a_ctrl_c_that_torch_swallows_while_tracing_still_stops_the_export(ckpt, tmp_path, monkeypatch):
+    """Seen in CI: torch's fake tensors caught the KeyboardInterrupt of a Ctrl-C during tracing,
+    logged it as an error with a traceback and went on, and the export finished (exit 0). The
+    exporter remembers the Ctrl-C and stops after the trace; nothing is written."""
+    import os
+    import signal
+
+    import torch
+
+    from plt_deploy.export import exporter
+
+    def export_that_swallows(*args, **kwargs):  # as torch did: the Ctrl-C caught inside, the trace goes on
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs here, raising KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        return None
+
+    monkeypatch.setattr(torch.onnx, "export", export_that_swallows)
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export_model(ckpt, tmp_path / "ex", progress=False)
+    assert not (tmp_path / "ex").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

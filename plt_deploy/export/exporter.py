@@ -108,9 +108,13 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
     # (inputs..., caches tuple): the first `grouped` inputs one by one, the state as one tuple
     args, shapes = (*args[:grouped], tuple(args[grouped:])), (*shapes[:grouped], tuple(shapes[grouped:]))
     quiet = io.StringIO()
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _noticing_interrupts() as interrupted:
         warnings.simplefilter("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
+        # torch logs (ERROR, with a traceback) what it catches inside tracing, a Ctrl-C included;
+        # a real failure comes back as the exception below, said in one line.
+        torch_log.setLevel(logging.CRITICAL)
         try:
             program = torch.onnx.export(module, args, dynamo=True, input_names=spec.input_names,
                                         output_names=spec.output_names, dynamic_shapes=shapes,
@@ -120,6 +124,10 @@ def _trace(module: torch.nn.Module, spec: io_spec.GraphSpec, args: list, limits:
             if interrupted:  # torch.export reports a Ctrl-C during tracing as a failed export
                 raise KeyboardInterrupt from None
             raise ArtifactError(f"ONNX export of the {spec.name} graph failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            torch_log.setLevel(level)
+        if interrupted:  # a Ctrl-C that torch caught and swallowed (fake tensors' cache) still stops the export
+            raise KeyboardInterrupt
     if weight_names is not None:
         from .stream import weight_references
 
