@@ -32,7 +32,7 @@ from ..tasks import TASKS
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads (default: 1 for models under 5M parameters, where it is fastest; else torch's).")
 @click.option("--force", is_flag=True, help="Replace the output of an earlier init/train (all of it: checkpoints, "
-              "train_results.json). A folder holding anything else (a Hugging Face model, other files, hidden "
+              "train_results.json) when this run finishes; Ctrl-C before then keeps the earlier one. A folder holding anything else (a Hugging Face model, other files, hidden "
               "ones included) is refused, --force or not, naming what it holds; nothing is deleted.")
 def command(out, task, variants, preset, loops, window, steps, batch, lr, seed, eval_examples, max_minutes,
             save_every, threads, force):
