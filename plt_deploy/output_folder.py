@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -46,16 +47,16 @@ TEMPORARY_MARKER = ".plt-deploy-temporary"  # inside every temporary folder this
 @contextmanager
 def claim_output(out: Path, log=None, command: str = "export"):
     """Hold `out`'s lock for the with-block; `command` names the run in messages ("export", "train")."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
+    out, where = Path(out), _absolute(out)  # `--out .`: the lock goes beside the folder, not into it
+    where.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = where.parent / f".{where.name}.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _lock(fd, lock_path, out, command)
         try:
-            for stale in sorted(out.parent.glob(f".{out.name}.*.tmp")):
-                if not (stale / TEMPORARY_MARKER).is_file():
-                    continue  # not made by this tool: a user's folder, whatever its name
+            for stale in sorted(where.parent.glob(f".{where.name}.*.tmp")):
+                if _marked_for(stale) != where.name:
+                    continue  # a user's folder, or the live temporary of another output (NAME.int8)
                 shutil.rmtree(stale, ignore_errors=True)
                 if log is not None:
                     log(f"removed {stale}, left by an interrupted {command}")
@@ -75,12 +76,28 @@ def temporary_folder(out: Path, suffix: str = ".tmp") -> Path:
     """A new hidden `.NAME.*.tmp` folder beside `out`, marked as this tool's (claim_output removes
     only marked ones; swap_in removes the marker), with the permissions mkdir would give it (mkdtemp
     makes 0700: a published folder would be unreadable to other users, e.g. a Triton server's)."""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix))
+    where = _absolute(out)
+    tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=f".{where.name}.", suffix=suffix))
     mask = os.umask(0)
     os.umask(mask)
     tmp.chmod(0o777 & ~mask)
-    (tmp / TEMPORARY_MARKER).write_text(f"a temporary folder of plt-deploy for {out.name} (pid {os.getpid()})\n")
+    (tmp / TEMPORARY_MARKER).write_text(json.dumps({"written_by": "plt-deploy", "for": where.name,
+                                                    "pid": os.getpid()}) + "\n")
     return tmp
+
+
+def _marked_for(folder: Path) -> str | None:
+    """The output name a temporary folder of this tool was made for (its marker), else None."""
+    try:
+        data = json.loads((folder / TEMPORARY_MARKER).read_text())
+        return data.get("for") if data.get("written_by") == "plt-deploy" else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _absolute(out) -> Path:
+    """`out` made absolute and normalised (".", "a/..": a real name and parent)."""
+    return Path(os.path.abspath(out))
 
 
 def publish(tmp: Path, out: Path, recheck=None) -> Path:
@@ -93,23 +110,33 @@ def publish(tmp: Path, out: Path, recheck=None) -> Path:
 
 def swap_in(tmp: Path, out: Path, recheck=None) -> Path:
     """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
-    swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between), so `out` is at
-    every moment the old folder or the new one. `recheck()` (the command's check_replaceable or
-    check_checkpoint_folder) runs again just before an old `out` is moved: a file put into it while
-    the command ran is refused, not deleted."""
+    swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between the two renames,
+    the one moment `out` is missing). An existing EMPTY `out` is kept and filled instead (`--out .`,
+    a mount point, a folder whose owner, mode or bind mount matter). `recheck()` (the command's
+    check_replaceable or check_checkpoint_folder) runs again just before an old `out` is moved: a
+    file put into it while the command ran is refused, not deleted."""
     (tmp / TEMPORARY_MARKER).unlink(missing_ok=True)
-    if out.exists() and recheck is not None:
+    where = _absolute(out)
+    if where.exists() and recheck is not None:
         recheck()
-    if not out.exists():
-        os.replace(tmp, out)
+    if not where.exists():
+        os.replace(tmp, where)
         return out
-    old = temporary_folder(out, suffix=".old.tmp")
-    os.replace(out, old / "old")
+    if where.is_dir() and not any(where.iterdir()):
+        for child in sorted(tmp.iterdir()):
+            shutil.move(str(child), str(where / child.name))  # a copy across file systems (a mount point)
+        tmp.rmdir()
+        return out
+    here = os.getcwd() == str(where)  # `--out .`: this process then follows the new folder
+    old = temporary_folder(where, suffix=".old.tmp")
+    os.replace(where, old / "old")
     try:
-        os.replace(tmp, out)
+        os.replace(tmp, where)
     except BaseException:
-        os.replace(old / "old", out)
+        os.replace(old / "old", where)
         raise
+    if here:
+        os.chdir(where)
     shutil.rmtree(old, ignore_errors=True)
     return out
 

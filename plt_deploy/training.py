@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -141,7 +142,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     from .backends.folders import refuse_existing_checkpoints, variant_dirs
     from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
-    from .errors import InputError
+    from .errors import CheckpointError, InputError, PLTError
     from .output_folder import check_checkpoint_folder, check_writable, claim_output, swap_in, temporary_folder
 
     out = Path(out)
@@ -167,7 +168,12 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
             results = _train_all(configs, the_task, dirs, final_dirs, work, task, preset, steps, batch, lr, seed,
                                  eval_examples, max_minutes, save_every, threads, progress, should_stop)
             if replacing:
-                swap_in(work, out, recheck=lambda: check_checkpoint_folder(out, True, "train"))
+                try:
+                    swap_in(work, out, recheck=lambda: check_checkpoint_folder(out, True, "train"))
+                except (PLTError, OSError) as exc:  # refused or failed at the end: the finished run is kept
+                    kept = out.parent / f"{out.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}"
+                    os.replace(work, kept)
+                    raise CheckpointError(f"{str(exc).rstrip('.')}; the finished run is kept in {kept}") from None
             return results
         except TrainingInterrupted as exc:
             if replacing:  # the partial run goes, the earlier one stays

@@ -412,3 +412,67 @@ def test_train_interrupted_into_a_new_folder_keeps_its_last_step(tmp_path):
     with pytest.raises(TrainingInterrupted, match=f"is in {out}"):
         train_variants(out, steps=50, eval_examples=1, should_stop=lambda: True)
     assert (out / "model.safetensors").is_file() and (out / "train_results.json").is_file()
+
+
+def test_init_and_train_into_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Review: `init --out .` failed (its lock `./..lock` landed inside the folder and was then
+    refused as a file init did not write). The lock and temporaries go beside the folder."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, _, err = run_cli(capsys, "init", "--preset", "tiny", "--out", ".")
+    assert code == 0, err
+    assert sorted(p.name for p in here.iterdir()) == ["config.json", "model.safetensors"]
+    code, _, err = run_cli(capsys, "init", "--preset", "tiny", "--out", ".", "--force", "--seed", "3")
+    assert code == 0, err
+    assert sorted(p.name for p in here.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_an_empty_out_folder_is_filled_not_replaced(tmp_path, capsys):
+    """Review: an existing empty --out (a mount point, a bind-mounted volume, a setgid folder) was
+    renamed aside and replaced: its mode and inode were lost, a mount point failed (EBUSY)."""
+    out = tmp_path / "vol"
+    out.mkdir()
+    out.chmod(0o2770)
+    inode = out.stat().st_ino
+    code, _, err = run_cli(capsys, "init", "--preset", "tiny", "--out", str(out))
+    assert code == 0, err
+    assert out.stat().st_ino == inode and out.stat().st_mode & 0o7777 == 0o2770
+    assert (out / "model.safetensors").is_file() and not (out / ".plt-deploy-temporary").exists()
+
+
+def test_a_sibling_outputs_live_temporary_is_not_taken_for_stale(tmp_path):
+    """Review: claim_output('model') removed `.model.int8.x.tmp`, the live temporary of a run into
+    model.int8 (another lock). A temporary records the output it was made for."""
+    from plt_deploy.output_folder import claim_output, temporary_folder
+
+    with claim_output(tmp_path / "model.int8"):
+        live = temporary_folder(tmp_path / "model.int8")
+        notes = []
+        with claim_output(tmp_path / "model", log=notes.append):
+            pass
+        assert live.is_dir() and notes == []
+    stale = temporary_folder(tmp_path / "model")
+    with claim_output(tmp_path / "model"):
+        assert not stale.exists()
+
+
+def test_train_refused_at_the_swap_keeps_the_finished_run(tmp_path):
+    """Review: when the check before the swap refused (the user saved a file into --out during the
+    run), the finished run was deleted with its temporary folder. It is kept and named."""
+    from plt_deploy.errors import CheckpointError
+    from plt_deploy.training import train_variants
+
+    out = tmp_path / "add"
+    train_variants(out, steps=2, eval_examples=1)
+
+    def user_saves_notes(name, step, loss):
+        (out / "notes.txt").write_text("mine")
+
+    with pytest.raises(CheckpointError, match="notes.txt.*the finished run is kept in .*add.finished-"):
+        train_variants(out, steps=3, eval_examples=1, force=True, progress=user_saves_notes)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("add.finished-")]
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file() and (kept[0] / "train_results.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+    assert not (kept[0] / ".plt-deploy-temporary").exists()
