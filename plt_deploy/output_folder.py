@@ -57,6 +57,10 @@ def claim_output(out: Path, log=None, command: str = "export"):
             for stale in sorted(where.parent.glob(f".{where.name}.*.tmp")):
                 if _marked_for(stale) != where.name:
                     continue  # a user's folder, or the live temporary of another output (NAME.int8)
+                if (stale / "old").is_dir() and not os.path.lexists(where):  # killed between swap_in's renames
+                    os.replace(stale / "old", where)  # the earlier output comes back, not deleted
+                    if log is not None:
+                        log(f"restored {out} from {stale}, left by an interrupted {command}")
                 shutil.rmtree(stale, ignore_errors=True)
                 if log is not None:
                     log(f"removed {stale}, left by an interrupted {command}")
@@ -110,8 +114,8 @@ def publish(tmp: Path, out: Path, recheck=None) -> Path:
 
 def swap_in(tmp: Path, out: Path, recheck=None) -> Path:
     """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
-    swap (as a `.NAME.*.tmp`, which claim_output removes if a crash comes between the two renames,
-    the one moment `out` is missing). An existing EMPTY `out` is kept and filled instead (`--out .`,
+    swap (as a `.NAME.*.old.tmp`; if a crash comes between the two renames, the one moment `out`
+    is missing, the next claim_output renames the old folder back). An existing EMPTY `out` is kept and filled instead (`--out .`,
     a mount point, a folder whose owner, mode or bind mount matter). `recheck()` (the command's
     check_replaceable or check_checkpoint_folder) runs again just before an old `out` is moved: a
     file put into it while the command ran is refused, not deleted."""

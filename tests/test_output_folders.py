@@ -476,3 +476,19 @@ def test_train_refused_at_the_swap_keeps_the_finished_run(tmp_path):
     assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file() and (kept[0] / "train_results.json").is_file()
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
     assert not (kept[0] / ".plt-deploy-temporary").exists()
+
+
+def test_a_run_killed_between_the_swaps_renames_gets_the_old_output_back(tmp_path):
+    """swap_in moves the old folder aside, then the new one in: killed between the two, `out` is
+    missing and the old one sits in a marked `.old.tmp`. The next run restores it, not deletes it."""
+    from plt_deploy.output_folder import claim_output, temporary_folder
+
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    aside = temporary_folder(out, suffix=".old.tmp")
+    os.replace(out, aside / "old")  # what swap_in did before it was killed
+    notes = []
+    with claim_output(out, log=notes.append):
+        assert (out / "manifest.json").read_text() == "old" and not aside.exists()
+        assert notes and notes[0].startswith(f"restored {out}")
