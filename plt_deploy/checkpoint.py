@@ -94,7 +94,7 @@ def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, byte
     tensors, metadata = state_dict_for_save(model), {"format": "pt", "producer": "plt-deploy"}
     # The data section does not depend on the header's metadata: its digest goes into the header
     # (read_weights checks it, so a flipped byte is a one-line error, not a silently wrong model).
-    metadata["data_sha256"] = hashlib.sha256(_data_section(save(tensors, metadata=metadata))).hexdigest()
+    metadata["data_sha256"] = hashlib.sha256(_split(save(tensors, metadata=metadata))[1]).hexdigest()
     weights = save(tensors, metadata=metadata)
     atomic_write_bytes(out / WEIGHTS_FILE, weights)
     atomic_write_bytes(out / CONFIG_FILE, (json.dumps(model.cfg.to_dict(), indent=2) + "\n").encode())
@@ -125,9 +125,10 @@ def load_config(model_dir: str | Path) -> PLTConfig:
         raise CheckpointError(str(exc)) from None
 
 
-def _data_section(blob: bytes) -> memoryview:
-    """The tensor bytes of a serialized safetensors file (after the 8-byte length and the header)."""
-    return memoryview(blob)[8 + int.from_bytes(blob[:8], "little"):]
+def _split(blob: bytes) -> tuple[memoryview, memoryview]:
+    """A serialized safetensors file's JSON header and tensor bytes (after the 8-byte length)."""
+    end = 8 + int.from_bytes(blob[:8], "little")
+    return memoryview(blob)[8:end], memoryview(blob)[end:]
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -141,11 +142,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         blob = path.read_bytes()
         weights = load(blob)
-        header = json.loads(bytes(memoryview(blob)[8:8 + int.from_bytes(blob[:8], "little")]))
+        header, data = _split(blob)
+        header = json.loads(bytes(header))
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
     expected = (header.get("__metadata__") or {}).get("data_sha256")
-    if expected is not None and hashlib.sha256(_data_section(blob)).hexdigest() != expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(f"{path}: the tensor data does not match the checksum in its header (data_sha256): "
                               "the file is corrupt; restore it or train/init again")
     return weights
@@ -213,16 +215,17 @@ def init_checkpoint(preset: str, out: str | Path, mode: str = "plt", loops: int 
     from .output_folder import check_checkpoint_folder, claim_output, swap_in, temporary_folder
 
     out = Path(out)
-    check_checkpoint_folder(out, force, "init")
+    check = lambda: check_checkpoint_folder(out, force, "init")  # noqa: E731  (before, under the lock, at the swap)
+    check()
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, **overrides).items() if v is not None}
     cfg = PLTConfig.from_name(preset, **changes)
     model = PLT(cfg).init_weights(seed).to(getattr(torch, cfg.dtype))  # weights in cfg.dtype
     with claim_output(out, command="init"):
-        check_checkpoint_folder(out, force, "init")  # again, holding the lock: what is replaced is what was checked
+        check()  # again, holding the lock: what is replaced is what was checked
         tmp = temporary_folder(out)
         try:
             save_checkpoint(model, tmp)  # files get what open() would give them (atomic_write_bytes)
-            swap_in(tmp, out, recheck=lambda: check_checkpoint_folder(out, force, "init"))
+            swap_in(tmp, out, recheck=check)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -104,7 +104,7 @@ def _absolute(out) -> Path:
     return Path(os.path.abspath(out))
 
 
-def publish(tmp: Path, out: Path, recheck=None) -> Path:
+def publish(tmp: Path, out: Path, recheck) -> Path:
     """Make the finished temporary folder `tmp` readable and rename it to `out` (swap_in)."""
     for f in tmp.iterdir():
         f.chmod(0o644)
@@ -112,7 +112,7 @@ def publish(tmp: Path, out: Path, recheck=None) -> Path:
     return swap_in(tmp, out, recheck)
 
 
-def swap_in(tmp: Path, out: Path, recheck=None) -> Path:
+def swap_in(tmp: Path, out: Path, recheck) -> Path:
     """Rename the folder `tmp` to `out`. An old `out` is renamed aside first and deleted after the
     swap (as a `.NAME.*.old.tmp`; if a crash comes between the two renames, the one moment `out`
     is missing, the next claim_output renames the old folder back). An existing EMPTY `out` is kept and filled instead (`--out .`,
@@ -121,7 +121,7 @@ def swap_in(tmp: Path, out: Path, recheck=None) -> Path:
     file put into it while the command ran is refused, not deleted."""
     (tmp / TEMPORARY_MARKER).unlink(missing_ok=True)
     where = _absolute(out)
-    if where.exists() and recheck is not None:
+    if where.exists():
         recheck()
     if not where.exists():
         os.replace(tmp, where)

@@ -140,7 +140,6 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     its matrices are too small to split) and torch's default otherwise.
     """
     from .backends.folders import refuse_existing_checkpoints, variant_dirs
-    from .checkpoint import atomic_write_bytes
     from .config import check_variants, variant_configs
     from .errors import CheckpointError, InputError, PLTError
     from .output_folder import check_checkpoint_folder, check_writable, claim_output, swap_in, temporary_folder

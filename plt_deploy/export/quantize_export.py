@@ -31,9 +31,12 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     spec = check_quantizable(m.config, spec, log)
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out} is the source export; write the quantized export to another folder")
-    with claim_output(out, log=log):
+    def check():  # under the lock, and again at the swap
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src],
                           owned=manifest_lib.owned_names)
+
+    with claim_output(out, log=log):
+        check()
         tmp = temporary_folder(out)
         try:
             data = dict(m.data)
@@ -53,8 +56,7 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
             data.update(graphs=graphs, weights={**spec.to_manifest(counts), "quantized_from": str(src)})
             manifest_lib.write_manifest(tmp, data)
             manifest_lib.read_manifest(tmp)  # the result loads like any export
-            publish(tmp, out, recheck=lambda: check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force,
-                                                                owned=manifest_lib.owned_names))
+            publish(tmp, out, recheck=check)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -47,7 +47,11 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     if plugin is not None and backend != "tensorrt":
         raise InputError(f"--plugin is for --backend tensorrt, not {backend}")
     out, model = Path(out), Path(model)
-    check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin], owned=owned_names)
+
+    def check():  # now, under the lock, and again at the swap
+        check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin], owned=owned_names)
+
+    check()
     checked = check_artifact(model, backend, plugin=plugin)
     if backend == "torch":  # what the torch backend's load refuses (truncated file, extra tensor), refused now
         from ..checkpoint import load_checkpoint
@@ -66,7 +70,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with claim_output(out, command="triton-repo"):
-        check_replaceable(out, "triton-repo", MARKER, force, sources=[model, plugin], owned=owned_names)  # held
+        check()
         tmp = temporary_folder(out)
         try:
             version = tmp / name / VERSION
@@ -79,7 +83,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
             (tmp / "README.md").write_text(readme_text(out.resolve(), name, params))
             (tmp / MARKER).write_text(json.dumps({"written_by": WRITTEN_BY, "model": name,
                                                   "backend": backend}) + "\n")
-            swap_in(tmp, out, recheck=lambda: check_replaceable(out, "triton-repo", MARKER, force, owned=owned_names))
+            swap_in(tmp, out, recheck=check)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
