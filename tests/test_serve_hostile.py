@@ -218,7 +218,9 @@ def test_connections_over_the_limit_get_503_while_admitted_ones_stream(serve):
     want = [alone(serve, p) for p in prompts[:2]]
     streams = Streams(serve, prompts)
     r = httpx.post(serve.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
-    assert r.status_code == 503
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "too_many_connections"  # the error body, not uvicorn's plain text
+    assert httpx.get(serve.url + "/health").status_code == 200  # a health check still sees a live server
     texts = streams.join()
     assert texts[:2] == want and all(t is not None for t in texts)
     assert httpx.post(serve.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}).status_code == 200

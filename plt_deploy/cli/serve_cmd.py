@@ -36,7 +36,8 @@ from ..backends import LOADERS
 @click.option("--max-header-bytes", type=click.IntRange(min=1024), default=16384, show_default=True,
               help="Request line + headers; larger get 431.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Open connections served at once; requests on more get 503.")
+              help="Requests served at once (open streams included); more get a JSON 503 with Retry-After. "
+                   "/health and /metrics are always answered.")
 @click.option("--timeout-keep-alive", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds a connection may stay silent (idle, or sending its headers or body) before it is closed.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")

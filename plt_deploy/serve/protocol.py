@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..generate import SEED_MAX, SEED_MIN, SamplingParams
 
@@ -37,8 +37,8 @@ class _Sampling(BaseModel):
     model_config = STRICT
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(default=0, ge=0)  # extension: 0 = off
     seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)  # what the sampler's generator takes
     stop: str | list[str] | None = None  # at most MAX_STOP_SEQUENCES of 1..MAX_STOP_CHARS characters
@@ -48,8 +48,8 @@ class _Sampling(BaseModel):
     user: str | None = None  # accepted and ignored
     # Defined by OpenAI, supported only at the neutral value (checked by unsupported()).
     n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(default=0.0, allow_inf_nan=False)
+    frequency_penalty: float = Field(default=0.0, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
 
@@ -61,6 +61,13 @@ class _Sampling(BaseModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences of 1 to {MAX_STOP_CHARS} characters "
                              f"each (got {len(stops)}, of up to {max(map(len, stops), default=0)} characters)")
         return stop
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, options, info: ValidationInfo):
+        if options is not None and not info.data.get("stream"):  # as OpenAI and vLLM
+            raise ValueError("only allowed when stream is true")
+        return options
 
     def unsupported(self) -> str | None:
         """The first field set to a value this server does not implement, else None."""

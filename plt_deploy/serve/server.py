@@ -7,14 +7,18 @@ speed and the server returns when they have finished. If some are still open aft
 slots freed) and the server returns right after; uvicorn's own cancellation of whatever is still
 running comes BACKSTOP_SECONDS later and only matters if the engine is stuck. `serve_forever`
 returns the signal; uvicorn would re-raise it (SIGINT as KeyboardInterrupt): the CLI prints
-`stopped` and exits 0 after SIGTERM, 130 after SIGINT. A second SIGINT stops at once. Idle
+`stopped` and exits 0 after SIGTERM, 130 after SIGINT. A second signal ends the open streams at
+once (an error chunk, then `[DONE]`) and the server exits right after; a third exits without
+waiting for anything (an engine stuck in a step). Idle
 kept-alive connections stay open until the engine has drained, so a request on one gets the 503.
 
 Connection limits (uvicorn's h11 protocol, whatever else is installed: httptools has no header
 limit): a request head (request line + headers) above `max_header_bytes` gets 431; a connection
 that sends no complete head within `timeout_keep_alive` seconds (idle after connecting, between
 requests, or sending its headers slowly) is closed, and so is a body that stalls that long (408,
-in the app); over `max_connections` open connections, requests get 503 at once.
+in the app); over `max_connections` requests in the app at once (streams included), requests get
+a JSON 503 with Retry-After at once (RequestLimit; /health and /metrics are always answered), and
+uvicorn refuses connections beyond twice that many (idle kept-alive ones included).
 """
 
 from __future__ import annotations
@@ -100,11 +104,22 @@ def _server_class():
             super().__init__(config)
             self.engine, self.grace = engine, grace
             self.stop_signal: int | None = None
+            self.hurried = False  # a second signal ended the open streams
 
         def handle_exit(self, sig, frame):
             if self.stop_signal is None:
                 self.stop_signal = sig
                 self.engine.close()  # from now on every new request gets 503 (RLock: safe in a handler)
+            elif not self.hurried:
+                # The second signal: end every open stream now (an error chunk, then [DONE]) and exit
+                # once they have sent it, without the grace period. uvicorn would force-exit here,
+                # cutting streams off mid-body and logging the lifespan's CancelledError; only a
+                # third signal (the engine stuck in a step) does that.
+                self.hurried = True
+                self.engine.close(True)
+                self.config.timeout_graceful_shutdown = BACKSTOP_SECONDS
+                self._captured_signals.clear()
+                return
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # returned by serve_forever, not re-raised
 
@@ -123,6 +138,35 @@ def _server_class():
                 timer.cancel()
 
     return Server
+
+
+class RequestLimit:
+    """Pure ASGI wrapper: at most `limit` requests inside the app at once (open streams included);
+    one more gets a JSON 503 with Retry-After at once. /health and /metrics are always answered, so
+    a load balancer's health check still sees a live server during a flood."""
+
+    ALWAYS = ("/health", "/metrics")
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.ALWAYS:
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            from .protocol import error_body
+
+            body = json.dumps(error_body(f"the server is handling its limit of {self.limit} requests; retry "
+                                         "shortly", "unavailable", code="too_many_connections")).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                    (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 class QuietCancel:
@@ -177,11 +221,13 @@ def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_contex
     settings = ServerSettings(api_key=api_key_from_env(api_key), max_body_bytes=max_body_bytes,
                               max_tokens_limit=max_tokens_limit, body_timeout=timeout_keep_alive)
     app = build_app(engine, settings)
-    config = uvicorn.Config(QuietCancel(app), host=host, port=port, log_level=log_level, access_log=False,
+    config = uvicorn.Config(QuietCancel(RequestLimit(app, max_connections)), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_SECONDS, lifespan="on",
                             http=_protocol_class(), h11_max_incomplete_event_size=max_header_bytes,
                             timeout_keep_alive=timeout_keep_alive,
-                            limit_concurrency=max_connections + 1)  # uvicorn counts the new connection too
+                            # uvicorn's own (plain-text) limit only backs RequestLimit up: it also
+                            # counts idle kept-alive connections, and the new connection itself
+                            limit_concurrency=2 * max_connections + 1)
     server = _server_class()(config, engine, shutdown_timeout)
 
     def announce():  # one line once the engine has warmed up (the app then answers /health with 200)
