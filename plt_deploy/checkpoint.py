@@ -122,6 +122,11 @@ def load_config(model_dir: str | Path) -> PLTConfig:
     try:
         return PLTConfig.from_json(model_dir / CONFIG_FILE)
     except ConfigError as exc:
+        data = hf.read_json(model_dir / CONFIG_FILE) if "unknown field" in str(exc) else None
+        if isinstance(data, dict) and {"hidden_size", "num_hidden_layers"} <= set(data):  # an HF config.json
+            raise CheckpointError(f"{model_dir / CONFIG_FILE}: a Hugging Face config without model_type; add "
+                                  f"\"model_type\": \"iquestloopcoder\" if the model is an IQuest-Coder-V1 Loop "
+                                  f"(the only Hugging Face family supported)") from None
         raise CheckpointError(str(exc)) from None
 
 

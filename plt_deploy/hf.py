@@ -98,7 +98,9 @@ def config_from_hf(data: dict, path: Path) -> PLTConfig:
     for key in ("quantization", "quantization_config"):
         if data.get(key):
             refuse(f"{key}: quantized checkpoints are not supported; use the unquantized (bf16/fp16/fp32) weights")
-    if data.get("rope_scaling"):
+    scaling = data.get("rope_scaling")
+    if scaling and not (isinstance(scaling, dict) and set(scaling) <= {"rope_type", "type"}
+                        and all(v == "default" for v in scaling.values())):  # {"rope_type": "default"}: plain RoPE
         refuse(f"rope_scaling {data['rope_scaling']!r} is not supported (plain RoPE only); remove it only if the "
                "model was trained without it")
     for key in ("attention_bias", "mlp_bias"):
@@ -106,10 +108,15 @@ def config_from_hf(data: dict, path: Path) -> PLTConfig:
             refuse(f"{key}: true is not supported (bias-free projections only)")
     if data.get("hidden_act", "silu") != "silu":
         refuse(f"hidden_act {data['hidden_act']!r} is not supported (SwiGLU with silu only)")
-    need = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    # rope_theta and rms_norm_eps change every logit and implementations disagree on their defaults
+    # (rope_theta: 10000 in Llama's config class, 500000 in mlx-lm's LoopCoder): never guess them.
+    need = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "rope_theta", "rms_norm_eps")
     missing = [k for k in need if k not in data]
     if missing:
-        refuse(f"missing field {missing[0]!r}")
+        refuse(f"missing field {missing[0]!r}" + (" (it changes every logit and implementations disagree on its "
+                                                   "default: copy it from the model's published config.json)"
+                                                   if missing[0] in ("rope_theta", "rms_norm_eps") else ""))
     loops = data.get("loop_num", 2)
     if not isinstance(loops, int) or isinstance(loops, bool) or loops < 2:
         refuse(f"loop_num must be an integer >= 2, got {loops!r}")
@@ -122,8 +129,8 @@ def config_from_hf(data: dict, path: Path) -> PLTConfig:
         return PLTConfig(
             vocab_size=data["vocab_size"], d_model=data["hidden_size"], n_layers=data["num_hidden_layers"],
             n_heads=heads, n_kv_heads=data.get("num_key_value_heads") or heads, head_dim=data.get("head_dim"),
-            mlp_hidden=data["intermediate_size"], norm_eps=data.get("rms_norm_eps", 1e-6),
-            rope_theta=data.get("rope_theta", 10000.0), max_seq_len=data.get("max_position_embeddings", 4096),
+            mlp_hidden=data["intermediate_size"], norm_eps=data["rms_norm_eps"],
+            rope_theta=data["rope_theta"], max_seq_len=data.get("max_position_embeddings", 4096),
             loops=loops, window=data.get("loop_window_size", 64), mode="loopcoder", qk_norm=False,
             tie_embeddings=bool(data.get("tie_word_embeddings", False)), dtype=dtype, extra={"hf": hf})
     except Exception as exc:  # ConfigError, TypeError from a wrongly typed field
@@ -144,15 +151,29 @@ def config_to_hf(cfg: PLTConfig) -> dict:
 
 
 # Weights -------------------------------------------------------------------------------------------
+def _weight_map(model_dir: Path) -> dict[str, str] | None:
+    """The index's tensor name -> shard file name, or None for a folder without an index."""
+    index = model_dir / INDEX_FILE
+    if not index.is_file():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not all(isinstance(k, str) for k in weight_map):
+            raise TypeError
+        files = set(weight_map.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index}: not a valid index (expected a JSON object with a weight_map)") from None
+    if any(not isinstance(f, str) for f in files):
+        raise CheckpointError(f"{index}: every weight_map value must be a shard file name")
+    return weight_map
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of the folder: model.safetensors, or the shards the index lists."""
     index = model_dir / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index}: not a valid index (expected a JSON object with a weight_map)") from None
+    weight_map = _weight_map(model_dir)
+    if weight_map is not None:
+        files = sorted(set(weight_map.values()))
         for f in files:
             if not isinstance(f, str) or "/" in f or f.startswith("."):
                 raise CheckpointError(f"{index}: shard name {f!r} is not a file name in the folder")
@@ -161,8 +182,32 @@ def weight_files(model_dir: Path) -> list[Path]:
         return [model_dir / f for f in files]
     single = model_dir / SINGLE_FILE
     if not single.is_file():
-        raise CheckpointError(f"{single}: file not found (nor {INDEX_FILE})")
+        other = sorted(p.name for p in model_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+        raise CheckpointError(f"{single}: file not found (nor {INDEX_FILE})" + (
+            f"; {other[0]} is not read: only safetensors weights are (convert it, e.g. with transformers' "
+            "save_pretrained(..., safe_serialization=True))" if other else ""))
     return [single]
+
+
+def shard_entries(model_dir: Path) -> dict[str, tuple[Path, tuple]]:
+    """HF name -> (file, tensor_entries' entry) over the folder's weight files, from their headers
+    only: each tensor inside its file, in exactly one file, and in the file the index names."""
+    weight_map = _weight_map(model_dir)
+    index = model_dir / INDEX_FILE
+    out: dict[str, tuple[Path, tuple]] = {}
+    for path in weight_files(model_dir):
+        for name, entry in tensor_entries(path).items():
+            if name in out:
+                raise CheckpointError(f"{path}: tensor {name!r} is also in {out[name][0].name}: which one the "
+                                      "model uses would be a guess")
+            if weight_map is not None and weight_map.get(name) != path.name and not name.endswith(IGNORED_SUFFIXES):
+                where = f"places it in {weight_map[name]}" if name in weight_map else "does not list it"
+                raise CheckpointError(f"{path}: holds tensor {name!r} but {index.name} {where}")
+            out[name] = (path, entry)
+    for name, f in (weight_map or {}).items():
+        if name not in out:
+            raise CheckpointError(f"{index}: lists tensor {name!r} in {f}, which does not hold it")
+    return out
 
 
 def _header(path: Path) -> tuple[int, dict]:
@@ -182,12 +227,10 @@ def _header(path: Path) -> tuple[int, dict]:
 
 
 def header_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """HF name -> (shape, safetensors dtype) over all weight files, from their headers only."""
-    out = {}
-    for path in weight_files(model_dir):
-        for name, entry in _header(path)[1].items():
-            out[name] = (tuple(entry.get("shape", ())), entry.get("dtype", "?"))
-    return out
+    """HF name -> (shape, torch dtype name) over all weight files, from their headers only (each
+    checked as shard_entries does)."""
+    return {name: (tuple(entry[1]), str(entry[0]).removeprefix("torch."))
+            for name, (_, entry) in shard_entries(model_dir).items()}
 
 
 def tensor_entries(path: Path) -> dict:
@@ -276,10 +319,10 @@ def weight_readers(model_dir: Path, cfg: PLTConfig, mapped: bool = True) -> dict
     on each call (export/stream.py: nothing stays resident after use)."""
     from .checkpoint import weight_layout
 
-    files = weight_files(model_dir)  # refuses a malformed index or a missing shard first
+    files = {path for path, _ in shard_entries(model_dir).values()}  # refuses a bad index, shard, duplicate first
     index = model_dir / INDEX_FILE
     found: dict[str, tuple] = {}  # HF name -> (tensor, file)
-    for path in files:
+    for path in sorted(files):
         for name, t in (mmap_tensors if mapped else file_tensors)(path).items():
             if not name.endswith(IGNORED_SUFFIXES):
                 found[name] = (t, path)

@@ -133,6 +133,65 @@ def test_config_refusals(tmp_path, change, words):
     assert "\n" not in str(exc.value) and "config.json" in str(exc.value)
 
 
+@pytest.mark.parametrize("key", ["rope_theta", "rms_norm_eps"])
+def test_missing_numeric_defaults_are_refused_not_guessed(tmp_path, key):
+    """rope_theta's default is 10000 in Llama's config class and 500000 in mlx-lm's LoopCoder: a
+    guess gave wrong logits with no error (reported); now the field is named."""
+    folder = write_folder(tmp_path, random_loopcoder())
+    data = json.loads((folder / "config.json").read_text())
+    del data[key]
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=f"missing field '{key}'"):
+        load_checkpoint(folder)
+
+
+def test_config_shapes_that_are_accepted_or_explained(tmp_path):
+    folder = write_folder(tmp_path, random_loopcoder())
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "rope_scaling": {"rope_type": "default"}}))
+    load_checkpoint(folder)  # plain RoPE spelled out
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in data.items() if k != "model_type"}))
+    with pytest.raises(CheckpointError, match="a Hugging Face config without model_type"):
+        load_checkpoint(folder)
+
+
+def test_shards_must_agree_with_the_index(tmp_path):
+    """A tensor in two shards (the later one silently won: an all-zero lm_head generated nothing),
+    or an index naming a tensor no shard holds, is refused by every command, layout included."""
+    from safetensors.torch import load_file, save_file
+
+    folder = write_folder(tmp_path, random_loopcoder(), shards=2)
+    first, second = folder / "model-00001-of-00002.safetensors", folder / "model-00002-of-00002.safetensors"
+    a, b = load_file(first), load_file(second)
+    name = next(iter(a))
+    save_file({**b, name: torch.zeros_like(a[name])}, str(second))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' is also in {first.name}"):
+        load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="is also in"):
+        hf.header_shapes(folder)  # what `layout` reads
+    save_file(b, str(second))
+    index = json.loads((folder / hf.INDEX_FILE).read_text())
+    index["weight_map"]["model.extra.weight"] = second.name
+    (folder / hf.INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="lists tensor 'model.extra.weight' in .*which does not hold it"):
+        load_checkpoint(folder)
+
+
+def test_layout_refuses_a_truncated_shard_and_bin_files_are_named(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    folder = write_folder(tmp_path, random_loopcoder(), shards=2)
+    shard = folder / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    code, out, err = run_cli(capsys, "layout", "--model", str(folder))
+    assert code != 0 and "lies outside the file" in err, out + err
+    for f in folder.glob("model*.safetensors*"):
+        f.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin is not read: only safetensors"):
+        load_checkpoint(folder)
+
+
 def test_weight_refusals(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -144,7 +203,7 @@ def test_weight_refusals(tmp_path):
         load_checkpoint(folder)
     name = next(n for n in tensors if "q_proj" in n)
     save_file({k: v for k, v in tensors.items() if k != name}, str(shard))
-    with pytest.raises(CheckpointError, match=f"tensor '{name}' is missing"):
+    with pytest.raises(CheckpointError, match=f"lists tensor '{name}' in .*which does not hold it"):
         load_checkpoint(folder)
     save_file({**tensors, name: tensors[name][:, 1:].contiguous()}, str(shard))
     with pytest.raises(CheckpointError, match=f"tensor '{name}' has shape"):
