@@ -181,3 +181,14 @@ def test_request_preparation_runs_off_the_event_loop(engine, monkeypatch):
         return r, max(gaps)
     r, worst = run(main())
     assert r.status_code == 200 and worst < 0.3  # on the loop it would be >= 0.6
+
+
+def test_default_context_is_capped_by_the_model(tmp_path):
+    """An export of --max-seq 32 served without --max-context: the context is 32, not a refusal of
+    the default 256 the user never gave (reported)."""
+    ckpt = init_checkpoint("tiny", tmp_path / "short", mode="plt", seed=5, max_seq_len=32)
+    be = load_torch(ckpt)
+    e = Engine(be, load_serve_tokenizer(ckpt, be.config.vocab_size), slots=1)
+    assert e.max_context == 32
+    with pytest.raises(InputError, match="max_context 64 must be in"):  # given explicitly: still refused
+        Engine(be, load_serve_tokenizer(ckpt, be.config.vocab_size), slots=1, max_context=64)

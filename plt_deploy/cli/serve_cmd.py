@@ -15,8 +15,8 @@ from ..backends import LOADERS
 @click.option("--backend", type=click.Choice(list(LOADERS)), default="torch", show_default=True)
 @click.option("--slots", type=click.IntRange(min=1), default=4, show_default=True,
               help="Requests decoded together (rows of the one decoder session).")
-@click.option("--max-context", type=click.IntRange(min=2), default=256, show_default=True,
-              help="Prompt + generated tokens per request.")
+@click.option("--max-context", type=click.IntRange(min=2),
+              help="Prompt + generated tokens per request.  [default: 256, or the model's limit if smaller]")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests that may wait while every slot is taken (0: none wait); beyond it: 429. "
                    "A request that finds a free slot is always admitted.")

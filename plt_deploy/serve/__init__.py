@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MAX_CONTEXT = 256  # load_engine's (and so a Triton model's) context when none is given
+DEFAULT_MAX_CONTEXT = 256  # an engine's (and so a Triton model's) context when none is given...
 
 
-def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int = DEFAULT_MAX_CONTEXT,
+def default_max_context(model_limit: int) -> int:
+    """...unless the model's own limit (an export's --max-seq) is smaller."""
+    return min(DEFAULT_MAX_CONTEXT, model_limit)
+
+
+def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, max_context: int | None = None,
                 max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256,
                 threads: int | None = None,
                 plugin: str | None = None, provider: str | None = None, model_name: str | None = None,
@@ -44,4 +49,4 @@ def load_engine(model_dir: str | Path, backend: str = "torch", slots: int = 4, m
                   metrics=metrics)
 
 
-__all__ = ["DEFAULT_MAX_CONTEXT", "load_engine"]
+__all__ = ["DEFAULT_MAX_CONTEXT", "default_max_context", "load_engine"]

@@ -197,7 +197,7 @@ class EngineRequest:
 class Engine:
     """S slots of one decoder session on any backend; see the module docstring for a step."""
 
-    def __init__(self, backend: Backend, tokenizer, slots: int = 4, max_context: int = 256, max_queue: int = 64,
+    def __init__(self, backend: Backend, tokenizer, slots: int = 4, max_context: int | None = None, max_queue: int = 64,
                  max_step_tokens: int | None = None, prefix_cache_mb: float = 256,
                  prefix_block: int = DEFAULT_BLOCK, model_name: str = "plt", metrics=None):
         if slots < 1 or max_queue < 0 or prefix_cache_mb < 0:
@@ -209,6 +209,10 @@ class Engine:
             raise InputError(f"--max-step-tokens {max_step_tokens} must be at least --slots {slots} (one token per "
                              "decoding slot, the rest for prompt chunks)")
         limit = backend.max_seq
+        if max_context is None:
+            from . import default_max_context
+
+            max_context = default_max_context(limit)
         if not 2 <= max_context <= limit:
             raise InputError(f"max_context {max_context} must be in [2, {limit}] ({backend.max_seq_source})")
         self.backend, self.tokenizer, self.model_name = backend, tokenizer, model_name

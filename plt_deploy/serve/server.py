@@ -198,7 +198,7 @@ def passive_openmp() -> bool:
     return True
 
 
-def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_context: int = 256,
+def serve_forever(model: str, backend: str = "torch", slots: int = 4, max_context: int | None = None,
                   max_queue: int = 64, max_step_tokens: int | None = None, prefix_cache_mb: float = 256, host: str = "127.0.0.1", port: int = 8000,
                   api_key: str | None = None, threads: int | None = None, plugin: str | None = None,
                   provider: str | None = None, model_name: str | None = None, max_body_bytes: int = 1 << 20,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..output_folder import check_replaceable, claim_output, swap_in, temporary_folder
-from ..serve import DEFAULT_MAX_CONTEXT
+from ..serve import default_max_context
 from .artifact import check_artifact, check_backend
 from .config import ModelParams, check_model_name, parse_config, render_config
 
@@ -58,7 +58,7 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
 
         load_checkpoint(model)
     # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
-    checked.limits.check(slots, max_context or DEFAULT_MAX_CONTEXT, "--slots",
+    checked.limits.check(slots, max_context or default_max_context(checked.limits.max_seq), "--slots",
                          "--max-context" if max_context else "the default --max-context", memory=False)
     params = ModelParams(artifact=ARTIFACT_DIR, backend=backend, slots=slots, max_context=max_context,
                          plugin=f"{PLUGIN_DIR}/{checked.plugin.name}" if checked.plugin else None,
