@@ -1,5 +1,6 @@
 """The serving engine: batched equals alone (torch and ONNX Runtime), scheduling, limits, cancellation."""
 
+import json
 import threading
 import time
 
@@ -8,7 +9,7 @@ import torch
 
 from plt_deploy.backends.ort_backend import OrtBackend
 from plt_deploy.backends.torch_backend import load as load_torch
-from plt_deploy.errors import InputError
+from plt_deploy.errors import CheckpointError, InputError
 from plt_deploy.generate import SamplingParams, TextStream, generate
 from plt_deploy.serve.chat import load_serve_tokenizer
 from plt_deploy.serve.engine import Engine, QueueFullError
@@ -285,6 +286,33 @@ def test_chunks_are_oldest_first_under_the_step_budget():
     # a chunk stops at the prefix-cache boundary of its prompt (the state is saved there)
     assert plan(100, lambda r: 16 if r == "a" else None)[0] == ("a", 0, 16)
     assert plan(100, lambda r: 16 if r == "c" else None)[2] == ("c", 10, 6)
+
+
+@pytest.mark.parametrize("template, want", [
+    ("{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}{{ m.content }}"
+     "{% if loop.index >= 2 %}{% break %}{% endif %}{% endfor %}", "Hi"),  # loop controls
+    ("{{ strftime_now('%Y') }}", None),  # Llama 3's date line
+    ("{{ {'b': 1, 'a': 2} | tojson }}", '{"b": 1, "a": 2}'),  # key order kept, as Hugging Face's tojson
+    ([{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ messages | length }}"}], "D2"),
+])
+def test_chat_templates_hugging_face_accepts(tmp_path, template, want):
+    """Templates that transformers' apply_chat_template runs (reported: {% break %} answered 500 on every
+    chat request, strftime_now 400, tojson sorted keys, a list of named templates was refused)."""
+    import datetime
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    got = load_serve_tokenizer(tmp_path, 259).apply_chat_template([{"role": "system", "content": "S"},
+                                                                    {"role": "user", "content": "Hi"}])
+    assert got == (want if want is not None else str(datetime.datetime.now().year))
+
+
+def test_chat_template_that_does_not_compile_fails_at_load(tmp_path):
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(CheckpointError, match="chat_template.jinja: the chat template does not compile"):
+        load_serve_tokenizer(tmp_path, 259)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "x", "template": ""}]}))
+    with pytest.raises(CheckpointError, match="none named 'default'"):
+        load_serve_tokenizer(tmp_path, 259)
 
 
 def test_chat_template_plain_and_checkpoint(tmp_path):
