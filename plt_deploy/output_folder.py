@@ -338,3 +338,23 @@ def check_writable(folder: str | Path, flag: str = "--out") -> None:
     except OSError as exc:
         raise ArtifactError(f"{flag} {folder}: cannot write there ({exc.strerror or exc}); "
                             f"choose another {flag}") from None
+
+
+def check_report_path(path: str | Path, flag: str, reads: dict[str, str | Path | None], is_earlier_report) -> None:
+    """A report file (`check --report`, `bench --json`) may neither go inside a folder the command
+    reads (it replaced a checkpoint's config.json or an export's manifest.json: reported) nor replace
+    a file that is not an earlier report of the same command (`is_earlier_report(data)` on its JSON)."""
+    target = Path(path).resolve()
+    for read_flag, folder in reads.items():
+        if folder is not None and target.is_relative_to(Path(folder).resolve()):
+            raise InputError(f"{flag} {path}: inside {read_flag} {folder}, which this command reads; "
+                             f"write the report elsewhere")
+    if not target.exists() and not target.is_symlink():
+        return
+    try:
+        data = json.loads(target.read_text()) if target.is_file() else None
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and is_earlier_report(data)):
+        raise InputError(f"{flag} {path}: exists and is not an earlier report of this command; "
+                         f"remove it or choose another path")

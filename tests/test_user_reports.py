@@ -247,6 +247,35 @@ def test_check_report_into_an_unwritable_place_fails_first(ckpt, tmp_path, capsy
     assert_one_line_error(code, err, f"--report {blocker}: cannot write there")
 
 
+def test_report_files_never_replace_inputs_or_other_files(tiny_exports, tmp_path, capsys):
+    """check --report CKPT/config.json replaced the checkpoint's config (reported: data loss); bench
+    --json and loadtest --json overwrote any file. Refused before any work, nothing changed; an
+    earlier report of the same command is replaced."""
+    ck, ex = tiny_exports["plt"]
+    before = {p: p.read_bytes() for p in [*ck.iterdir(), *ex.iterdir()] if p.is_file()}
+    for target, words in ((ck / "config.json", "inside --model"), (ex / "manifest.json", "inside --onnx"),
+                          (ex / "new.json", "inside --onnx")):
+        code, _, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(ex), "--report", str(target))
+        assert_one_line_error(code, err, words)
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    for argv in (("check", "--model", str(ck), "--onnx", str(ex), "--report", str(mine)),
+                 ("bench", "--preset", "tiny", "--json", str(mine)),
+                 ("bench", "--model", str(ck), "--json", str(ck / "r.json")),
+                 ("loadtest", "--url", "http://127.0.0.1:1", "--json", str(mine))):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "--")
+        assert "exists and is not an earlier report" in err or "inside --model" in err, err
+    assert mine.read_text() == '{"my": "notes"}' and not (ck / "r.json").exists()
+    assert {p: p.read_bytes() for p in before} == before
+    report = tmp_path / "check.json"
+    for _ in range(2):  # a second run replaces the first run's report
+        code, out, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(ex), "--report", str(report),
+                                 "--steps", "1", "--new-tokens", "1")
+        assert code == 0, out + err
+    assert json.loads(report.read_text())["written_by"] == "plt-deploy check"
+
+
 def test_layout_loops_range_matches_init(capsys):
     for command in (("layout", "--preset", "tiny"), ("init", "--out", "x")):
         code, _, err = run_cli(capsys, *command, "--loops", "1")

@@ -19,6 +19,14 @@ def greedy_prompts(vocab: int, lengths=(9, 5), seed: int = 1) -> list[list[int]]
     return [[1] + g.integers(3, min(vocab, 259), size=n - 1).tolist() for n in lengths]
 
 
+WRITTEN_BY = "plt-deploy check"
+
+
+def is_check_report(data: dict) -> bool:
+    """An earlier report of `check --report` (those before WRITTEN_BY are known by their keys)."""
+    return data.get("written_by") == WRITTEN_BY or {"reference", "rule", "backends", "passed"} <= data.keys()
+
+
 def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), report: str | Path | None = None,
               steps: int = 32, new_tokens: int = 64, threads: int | None = None, provider: str | None = None,
               console=None, log=None) -> dict:
@@ -39,9 +47,10 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     tested = [b for b in backends if b != "torch"]
     if not tested:
         raise InputError("--backends names nothing to compare: torch is the reference; add onnxruntime or tensorrt")
-    if report:  # an unwritable --report fails now, not after the comparison
-        from ..output_folder import check_writable
+    if report:  # an unwritable --report, or one that would replace an input, fails now, not after the comparison
+        from ..output_folder import check_report_path, check_writable
 
+        check_report_path(report, "--report", {"--model": model, "--onnx": onnx}, is_check_report)
         check_writable(Path(report).parent, "--report")
     for path in weight_files(model):  # a damaged checkpoint is named as such, not as "another model"
         weights_header(path)
@@ -52,7 +61,7 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     for note in notes:
         log(f"note: {note}")
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
-    out = {"model": str(model), "export": str(onnx), "dtype": dtype, "export_versions": manifest.data["versions"],
+    out = {"written_by": WRITTEN_BY, "model": str(model), "export": str(onnx), "dtype": dtype, "export_versions": manifest.data["versions"],
            "reference": "torch", "rule": RULE, "notes": notes, "backends": {}, "passed": True}
     if manifest.quantized:
         from .quant_error import RULE as QUANT_RULE, BOUNDS

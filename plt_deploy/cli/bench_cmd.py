@@ -50,6 +50,12 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, variants, r
 
     if (model is None) == (preset is None):
         raise click.UsageError("give exactly one of --model or --preset")
+    if json_path:  # before the run: it must not replace the checkpoint's files or another file
+        from ..bench.suite import SCHEMA
+        from ..output_folder import check_report_path
+
+        check_report_path(json_path, "--json", {"--model": model, "--workdir": workdir},
+                          lambda data: data.get("schema") == SCHEMA)
     if not no_contexts and len(contexts) != 2:
         raise click.BadParameter("give two contexts, short and long (e.g. 128,2048)", param_hint="--contexts")
     with progress_reporter("bench", None, every=0, enabled=progress) as report:

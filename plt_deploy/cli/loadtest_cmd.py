@@ -26,7 +26,12 @@ def command(url, n_requests, concurrency, prompt_lens, output_lens, seed, api_ke
     from ..checkpoint import atomic_write_bytes
     from ..serve.loadtest import LoadSpec, format_report, run_load
 
-    spec = LoadSpec(url=url.rstrip("/"), requests=n_requests, concurrency=concurrency, prompt_lens=prompt_lens,
+    if json_path:  # before the run: it must not replace a file that is not an earlier load-test report
+        from ..output_folder import check_report_path
+
+        check_report_path(json_path, "--json", {}, lambda data: {"requests_sent", "requests_ok", "errors"} <= data.keys())
+    url = url.rstrip("/").removesuffix("/v1")  # the server's root, also given as an OpenAI base URL (.../v1)
+    spec = LoadSpec(url=url, requests=n_requests, concurrency=concurrency, prompt_lens=prompt_lens,
                     output_lens=output_lens, seed=seed, api_key=api_key, max_seconds=max_seconds)
     report = run_load(spec)
     click.echo(format_report(report))
