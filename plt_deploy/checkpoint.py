@@ -86,6 +86,8 @@ def weight_layout(cfg: PLTConfig) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 def save_checkpoint(model: PLT, out_dir: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write config.json + model.safetensors into out_dir (made if missing), replacing those two files
+    as transformers' save_pretrained does; the CLI's --out and --force rules are the commands' own."""
     from safetensors.torch import save
 
     out = Path(out_dir)

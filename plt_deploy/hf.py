@@ -172,6 +172,9 @@ def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of the folder: model.safetensors, or the shards the index lists."""
     index = model_dir / INDEX_FILE
     weight_map = _weight_map(model_dir)
+    if weight_map is not None and (model_dir / SINGLE_FILE).is_file():  # which one is stale would be a guess
+        raise CheckpointError(f"{model_dir}: holds both {SINGLE_FILE} and {INDEX_FILE} (Hugging Face loads the "
+                              f"first, other tools the second); remove the stale one")
     if weight_map is not None:
         files = sorted(set(weight_map.values()))
         for f in files:
@@ -367,7 +370,11 @@ def _all_finite(t, chunk: int = 1 << 22) -> bool:
 
 def save_hf_checkpoint(model, out_dir: str | Path, shards: int = 1, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a loopcoder PLT in the published Hugging Face layout (gate negated back); tests' fixture
-    and the inverse of loading. shards > 1 writes model-0000i-of-0000n.safetensors + the index."""
+    and the inverse of loading. shards > 1 writes model-0000i-of-0000n.safetensors + the index.
+
+    As transformers' save_pretrained: config.json and the weights in out_dir are replaced, and the
+    weight files of an earlier save that this one does not write are removed (an earlier save's
+    index or shards would otherwise be what loads)."""
     from safetensors.torch import save
 
     from .checkpoint import atomic_write_bytes, state_dict_for_save
@@ -378,6 +385,10 @@ def save_hf_checkpoint(model, out_dir: str | Path, shards: int = 1, extra_files:
         theirs, negate = hf_name(ours)
         tensors[theirs] = (-t if negate else t).contiguous()
     names = list(tensors)
+    if shards <= 1:
+        (out / INDEX_FILE).unlink(missing_ok=True)  # first: a stale index would win over the new file
+    else:
+        (out / SINGLE_FILE).unlink(missing_ok=True)
     atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config_to_hf(model.cfg), indent=2) + "\n").encode())
     if shards <= 1:
         atomic_write_bytes(out / SINGLE_FILE, save(tensors, metadata={"format": "pt"}))
@@ -393,6 +404,10 @@ def save_hf_checkpoint(model, out_dir: str | Path, shards: int = 1, extra_files:
         atomic_write_bytes(out / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
     for name, data in (extra_files or {}).items():
         atomic_write_bytes(out / name, data)
+    written = {f"model-{s + 1:05d}-of-{shards:05d}.safetensors" for s in range(shards)} if shards > 1 else set()
+    for stale in out.glob("model-*-of-*.safetensors"):
+        if re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", stale.name) and stale.name not in written:
+            stale.unlink()
     return out
 
 

@@ -192,6 +192,26 @@ def test_layout_refuses_a_truncated_shard_and_bin_files_are_named(tmp_path, caps
         load_checkpoint(folder)
 
 
+def test_saving_again_with_fewer_shards_loads_the_new_weights(tmp_path):
+    """save_hf_checkpoint(shards=1) over a 2-shard save left the old index and shards, and loading
+    returned the OLD model (reported). Now they are removed; a folder holding both a single file and
+    an index is refused (Hugging Face loads one, other tools the other)."""
+    old, new = random_loopcoder(seed=1), random_loopcoder(seed=2)
+    folder = hf.save_hf_checkpoint(old, tmp_path / "m", shards=2)
+    hf.save_hf_checkpoint(new, folder, shards=1)
+    assert sorted(p.name for p in folder.glob("model*")) == ["model.safetensors"]
+    tokens = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        got, want, stale = load_checkpoint(folder)(tokens), new(tokens), old(tokens)
+        assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, stale, atol=1e-1)
+        hf.save_hf_checkpoint(old, folder, shards=3)
+        assert not (folder / "model.safetensors").exists()
+        assert torch.allclose(load_checkpoint(folder)(tokens), stale, atol=1e-4)
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="holds both model.safetensors and model.safetensors.index.json"):
+        load_checkpoint(folder)
+
+
 def test_weight_refusals(tmp_path):
     from safetensors.torch import load_file, save_file
 
