@@ -107,8 +107,11 @@ def test_existing_repository_is_kept_unless_force(ckpt, tmp_path, capsys):
     assert_one_line_error(code, err, "did not write (keep-me)")
     assert (repo / "keep-me").read_text() == "x"
     (repo / "keep-me").unlink()
+    cache = repo / "plt" / "1" / "__pycache__"  # what Python writes when Triton has loaded model.py
+    cache.mkdir()
+    (cache / "model.cpython-311.pyc").write_bytes(b"x")
     assert run_cli(capsys, *argv, "--force")[0] == 0
-    assert (repo / "plt" / "config.pbtxt").is_file()
+    assert (repo / "plt" / "config.pbtxt").is_file() and not cache.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -93,8 +93,9 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
 def owned_names(repo: Path) -> set[str]:
     """What `triton-repo` wrote into REPO (output_folder.check_replaceable: --force replaces only
     these): its marker, README.md, and in the model folder the marker names config.pbtxt and
-    version 1's model.py, artifact/ and plugins/ (a user's NAME/2/ or notes there are not ours).
-    A marker that is not ours owns nothing."""
+    version 1's model.py, artifact/ and plugins/ (a user's NAME/2/ or notes there are not ours), and
+    the __pycache__ Python writes beside model.py when Triton loads it (reported: --force was refused
+    once the repository had been served). A marker that is not ours owns nothing."""
     try:
         data = json.loads((Path(repo) / MARKER).read_text())
         model = data.get("model") if data.get("written_by") == WRITTEN_BY else None
@@ -104,7 +105,7 @@ def owned_names(repo: Path) -> set[str]:
         return set()
     version = f"{model}/{VERSION}"
     return {MARKER, "README.md", f"{model}/config.pbtxt", f"{version}/model.py", f"{version}/{ARTIFACT_DIR}",
-            f"{version}/{PLUGIN_DIR}"}
+            f"{version}/{PLUGIN_DIR}", f"{version}/__pycache__"}
 
 
 def _validate_if_possible(text: str, where: Path) -> None:
