@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from .backends.torch_backend import TorchBackend
 from .checkpoint import RESULTS_FILE  # train_results.json
+from .errors import ModelError
 from .generate import SamplingParams, generate
 from .model import PLT
 from .tasks import TASKS, Task
@@ -79,6 +81,9 @@ def train(model: PLT, task: Task, settings: TrainSettings,
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # the weights are NaN/inf from here on: nothing to keep
+            raise ModelError(f"training diverged at step {step + 1}: the loss is {losses[-1]}; lower --lr "
+                             f"(it is {settings.lr:g})")
         if on_step is not None:
             on_step(step, losses[-1])
         if settings.max_seconds is not None and time.monotonic() - start > settings.max_seconds:
@@ -145,6 +150,7 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
     from .output_folder import check_checkpoint_folder, check_writable, claim_output, swap_in, temporary_folder
 
     out = Path(out)
+    existed = out.exists()
     with claim_output(out, command="train"):  # a second run into the same --out is refused at once
         if task not in TASKS:
             raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -177,6 +183,14 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
         except TrainingInterrupted as exc:
             if replacing:  # the partial run goes, the earlier one stays
                 raise TrainingInterrupted(exc.variant, exc.step, steps, final_dirs[exc.variant], kept=out) from None
+            raise
+        except ModelError:  # diverged: a NaN model is kept nowhere (an earlier run, if any, stays)
+            if not replacing:  # out held nothing before this run: everything in it is this run's
+                if existed:
+                    for child in out.iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                else:
+                    shutil.rmtree(out, ignore_errors=True)
             raise
         finally:
             if replacing:

@@ -3,6 +3,8 @@
 import json
 import random
 
+import pytest
+
 from plt_deploy.checkpoint import load_checkpoint
 from plt_deploy.training import train_variants
 from plt_deploy.tasks import TASKS
@@ -31,3 +33,24 @@ def test_held_out_split_is_disjoint_and_masks_cover_the_answer():
     prompt, answer = text.split("=")
     assert int(answer[::-1]) == sum(int(x) for x in prompt.split("+"))
     assert mask[0].sum() == len(answer) + 1  # answer digits and <eos>
+
+
+def test_a_diverging_run_keeps_nothing(tmp_path, capsys):
+    """--lr inf trained a NaN model, saved it and then blamed the dtype (reported). Now the CLI
+    refuses non-finite learning rates, and a run whose loss turns NaN stops with a one-line error
+    naming --lr and keeps no checkpoint (an existing, empty --out stays empty)."""
+    from cli_helpers import run_cli
+    from plt_deploy.errors import ModelError
+    from plt_deploy.training import train_variants
+
+    for value in ("nan", "inf"):
+        code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "cli"), "--lr", value)
+        assert code == 2 and "is not a finite number" in err and "Traceback" not in err, err
+    assert not (tmp_path / "cli").exists()
+    with pytest.raises(ModelError, match=r"training diverged at step \d+: the loss is nan; lower --lr"):
+        train_variants(tmp_path / "new" / "run", steps=3, lr=float("inf"), eval_examples=4)
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError):
+        train_variants(tmp_path / "empty", steps=3, lr=float("inf"), eval_examples=4)
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -32,7 +32,7 @@ def _prompt_text(f) -> str:
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
               help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=1.0, show_default=True)
 @seed_option(help="Sampling seed.")
 @click.option("--stop", multiple=True, callback=non_empty, help="Stop when this text appears (not printed; repeatable); EOS always stops.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (one prompt).")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import positive_ints, seed_option
+from .options import positive_ints, seed_option, finite
 
 
 @click.command("loadtest")
@@ -18,7 +18,7 @@ from .options import positive_ints, seed_option
 @click.option("--output-lens", default="32,64,128", show_default=True, callback=positive_ints, help="max_tokens values.")
 @seed_option(default=0, show_default=True)
 @click.option("--api-key", envvar="PLT_API_KEY", help="Bearer key (default: $PLT_API_KEY).")
-@click.option("--max-seconds", type=click.FloatRange(min=1), default=1800, show_default=True,
+@click.option("--max-seconds", type=click.FloatRange(min=1), callback=finite, default=1800, show_default=True,
               help="No new request starts after this.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 def command(url, n_requests, concurrency, prompt_lens, output_lens, seed, api_key, max_seconds, json_path):

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .options import finite
+
 from ..backends import LOADERS
 
 
@@ -24,7 +26,7 @@ from ..backends import LOADERS
               help="Tokens per engine step: one per decoding slot, the rest for prompt chunks (chunked prefill), "
                    "so a long prompt cannot stall running streams. At least --slots. "
                    "[default: max(128, 2 x --slots)]")
-@click.option("--prefix-cache-mb", type=click.FloatRange(min=0, min_open=True), default=256, show_default=True,
+@click.option("--prefix-cache-mb", type=click.FloatRange(min=0, min_open=True), callback=finite, default=256, show_default=True,
               help="Memory for the prefix cache: prompt prefixes already prefilled are reused (LRU).")
 @click.option("--no-prefix-cache", is_flag=True, help="Prefill every prompt from its first token.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you say so).")
@@ -38,10 +40,10 @@ from ..backends import LOADERS
 @click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
               help="Requests served at once (open streams included); more get a JSON 503 with Retry-After. "
                    "/health and /metrics are always answered.")
-@click.option("--timeout-keep-alive", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--timeout-keep-alive", type=click.FloatRange(min=0.1), callback=finite, default=5.0, show_default=True,
               help="Seconds a connection may stay silent (idle, or sending its headers or body) before it is closed.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), callback=finite, default=30.0, show_default=True,
               help="Seconds open streams get to finish after SIGTERM/SIGINT; then they end with an error chunk.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")
 @click.option("--provider", help="ONNX Runtime execution provider (cpu, cuda, tensorrt).")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import seed_option
+from .options import seed_option, finite
 
 from ..config import PRESETS
 from ..tasks import TASKS
@@ -23,10 +23,10 @@ from ..tasks import TASKS
 @click.option("--window", type=click.IntRange(min=1), help="G-SWA window (default: the preset's).")
 @click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), callback=finite, default=3e-3, show_default=True)
 @seed_option(default=0, show_default=True)
 @click.option("--eval-examples", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time cap per variant.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), callback=finite, help="Wall-time cap per variant.")
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")
 @click.option("--threads", type=click.IntRange(min=1),
