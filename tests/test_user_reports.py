@@ -276,6 +276,33 @@ def test_report_files_never_replace_inputs_or_other_files(tiny_exports, tmp_path
     assert json.loads(report.read_text())["written_by"] == "plt-deploy check"
 
 
+def test_export_and_triton_repo_check_the_tokenizer_files_they_copy(ckpt, tmp_path, capsys):
+    """A tokenizer.json with more tokens than the vocabulary, or not valid JSON, was copied into an
+    export (and a Triton repository) that then failed in its first generate (reported)."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({f"w{i}": i for i in range(500)}, unk_token="w0")).save(str(ckpt / "tokenizer.json"))
+    for argv in (("export", "--model", str(ckpt), "--out", str(tmp_path / "ex")),
+                 ("triton-repo", "--model", str(ckpt), "--backend", "torch", "--out", str(tmp_path / "repo"))):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "500 tokens do not fit the model's vocab_size 259")
+    (ckpt / "tokenizer.json").write_text("{bad")
+    code, _, err = run_cli(capsys, "export", "--model", str(ckpt), "--out", str(tmp_path / "ex"))
+    assert_one_line_error(code, err, "not a valid tokenizer.json")
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "repo").exists()
+
+
+def test_hugging_face_text_needs_its_tokenizer(tmp_path, capsys):
+    """A LoopCoder folder without tokenizer.json generated with the byte tokenizer, silently (reported)."""
+    from test_hf_loopcoder import random_loopcoder
+
+    from plt_deploy import hf
+
+    folder = hf.save_hf_checkpoint(random_loopcoder(), tmp_path / "lc")
+    code, _, err = run_cli(capsys, "generate", "--model", str(folder), "--prompt", "def hello")
+    assert_one_line_error(code, err, "tokenizer.json: not found; a Hugging Face model's text needs its own tokenizer")
+
+
 def test_layout_loops_range_matches_init(capsys):
     for command in (("layout", "--preset", "tiny"), ("init", "--out", "x")):
         code, _, err = run_cli(capsys, *command, "--loops", "1")

@@ -191,6 +191,20 @@ def save_onnx(model_proto, path: Path) -> list[str]:
     return [path.name]
 
 
+def check_tokenizer_files(model_dir: Path, cfg) -> None:
+    """The tokenizer files an export copies (TOKENIZER_FILES) load as generate and serve will load
+    them: a corrupt tokenizer.json, a chat template that does not compile or more tokens than the
+    vocabulary fail now, not in the export's first `generate` (reported). A Hugging Face folder
+    without tokenizer.json exports (token-id prompts work); its text commands say what is missing."""
+    from ..serve.chat import load_serve_tokenizer
+
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        return
+    if cfg.extra.get("hf") and not (model_dir / TOKENIZER_FILES[0]).is_file():
+        return
+    load_serve_tokenizer(model_dir, cfg.vocab_size, cfg)
+
+
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
                  max_batch: int = 8, max_seq: int | None = None, force: bool = False, validate: bool = True,
                  progress: bool = True, log=None, weights: WeightSpec | None = None,
@@ -205,11 +219,13 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     """
     from ..output_folder import check_replaceable, claim_output
 
-    log = log or (lambda line: None)
-    if weights is not None:  # a block size that does not fit: refused before anything starts
-        from ..checkpoint import load_config  # our config.json or a Hugging Face one
+    from ..checkpoint import load_config  # our config.json or a Hugging Face one
 
-        weights = check_quantizable(load_config(model_dir), weights, log)
+    log = log or (lambda line: None)
+    cfg = load_config(model_dir)
+    check_tokenizer_files(Path(model_dir), cfg)
+    if weights is not None:  # a block size that does not fit: refused before anything starts
+        weights = check_quantizable(cfg, weights, log)
     if dtype == "bfloat16":
         log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
             "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")

@@ -56,7 +56,9 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     if backend == "torch":  # what the torch backend's load refuses (truncated file, extra tensor), refused now
         from ..checkpoint import load_checkpoint
 
-        load_checkpoint(model)
+        from ..export.exporter import check_tokenizer_files
+
+        check_tokenizer_files(Path(model), load_checkpoint(model).cfg)  # what the model's load reads, checked now
     # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
     checked.limits.check(slots, max_context or default_max_context(checked.limits.max_seq), "--slots",
                          "--max-context" if max_context else "the default --max-context", memory=False)
