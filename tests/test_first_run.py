@@ -316,7 +316,13 @@ def test_bf16_export_warns_that_onnxruntime_cpu_cannot_run_it(ckpt, tmp_path, ca
     code, out, err = run_cli(capsys, "export", "--model", str(ckpt), "--out", str(tmp_path / "bf16"), "--dtype",
                              "bf16", "--no-validate")
     assert code == 0, err
-    assert "warning: ONNX Runtime's CPU provider cannot run a bfloat16 export" in err
+    assert "warning: a bfloat16 export is for TensorRT" in err and "not validated here" in err
+    # a bf16 checkpoint (every published LoopCoder) exports bf16 by default: said too (reported: silent)
+    from plt_deploy.checkpoint import init_checkpoint
+
+    bf16 = init_checkpoint("tiny", tmp_path / "ck16", seed=3, dtype="bfloat16")
+    code, out, err = run_cli(capsys, "export", "--model", str(bf16), "--out", str(tmp_path / "ex16"), "--no-validate")
+    assert code == 0 and "warning: a bfloat16 export (the checkpoint's dtype; --dtype picks another)" in err, err
 
 
 def test_closed_pipe_is_not_a_failure(ckpt):

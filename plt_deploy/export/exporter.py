@@ -226,9 +226,10 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     check_tokenizer_files(Path(model_dir), cfg)
     if weights is not None:  # a block size that does not fit: refused before anything starts
         weights = check_quantizable(cfg, weights, log)
-    if dtype == "bfloat16":
-        log("warning: ONNX Runtime's CPU provider cannot run a bfloat16 export (no bf16 kernels for these graphs); "
-            "it is for TensorRT. Use --dtype fp32 or fp16 for ONNX Runtime")
+    if (dtype or cfg.dtype) == "bfloat16":  # also a bf16 checkpoint (every published LoopCoder) by default
+        log("warning: a bfloat16 export" + ("" if dtype else " (the checkpoint's dtype; --dtype picks another)") +
+            " is for TensorRT: ONNX Runtime's CPU provider has no bf16 kernels for these graphs, so it is not "
+            "validated here; add --dtype fp32 (or fp16) to run it on ONNX Runtime")
     with claim_output(Path(out), log=log):
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir],
                           owned=manifest_lib.owned_names)
