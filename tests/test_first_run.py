@@ -325,6 +325,16 @@ def test_bf16_export_warns_that_onnxruntime_cpu_cannot_run_it(ckpt, tmp_path, ca
     assert code == 0 and "warning: a bfloat16 export (the checkpoint's dtype; --dtype picks another)" in err, err
 
 
+def test_messages_after_a_streamed_line_start_their_own_line(ckpt):
+    """generate --stream printed the prompt, then an error (or Ctrl-C's "interrupted") glued to it
+    in a file holding both streams (reported: `hello]]interrupted`)."""
+    code = "from plt_deploy.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--model", str(ckpt), "--prompt", "hello",
+                           "--max-new-tokens", "5000", "--stream"], env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 1 and b"\nerror: " in proc.stdout and b"helloerror" not in proc.stdout, proc.stdout
+
+
 def test_closed_pipe_is_not_a_failure(ckpt):
     code = "from plt_deploy.cli import main; main()"
     proc = subprocess.run(f"{sys.executable} -c '{code}' generate --model {ckpt} --prompt ab --max-new-tokens 40 "

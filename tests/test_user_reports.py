@@ -303,6 +303,15 @@ def test_hugging_face_text_needs_its_tokenizer(tmp_path, capsys):
     assert_one_line_error(code, err, "tokenizer.json: not found; a Hugging Face model's text needs its own tokenizer")
 
 
+def test_check_refuses_tensorrt_before_comparing_anything(tiny_exports, capsys):
+    """--backends ...,tensorrt on an export without engines ran the ONNX Runtime comparison first (reported)."""
+    ck, ex = tiny_exports["plt"]
+    code, out, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(ex), "--backends",
+                             "torch,onnxruntime,tensorrt")
+    assert_one_line_error(code, err, "no TensorRT engines recorded")
+    assert "check onnxruntime" not in out + err
+
+
 def test_layout_loops_range_matches_init(capsys):
     for command in (("layout", "--preset", "tiny"), ("init", "--out", "x")):
         code, _, err = run_cli(capsys, *command, "--loops", "1")

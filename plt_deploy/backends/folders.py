@@ -77,7 +77,7 @@ def require_kind(path: str | Path, kind: str, flag: str) -> None:
         article = "an" if other == "export" else "a"
         what = " (config.json + model.safetensors)" if kind == "checkpoint" else \
             " (manifest.json + ONNX, from `plt-deploy export`)"
-        raise InputError(f"{flag} {path} is {article} {other} folder; {flag} takes a {kind} folder{what}")
+        raise InputError(f"{flag} {path} is {article} {other} folder; {flag} takes {'an' if kind == 'export' else 'a'} {kind} folder{what}")
 
 
 def variant_dirs(out: str | Path, variants) -> dict[str, Path]:

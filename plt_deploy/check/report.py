@@ -55,6 +55,11 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     for path in weight_files(model):  # a damaged checkpoint is named as such, not as "another model"
         weights_header(path)
     manifest = read_manifest(onnx, expect_model=model)  # refuses damaged files or another model's export
+    if "tensorrt" in tested:  # what loading it would refuse, refused before the other backends' comparisons
+        from ..build import availability, plan_check
+
+        plan_check.trt_section(manifest.data, Path(onnx) / "manifest.json")
+        availability.require()
     dtype = manifest.dtype
     batch, prompt_lengths, steps, new_tokens, notes = fit_workload(manifest.max_batch, manifest.max_seq, 2, steps,
                                                                    new_tokens)

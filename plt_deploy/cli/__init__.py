@@ -75,11 +75,33 @@ def cli():
     """plt-deploy: Parallel Loop Transformer models from PyTorch to ONNX Runtime and TensorRT."""
 
 
+class StreamedLine:
+    """`generate --stream` marks stdout's line as open while it writes tokens (see _mid_line)."""
+
+    open = False
+
+
+def _mid_line() -> bool:
+    """A streamed generation stopped (Ctrl-C, an error) in the middle of its line and stdout and stderr
+    are one terminal or file: the message then starts a line of its own (was "hello]]interrupted")."""
+    if not StreamedLine.open:
+        return False
+    if sys.stderr.isatty():
+        return True
+    try:
+        sys.stdout.flush()
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by an object without a file
+        return False
+    return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+
+
 def main(argv=None):
+    StreamedLine.open = False
     try:
         cli.main(args=argv, prog_name="plt-deploy", standalone_mode=False)
     except (click.exceptions.Abort, Interrupted, KeyboardInterrupt):
-        click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)  # after the terminal's ^C
+        click.echo(("\n" if sys.stderr.isatty() or _mid_line() else "") + "interrupted", err=True)  # after ^C
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -87,7 +109,7 @@ def main(argv=None):
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except PLTError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(("\n" if _mid_line() else "") + f"error: {exc}", err=True)
         sys.exit(1)
     except (ClosedPipe, BrokenPipeError):  # the reader went away (`| head`): not a failure of the command
         try:

@@ -58,9 +58,12 @@ def command(model, prompts, prompt_files, backend, max_new_tokens, temperature, 
     if stream and not streaming:
         click.echo("note: --stream streams one prompt; with several, each is printed when done", err=True)
 
+    from . import StreamedLine
+
     def streamer(text):
         sys.stdout.write(text)
         sys.stdout.flush()
+        StreamedLine.open = True
 
     if streaming:
         streamer(printable(prompts[0]))
@@ -68,6 +71,7 @@ def command(model, prompts, prompt_files, backend, max_new_tokens, temperature, 
                          stream=streamer if streaming else None, **options)
     if streaming:
         click.echo()
+        StreamedLine.open = False
         return
     for prompt, text in zip(prompts, outs):  # one line per prompt: the prompt, then its continuation
         click.echo(printable(prompt) + text)
