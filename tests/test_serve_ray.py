@@ -65,6 +65,8 @@ def test_two_replicas_spread_stream_and_shut_down(checkpoint):  # noqa: F811
         assert 'replica="' in metrics and "plt:generation_tokens_total" in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
+        time.sleep(0.5)  # drain_stderr reads the last lines
+        assert stderr_tail and stderr_tail[-1].strip() == "stopped", stderr_tail  # as without --replicas
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health", timeout=2)
     finally:

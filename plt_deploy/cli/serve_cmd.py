@@ -79,15 +79,17 @@ def command(model, backend, slots, max_context, max_queue, max_step_tokens, pref
     if replicas:
         from ..serve.ray_app import run_ray
 
-        click.echo(f"loading {model} ({backend}, {replicas} Ray Serve replicas x {slots} slots) "
-                   f"to serve on http://{host}:{port}", err=True)
-        run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus, **options)
-        return
-    from ..serve.server import serve_forever
+        click.echo(f"loading {model} ({backend}, {replicas} Ray Serve replica{'s' if replicas > 1 else ''} x "
+                   f"{slots} slots) to serve on http://{host}:{port}", err=True)
+        stopped_by = run_ray(replicas=replicas, max_replicas=max_replicas, ray_address=ray_address, ray_cpus=ray_cpus,
+                             **options)
+    else:
+        from ..serve.server import serve_forever
 
-    click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
-    stopped_by = serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level, max_connections=max_connections,
-                               max_header_bytes=max_header_bytes, timeout_keep_alive=timeout_keep_alive, **options)
+        click.echo(f"loading {model} ({backend}, {slots} slots) to serve on http://{host}:{port}", err=True)
+        stopped_by = serve_forever(shutdown_timeout=shutdown_timeout, log_level=log_level,
+                                   max_connections=max_connections, max_header_bytes=max_header_bytes,
+                                   timeout_keep_alive=timeout_keep_alive, **options)
     click.echo("stopped", err=True)
     if stopped_by == signal.SIGINT:
         sys.exit(130)  # like every plt-deploy command interrupted by Ctrl-C

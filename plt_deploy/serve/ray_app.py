@@ -68,9 +68,9 @@ def deployment(replicas: int = 1, max_replicas: int | None = None, cpus_per_repl
 
 def run_ray(model: str, replicas: int = 1, max_replicas: int | None = None, ray_address: str | None = None,
             ray_cpus: int | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-            max_body_bytes: int = 1 << 20, max_tokens_limit: int | None = None, **engine_options) -> None:
+            max_body_bytes: int = 1 << 20, max_tokens_limit: int | None = None, **engine_options) -> int | None:
     """Start (or join) Ray, run the deployment behind Ray's HTTP proxy, block until SIGTERM/SIGINT,
-    then shut Serve and the local Ray down (exit 0)."""
+    then shut Serve and the local Ray down; returns that signal's number (as serve_forever does)."""
     import ray
 
     from .app import api_key_from_env
@@ -80,9 +80,9 @@ def run_ray(model: str, replicas: int = 1, max_replicas: int | None = None, ray_
     else:  # a local instance: loopback only, no dashboard, a bounded number of CPUs
         ray.init(num_cpus=ray_cpus or max(replicas, max_replicas or 0), include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
-    stop = threading.Event()
+    stop, stopped_by = threading.Event(), []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: (stopped_by.append(signum), stop.set()))
     try:
         serve.start(http_options={"host": host, "port": port})
         settings = {"api_key": api_key_from_env(api_key), "max_body_bytes": max_body_bytes,
@@ -90,8 +90,9 @@ def run_ray(model: str, replicas: int = 1, max_replicas: int | None = None, ray_
         app = deployment(replicas, max_replicas, engine_options=dict(model_dir=model, **engine_options),
                          settings_options=settings)
         serve.run(app, name="plt", route_prefix="/", blocking=False)
-        print(f"ready: {replicas} replica(s) on http://{host}:{port}", flush=True)
+        print(f"ready: {replicas} replica{'s' if replicas > 1 else ''} on http://{host}:{port}", flush=True)
         stop.wait()
     finally:
         serve.shutdown()
         ray.shutdown()
+    return stopped_by[0] if stopped_by else None
