@@ -3,6 +3,7 @@
     python -m plt_deploy.bench.micro linear [THREADS]   # torch: F.linear vs (W @ x.T).T vs per-row mat-vec
     python -m plt_deploy.bench.micro matmul      # ONNX Runtime MatMul with 1, 2, 3, 8 rows
     python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080, 2 layouts
+    python -m plt_deploy.bench.micro kv-read     # the shared cache's read per decode step vs the memory floor
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
@@ -163,8 +164,48 @@ def profile(export_dir: str, batch: int = 1, max_seq: int = 640, steps: int = 40
         print(f"  {op:18s} {ms:7.3f} ms  ({count[op] // steps} nodes)")
 
 
+def kv_read(layers: int = 10, hkv: int = 4, d: int = 64, t: int = 2080, rows: int = 4) -> None:
+    """What long-context decode pays per step for the shared cache: the global Attention of every layer
+    reads K and V of t positions (the small preset's shapes; rows = G query heads x R loop rows of a
+    KV head, the G-SWA body's grouped layout). Against the memory floor (numpy summing the same bytes)
+    and torch's SDPA; fp16 caches halve the bytes. Prints ms and the read rate in GB/s."""
+    import torch
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    fns, nbytes = {}, {}
+    for name, np_type, onnx_type in (("fp32", np.float32, TensorProto.FLOAT), ("fp16", np.float16, TensorProto.FLOAT16)):
+        feeds = {"q": rng.standard_normal((1, hkv, rows, d)).astype(np_type), "n": np.array([t])}
+        for i in range(layers):
+            for kv in ("k", "v"):
+                feeds[f"{kv}{i}"] = rng.standard_normal((1, hkv, t, d)).astype(np_type)
+        ins = [helper.make_tensor_value_info("q", onnx_type, [1, hkv, rows, d]),
+               helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+        ins += [helper.make_tensor_value_info(f"{kv}{i}", onnx_type, [1, hkv, t, d])
+                for i in range(layers) for kv in ("k", "v")]
+        nodes = [helper.make_node("Attention", ["q", f"k{i}", f"v{i}", "", "", "", "n"], [f"y{i}"], scale=d ** -0.5)
+                 for i in range(layers)]
+        sess = _session(nodes, ins, [helper.make_tensor_value_info(f"y{i}", onnx_type, None) for i in range(layers)])
+        caches = [feeds[f"{kv}{i}"] for i in range(layers) for kv in ("k", "v")]
+        size = sum(c.nbytes for c in caches)
+        fns[f"ONNX Runtime Attention, {name} cache"] = (lambda s, f: lambda: s.run(None, f))(sess, feeds)
+        # the floor reads the same bytes as float32 words (their values do not matter: no conversion)
+        fns[f"memory floor (numpy sum), {name}"] = (lambda cs: lambda: [c.view(np.float32).sum() for c in cs])(caches)
+        nbytes.update({f"ONNX Runtime Attention, {name} cache": size, f"memory floor (numpy sum), {name}": size})
+        if name == "fp32":
+            tq = torch.from_numpy(feeds["q"])
+            tkv = [(torch.from_numpy(feeds[f"k{i}"]), torch.from_numpy(feeds[f"v{i}"])) for i in range(layers)]
+            fns["torch SDPA, fp32 cache"] = lambda: [torch.nn.functional.scaled_dot_product_attention(tq, k, v)
+                                                     for k, v in tkv]
+            nbytes["torch SDPA, fp32 cache"] = size
+    torch.set_num_threads(1)
+    for k, v in _interleaved(fns).items():
+        print(f"{layers} layers x K+V of {t} positions ({nbytes[k] / 2**20:.0f} MiB), {k}: {v:.2f} ms, "
+              f"{nbytes[k] / v / 1e6:.1f} GB/s")
+
+
 if __name__ == "__main__":
-    cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile}
+    cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]
