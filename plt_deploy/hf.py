@@ -98,6 +98,14 @@ def config_from_hf(data: dict, path: Path) -> PLTConfig:
     for key in ("quantization", "quantization_config"):
         if data.get(key):
             refuse(f"{key}: quantized checkpoints are not supported; use the unquantized (bf16/fp16/fp32) weights")
+    params = data.get("rope_parameters")  # transformers 5 writes rope_theta (and the RoPE type) here
+    if params is not None:
+        if not (isinstance(params, dict) and set(params) <= {"rope_theta", "rope_type", "type"}
+                and all(params[k] == "default" for k in ("rope_type", "type") if k in params)):
+            refuse(f"rope_parameters {params!r} is not supported (plain RoPE only: rope_theta and rope_type "
+                   "'default')")
+        if "rope_theta" in params and "rope_theta" not in data:
+            data = {**data, "rope_theta": params["rope_theta"]}
     scaling = data.get("rope_scaling")
     if scaling and not (isinstance(scaling, dict) and set(scaling) <= {"rope_type", "type"}
                         and all(v == "default" for v in scaling.values())):  # {"rope_type": "default"}: plain RoPE

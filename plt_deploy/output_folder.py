@@ -344,13 +344,16 @@ def check_report_path(path: str | Path, flag: str, reads: dict[str, str | Path |
     """A report file (`check --report`, `bench --json`) may neither go inside a folder the command
     reads (it replaced a checkpoint's config.json or an export's manifest.json: reported) nor replace
     a file that is not an earlier report of the same command (`is_earlier_report(data)` on its JSON)."""
-    target = Path(path).resolve()
+    try:
+        target = Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise InputError(f"{flag} {path}: cannot resolve the path ({exc})") from None
     for read_flag, folder in reads.items():
         if folder is not None and target.is_relative_to(Path(folder).resolve()):
             raise InputError(f"{flag} {path}: inside {read_flag} {folder}, which this command reads; "
                              f"write the report elsewhere")
-    if not target.exists() and not target.is_symlink():
-        return
+    if not target.exists() and not target.is_symlink() or target.is_file() and target.stat().st_size == 0:
+        return  # a new file, or an empty one (`--report "$(mktemp)"`)
     try:
         data = json.loads(target.read_text()) if target.is_file() else None
     except (OSError, ValueError):

@@ -184,13 +184,11 @@ def train_variants(out: str | Path, task: str = "addition", variants=("plt",), p
             if replacing:  # the partial run goes, the earlier one stays
                 raise TrainingInterrupted(exc.variant, exc.step, steps, final_dirs[exc.variant], kept=out) from None
             raise
-        except ModelError:  # diverged: a NaN model is kept nowhere (an earlier run, if any, stays)
-            if not replacing:  # out held nothing before this run: everything in it is this run's
-                if existed:
-                    for child in out.iterdir():
-                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-                else:
-                    shutil.rmtree(out, ignore_errors=True)
+        except ModelError:  # diverged: _train_one emptied that variant's folder; variants that finished stay
+            if not replacing:  # (replacing: the whole new run goes with `work`, the earlier one stays)
+                for folder in [*dirs.values(), out]:
+                    if folder.is_dir() and not any(folder.iterdir()) and (folder != out or not existed):
+                        folder.rmdir()
             raise
         finally:
             if replacing:
@@ -246,7 +244,12 @@ def _train_one(name: str, cfg, task: Task, out_dir: Path, steps: int, batch: int
             save_checkpoint(model, out_dir)
 
     start = time.monotonic()
-    losses = train(model, task, settings, on_step=on_step, should_stop=should_stop)
+    try:
+        losses = train(model, task, settings, on_step=on_step, should_stop=should_stop)
+    except ModelError as exc:  # diverged: its checkpoints (NaN, or of a run that failed) are not kept
+        for child in out_dir.iterdir():  # the folder held nothing before this variant's run
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise ModelError(f"{exc}; {name}'s checkpoint was not kept") from None
     seconds = time.monotonic() - start
     save_checkpoint(model, out_dir)
     if should_stop is not None and should_stop():

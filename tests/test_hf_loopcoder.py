@@ -150,6 +150,15 @@ def test_config_shapes_that_are_accepted_or_explained(tmp_path):
     data = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**data, "rope_scaling": {"rope_type": "default"}}))
     load_checkpoint(folder)  # plain RoPE spelled out
+    theta = data["rope_theta"]  # transformers 5 writes it into rope_parameters
+    v5 = {**{k: v for k, v in data.items() if k != "rope_theta"}, "rope_parameters": {"rope_theta": theta,
+                                                                                     "rope_type": "default"}}
+    (folder / "config.json").write_text(json.dumps(v5))
+    assert load_checkpoint(folder).cfg.rope_theta == theta
+    (folder / "config.json").write_text(json.dumps({**v5, "rope_parameters": {"rope_theta": theta,
+                                                                              "rope_type": "yarn"}}))
+    with pytest.raises(CheckpointError, match="rope_parameters .* is not supported"):
+        load_checkpoint(folder)
     (folder / "config.json").write_text(json.dumps({k: v for k, v in data.items() if k != "model_type"}))
     with pytest.raises(CheckpointError, match="a Hugging Face config without model_type"):
         load_checkpoint(folder)

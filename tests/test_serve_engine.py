@@ -294,6 +294,7 @@ def test_chunks_are_oldest_first_under_the_step_budget():
     ("{{ strftime_now('%Y') }}", None),  # Llama 3's date line
     ("{{ {'b': 1, 'a': 2} | tojson }}", '{"b": 1, "a": 2}'),  # key order kept, as Hugging Face's tojson
     ([{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ messages | length }}"}], "D2"),
+    ("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}", "SHi"),
 ])
 def test_chat_templates_hugging_face_accepts(tmp_path, template, want):
     """Templates that transformers' apply_chat_template runs (reported: {% break %} answered 500 on every

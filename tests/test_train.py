@@ -54,3 +54,21 @@ def test_a_diverging_run_keeps_nothing(tmp_path, capsys):
     with pytest.raises(ModelError):
         train_variants(tmp_path / "empty", steps=3, lr=float("inf"), eval_examples=4)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_a_diverging_variant_keeps_the_variants_that_finished(tmp_path, monkeypatch):
+    from plt_deploy import training
+    from plt_deploy.errors import ModelError
+
+    real, calls = training.train, []
+
+    def second_diverges(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ModelError("training diverged at step 1: the loss is nan; lower --lr (it is 1)")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "train", second_diverges)
+    with pytest.raises(ModelError, match="vanilla's checkpoint was not kept"):
+        train_variants(tmp_path / "run", variants=("plt", "vanilla"), steps=2, eval_examples=4)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["plt"]
+    load_checkpoint(tmp_path / "run" / "plt")  # the finished variant, whole

@@ -268,7 +268,12 @@ def test_report_files_never_replace_inputs_or_other_files(tiny_exports, tmp_path
         assert "exists and is not an earlier report" in err or "inside --model" in err, err
     assert mine.read_text() == '{"my": "notes"}' and not (ck / "r.json").exists()
     assert {p: p.read_bytes() for p in before} == before
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    code, _, err = run_cli(capsys, "loadtest", "--url", "http://127.0.0.1:1", "--json", str(loop))
+    assert_one_line_error(code, err, "cannot resolve the path")
     report = tmp_path / "check.json"
+    report.write_text("")  # an empty file (`--report "$(mktemp)"`) is taken
     for _ in range(2):  # a second run replaces the first run's report
         code, out, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(ex), "--report", str(report),
                                  "--steps", "1", "--new-tokens", "1")
@@ -301,6 +306,14 @@ def test_hugging_face_text_needs_its_tokenizer(tmp_path, capsys):
     folder = hf.save_hf_checkpoint(random_loopcoder(), tmp_path / "lc")
     code, _, err = run_cli(capsys, "generate", "--model", str(folder), "--prompt", "def hello")
     assert_one_line_error(code, err, "tokenizer.json: not found; a Hugging Face model's text needs its own tokenizer")
+    code, _, err = run_cli(capsys, "triton-repo", "--model", str(folder), "--backend", "torch", "--out",
+                           str(tmp_path / "repo"))  # its model load would refuse it: refused now
+    assert_one_line_error(code, err, f"{folder / 'tokenizer.json'}: not found")
+    code, _, err = run_cli(capsys, "export", "--model", str(folder), "--out", str(tmp_path / "ex"), "--no-validate")
+    assert code == 0 and "has no tokenizer.json: generate, serve and triton-repo will refuse this export" in err
+    code, _, err = run_cli(capsys, "triton-repo", "--model", str(tmp_path / "ex"), "--out", str(tmp_path / "repo"))
+    assert_one_line_error(code, err, f"{tmp_path / 'ex' / 'tokenizer.json'}: not found")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_check_refuses_tensorrt_before_comparing_anything(tiny_exports, capsys):

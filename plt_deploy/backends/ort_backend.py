@@ -159,7 +159,7 @@ class OrtBackend(Backend):
 
         self.manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
         self.config = self.manifest.config
-        self.tokenizer_dir = str(export_dir) if (Path(export_dir) / "tokenizer.json").is_file() else None
+        self.tokenizer_dir = str(export_dir)  # the tokenizer files export copied (none: the byte tokenizer)
         if self.manifest.dtype == "bfloat16":
             raise BackendUnavailable(f"{export_dir}: bfloat16 exports do not run on ONNX Runtime's CPU provider; "
                                      "export with --dtype float32 or float16")

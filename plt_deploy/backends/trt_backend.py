@@ -261,7 +261,7 @@ class TrtBackend(Backend):
         # device: a CUDA ordinal (Triton's model_instance_device_id); None = the current device.
         self.device = torch.device("cuda", torch.cuda.current_device() if device is None else int(device))
         self.manifest, self.config = manifest, manifest.config
-        self.tokenizer_dir = str(export_dir) if (export_dir / "tokenizer.json").is_file() else None
+        self.tokenizer_dir = str(export_dir)  # the tokenizer files export copied (none: the byte tokenizer)
         self.plugin = None
         if section.get("plugin"):
             from ..build.plugin import ENV_VAR, load_plugin

@@ -86,7 +86,7 @@ def _mid_line() -> bool:
     are one terminal or file: the message then starts a line of its own (was "hello]]interrupted")."""
     if not StreamedLine.open:
         return False
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and sys.stdout.isatty():  # one terminal (stdout to a file: its line is not ours)
         return True
     try:
         sys.stdout.flush()

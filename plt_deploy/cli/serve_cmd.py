@@ -38,8 +38,9 @@ from ..backends import LOADERS
 @click.option("--max-header-bytes", type=click.IntRange(min=1024), default=16384, show_default=True,
               help="Request line + headers; larger get 431.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Requests served at once (open streams included); more get a JSON 503 with Retry-After. "
-                   "/health and /metrics are always answered.")
+              help="Requests served at once (open streams included); more get a JSON 503 with Retry-After, "
+                   "while /health and /metrics are still answered. Connections beyond twice this many "
+                   "(idle ones included) get uvicorn's plain 503, /health too.")
 @click.option("--timeout-keep-alive", type=click.FloatRange(min=0.1), callback=finite, default=5.0, show_default=True,
               help="Seconds a connection may stay silent (idle, or sending its headers or body) before it is closed.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), help="Largest max_tokens accepted (default: --max-context).")

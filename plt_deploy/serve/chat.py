@@ -7,8 +7,8 @@ model to continue. As Hugging Face does, an own template gets the bos/eos token 
 text is encoded without adding special tokens (the template writes them).
 
 Templates run in the environment Hugging Face's apply_chat_template gives them (a sandbox with
-trim_blocks, lstrip_blocks and loop controls; `raise_exception`, `strftime_now` and a `tojson`
-that keeps key order) and are compiled when the tokenizer loads, so a template that cannot
+trim_blocks, lstrip_blocks, loop controls and `{% generation %}`; `raise_exception`, `strftime_now`
+and a `tojson` that keeps key order) and are compiled when the tokenizer loads, so a template that cannot
 compile fails at startup, not on each request.
 """
 
@@ -75,8 +75,18 @@ def _environment():
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
+    class Generation(jinja2.ext.Extension):
+        """{% generation %}...{% endgeneration %} (Hugging Face marks the assistant's tokens with it for
+        training masks): renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[jinja2.ext.loopcontrols])
+                                                       extensions=[jinja2.ext.loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)

@@ -17,8 +17,9 @@ limit): a request head (request line + headers) above `max_header_bytes` gets 43
 that sends no complete head within `timeout_keep_alive` seconds (idle after connecting, between
 requests, or sending its headers slowly) is closed, and so is a body that stalls that long (408,
 in the app); over `max_connections` requests in the app at once (streams included), requests get
-a JSON 503 with Retry-After at once (RequestLimit; /health and /metrics are always answered), and
-uvicorn refuses connections beyond twice that many (idle kept-alive ones included).
+a JSON 503 with Retry-After at once (RequestLimit; /health and /metrics are still answered), and
+uvicorn answers every request, /health too, with its plain 503 while more than twice that many
+connections are open (idle kept-alive ones included).
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def _server_class():
 
 class RequestLimit:
     """Pure ASGI wrapper: at most `limit` requests inside the app at once (open streams included);
-    one more gets a JSON 503 with Retry-After at once. /health and /metrics are always answered, so
-    a load balancer's health check still sees a live server during a flood."""
+    one more gets a JSON 503 with Retry-After at once. /health and /metrics are still answered, so a
+    load balancer's health check sees a live server during a flood of requests (not during a flood
+    of more than twice as many connections: uvicorn's own limit, see the module docstring)."""
 
     ALWAYS = ("/health", "/metrics")
 

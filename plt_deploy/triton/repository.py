@@ -56,9 +56,11 @@ def write_repository(model: str | Path, out: str | Path, backend: str = "onnxrun
     if backend == "torch":  # what the torch backend's load refuses (truncated file, extra tensor), refused now
         from ..checkpoint import load_checkpoint
 
-        from ..export.exporter import check_tokenizer_files
+        load_checkpoint(model)
+    from ..serve.chat import load_serve_tokenizer
 
-        check_tokenizer_files(Path(model), load_checkpoint(model).cfg)  # what the model's load reads, checked now
+    config = checked.limits.config  # the tokenizer (and chat template) the model's load reads, refused now
+    load_serve_tokenizer(Path(model), config.vocab_size, config)
     # what serve and Triton's model load refuse (Engine: backend.limits), refused now; memory is the server's
     checked.limits.check(slots, max_context or default_max_context(checked.limits.max_seq), "--slots",
                          "--max-context" if max_context else "the default --max-context", memory=False)
