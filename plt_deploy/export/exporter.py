@@ -191,20 +191,22 @@ def save_onnx(model_proto, path: Path) -> list[str]:
     return [path.name]
 
 
-def check_tokenizer_files(model_dir: Path, cfg, log) -> None:
+def check_tokenizer_files(model_dir: Path, cfg) -> str | None:
     """The tokenizer files an export copies (TOKENIZER_FILES) load as generate and serve will load
     them: a corrupt tokenizer.json, a chat template that does not compile or more tokens than the
     vocabulary fail now, not in the export's first `generate` (reported). A Hugging Face folder
     without tokenizer.json still exports (check, bench and the Python API take token ids), with a
-    warning: generate, serve and triton-repo refuse it for want of its tokenizer."""
+    warning (returned, for the end of a successful export): generate, serve and triton-repo refuse
+    it for want of its tokenizer."""
     from ..serve.chat import load_serve_tokenizer
     from ..tokenizer import ByteTokenizer
 
     if cfg.extra.get("hf") and cfg.vocab_size != ByteTokenizer.vocab_size and not (model_dir / TOKENIZER_FILES[0]).is_file():
-        log(f"warning: {model_dir} has no {TOKENIZER_FILES[0]}: generate, serve and triton-repo will refuse this "
-            f"export; copy the model's tokenizer files into {model_dir} and export again")
-    elif any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        return (f"warning: {model_dir} has no {TOKENIZER_FILES[0]}: generate, serve and triton-repo will refuse "
+                f"this export; copy the model's tokenizer files into {model_dir} and export again")
+    if any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         load_serve_tokenizer(model_dir, cfg.vocab_size, cfg)
+    return None
 
 
 def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = None, opset: int = DEFAULT_OPSET,
@@ -225,7 +227,7 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
 
     log = log or (lambda line: None)
     cfg = load_config(model_dir)
-    check_tokenizer_files(Path(model_dir), cfg, log)
+    tokenizer_warning = check_tokenizer_files(Path(model_dir), cfg)
     if weights is not None:  # a block size that does not fit: refused before anything starts
         weights = check_quantizable(cfg, weights, log)
     if (dtype or cfg.dtype) == "bfloat16":  # also a bf16 checkpoint (every published LoopCoder) by default
@@ -235,8 +237,11 @@ def export_model(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     with claim_output(Path(out), log=log):
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[model_dir],
                           owned=manifest_lib.owned_names)
-        return _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log,
-                             streamed)
+        written = _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights,
+                                log, streamed)
+    if tokenizer_warning:
+        log(tokenizer_warning)
+    return written
 
 
 def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, validate, progress, weights, log,
