@@ -48,9 +48,13 @@ TEMPORARY_MARKER = ".plt-deploy-temporary"  # inside every temporary folder this
 def claim_output(out: Path, log=None, command: str = "export"):
     """Hold `out`'s lock for the with-block; `command` names the run in messages ("export", "train")."""
     out, where = Path(out), _absolute(out)  # `--out .`: the lock goes beside the folder, not into it
-    where.parent.mkdir(parents=True, exist_ok=True)
     lock_path = where.parent / f".{where.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # read-only or full: name the user's folder, not our lock file (reported)
+        raise ArtifactError(f"--out {out}: cannot write beside it in {where.parent} ({exc.strerror or exc}); "
+                            "choose another --out") from None
     try:
         _lock(fd, lock_path, out, command)
         try:
@@ -150,7 +154,7 @@ def _lock(fd: int, lock_path: Path, out: Path, command: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        raise ArtifactError(f"{out}: another {command} into this folder is running (pid {holder}); "
+        raise ArtifactError(f"{out}: another plt-deploy run into this folder is running (pid {holder}); "
                             "wait for it or choose another --out") from None
     try:
         same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino

@@ -233,7 +233,7 @@ def test_one_export_at_a_time_and_stale_temporaries(tmp_path):
     with claim_output(out, log=notes.append):
         assert not stale.exists() and "interrupted export" in notes[0] and len(notes) == 1
         assert (users / "notes.txt").read_text() == "mine"
-        with pytest.raises(ArtifactError, match="another export into this folder is running"):
+        with pytest.raises(ArtifactError, match="another plt-deploy run into this folder is running"):
             with claim_output(out):
                 pass
     with claim_output(out):  # released

@@ -121,7 +121,7 @@ def test_second_train_into_the_same_out_is_refused_at_once(tmp_path):
         first.communicate()
     err = second.stderr.decode()
     assert second.returncode == 1 and "Traceback" not in err, err
-    assert err.strip() == (f"error: {out}: another train into this folder is running (pid {first.pid}); "
+    assert err.strip() == (f"error: {out}: another plt-deploy run into this folder is running (pid {first.pid}); "
                            "wait for it or choose another --out")
     assert not (out / "train_results.json").exists()  # the refused run wrote nothing
 

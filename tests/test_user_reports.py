@@ -400,3 +400,24 @@ def test_a_ctrl_c_that_torch_swallows_while_tracing_still_stops_the_export(ckpt,
         exporter.export_model(ckpt, tmp_path / "ex", progress=False)
     assert not (tmp_path / "ex").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_export_refuses_a_checkpoint_replaced_while_it_was_exported(tmp_path, monkeypatch):
+    """train --force into --model during an export: the graphs held the old weights, the manifest
+    named the new file (reported). Now the export fails and writes nothing."""
+    from plt_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from plt_deploy.errors import ArtifactError
+    from plt_deploy.export import manifest as manifest_lib
+    from plt_deploy.export.exporter import export_model
+
+    ck = init_checkpoint("tiny", tmp_path / "ck", seed=5)
+    real = manifest_lib.model_identity
+
+    def replaced_meanwhile(model_dir):
+        other = load_checkpoint(init_checkpoint("tiny", tmp_path / "other", seed=6))
+        save_checkpoint(other, ck)  # what a concurrent `train --force --out ck` does at its end
+        return real(model_dir)
+    monkeypatch.setattr(manifest_lib, "model_identity", replaced_meanwhile)
+    with pytest.raises(ArtifactError, match="its files changed while they were exported"):
+        export_model(ck, tmp_path / "ex", progress=False, validate=False)
+    assert not (tmp_path / "ex").exists()

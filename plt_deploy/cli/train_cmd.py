@@ -25,7 +25,8 @@ from ..tasks import TASKS
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), callback=finite, default=3e-3, show_default=True)
 @seed_option(default=0, show_default=True)
-@click.option("--eval-examples", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--eval-examples", type=click.IntRange(min=1, max=100_000), default=256, show_default=True,
+              help="Held-out examples scored after training (all kept in memory at once).")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), callback=finite, help="Wall-time cap per variant.")
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Write the checkpoint every N steps (0 = only at the end); Ctrl-C keeps the last one.")

@@ -270,6 +270,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         def advance():  # a stage is done: show the next one
             bar.advance(stages[bar.done + 1] if bar.done + 1 < len(stages) else "done")
         reader = None
+        files_before = manifest_lib.model_files_state(model_dir)
         if streamed and weights is not None and hf.is_hf_folder(model_dir):  # weights read from the shards one by one
             from .stream import ShardReader, placeholder_model
 
@@ -311,6 +312,9 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
                                           weight_names=names)
                 advance()
             identity = manifest_lib.model_identity(model_dir)
+            if manifest_lib.model_files_state(model_dir) != files_before:
+                raise ArtifactError(f"{model_dir}: its files changed while they were exported (another run wrote "
+                                    "them); nothing written: export again when it has finished")
             weights_sha = {k: v for k, v in identity.items() if k != "config.json"}
             meta = {"plt.model_sha256": next(iter(weights_sha.values())) if len(weights_sha) == 1
                     else json.dumps(weights_sha, sort_keys=True), "plt.dtype": dtype,

@@ -71,6 +71,16 @@ def model_identity(model_dir: Path) -> dict:
     return {p.name: sha256_file(p) for p in files}
 
 
+def model_files_state(model_dir: Path) -> dict:
+    """(inode, size, mtime) of the files model_identity hashes: taken before the checkpoint is loaded
+    and compared after it is hashed, so an export never names weights other than those it holds
+    (a `train --force` into --model during the export replaced them: reported)."""
+    from ..checkpoint import CONFIG_FILE, weight_files
+
+    files = [Path(model_dir) / CONFIG_FILE, *weight_files(model_dir)]
+    return {p.name: (s.st_ino, s.st_size, s.st_mtime_ns) for p in files for s in [p.stat()]}
+
+
 def op_entry() -> dict:
     return {"name": contract.OP_NAME, "domain": contract.OP_DOMAIN, "version": contract.OP_VERSION,
             "plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": str(contract.OP_VERSION)}
