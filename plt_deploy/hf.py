@@ -272,11 +272,12 @@ def tensor_entries(path: Path) -> dict:
     return out
 
 
-def mmap_tensors(path: Path) -> dict:
-    """Every tensor of a safetensors file as a view of a private memory map of it (no copy)."""
+def mmap_tensors(path: Path, entries: dict | None = None) -> dict:
+    """Every tensor of a safetensors file as a view of a private memory map of it (no copy);
+    `entries`: its tensor_entries, when the caller has read them already."""
     import torch
 
-    entries = tensor_entries(path)
+    entries = tensor_entries(path) if entries is None else entries
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if path.stat().st_size else None
     return {name: (torch.frombuffer(mm, dtype=dtype, count=count, offset=begin) if count
@@ -312,9 +313,10 @@ class FileTensor:
         return t.view(self.shape)
 
 
-def file_tensors(path: Path) -> dict:
-    """Every tensor of a safetensors file as a FileTensor (nothing read yet)."""
-    return {name: FileTensor(path, *entry) for name, entry in tensor_entries(path).items()}
+def file_tensors(path: Path, entries: dict | None = None) -> dict:
+    """Every tensor of a safetensors file as a FileTensor (nothing read yet); `entries` as mmap_tensors'."""
+    entries = tensor_entries(path) if entries is None else entries
+    return {name: FileTensor(path, *entry) for name, entry in entries.items()}
 
 
 def load_weights(model_dir: Path, cfg: PLTConfig) -> dict:
@@ -330,11 +332,13 @@ def weight_readers(model_dir: Path, cfg: PLTConfig, mapped: bool = True) -> dict
     on each call (export/stream.py: nothing stays resident after use)."""
     from .checkpoint import weight_layout
 
-    files = {path for path, _ in shard_entries(model_dir).values()}  # refuses a bad index, shard, duplicate first
+    by_file: dict[Path, dict] = {}  # each shard's headers, read once (a bad index, shard or duplicate refused first)
+    for name, (path, entry) in shard_entries(model_dir).items():
+        by_file.setdefault(path, {})[name] = entry
     index = model_dir / INDEX_FILE
     found: dict[str, tuple] = {}  # HF name -> (tensor, file)
-    for path in sorted(files):
-        for name, t in (mmap_tensors if mapped else file_tensors)(path).items():
+    for path, entries in sorted(by_file.items()):
+        for name, t in (mmap_tensors if mapped else file_tensors)(path, entries).items():
             if not name.endswith(IGNORED_SUFFIXES):
                 found[name] = (t, path)
     expected = {hf_name(name)[0]: (name, shape) for name, shape, _ in weight_layout(cfg)}

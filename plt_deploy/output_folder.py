@@ -80,15 +80,20 @@ def claim_output(out: Path, log=None, command: str = "export"):
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def temporary_folder(out: Path, suffix: str = ".tmp") -> Path:
     """A new hidden `.NAME.*.tmp` folder beside `out`, marked as this tool's (claim_output removes
     only marked ones; swap_in removes the marker), with the permissions mkdir would give it (mkdtemp
     makes 0700: a published folder would be unreadable to other users, e.g. a Triton server's)."""
     where = _absolute(out)
     tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=f".{where.name}.", suffix=suffix))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)
+    tmp.chmod(0o777 & ~current_umask())
     (tmp / TEMPORARY_MARKER).write_text(json.dumps({"written_by": "plt-deploy", "for": where.name,
                                                     "pid": os.getpid()}) + "\n")
     return tmp

@@ -124,14 +124,19 @@ def eos_ids_of(model_dir: Path, config=None) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def needs_own_tokenizer(config, vocab_size: int) -> bool:
+    """A Hugging Face model's ids mean nothing as bytes: without its tokenizer.json its text cannot be
+    read or written (unless its vocabulary is the byte one, as tests' tiny ones)."""
+    return config is not None and bool(config.extra.get("hf")) and vocab_size != ByteTokenizer.vocab_size
+
+
 def load_tokenizer(model_dir: str | Path | None, vocab_size: int, config=None):
     """tokenizer.json in model_dir if present, else the byte tokenizer; checked against the vocab.
     config (PLTConfig): where a Hugging Face folder's eos list is when it has no generation_config.json."""
     path = Path(model_dir) / HF_TOKENIZER_FILE if model_dir is not None else None
     if path is not None and path.is_file():
         tok = HFTokenizer(path, eos_ids_of(path.parent, config))
-    elif config is not None and config.extra.get("hf") and vocab_size != ByteTokenizer.vocab_size:
-        # a Hugging Face model's ids mean nothing as bytes (unless its vocabulary is the byte one: tests' tiny ones)
+    elif needs_own_tokenizer(config, vocab_size):
         raise CheckpointError(f"{path or 'the model'}: not found; a Hugging Face model's text needs its own "
                               "tokenizer: copy tokenizer.json (and tokenizer_config.json, generation_config.json) "
                               "from the model's repository into the folder")

@@ -199,9 +199,9 @@ def check_tokenizer_files(model_dir: Path, cfg) -> str | None:
     warning (returned, for the end of a successful export): generate, serve and triton-repo refuse
     it for want of its tokenizer."""
     from ..serve.chat import load_serve_tokenizer
-    from ..tokenizer import ByteTokenizer
+    from ..tokenizer import needs_own_tokenizer
 
-    if cfg.extra.get("hf") and cfg.vocab_size != ByteTokenizer.vocab_size and not (model_dir / TOKENIZER_FILES[0]).is_file():
+    if needs_own_tokenizer(cfg, cfg.vocab_size) and not (model_dir / TOKENIZER_FILES[0]).is_file():
         return (f"warning: {model_dir} has no {TOKENIZER_FILES[0]}: generate, serve and triton-repo will refuse "
                 f"this export; copy the model's tokenizer files into {model_dir} and export again")
     if any((model_dir / name).is_file() for name in TOKENIZER_FILES):

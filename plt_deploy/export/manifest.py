@@ -65,20 +65,21 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def model_identity(model_dir: Path) -> dict:
     """sha256 of the checkpoint's config.json and weight files (model.safetensors, or a Hugging Face
     folder's shards): which model an export came from."""
+    return {p.name: sha256_file(p) for p in model_files(model_dir)}
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    """The checkpoint files that say which model it is: config.json and the weight files."""
     from ..checkpoint import CONFIG_FILE, weight_files
 
-    files = [Path(model_dir) / CONFIG_FILE, *weight_files(model_dir)]
-    return {p.name: sha256_file(p) for p in files}
+    return [Path(model_dir) / CONFIG_FILE, *weight_files(model_dir)]
 
 
 def model_files_state(model_dir: Path) -> dict:
     """(inode, size, mtime) of the files model_identity hashes: taken before the checkpoint is loaded
     and compared after it is hashed, so an export never names weights other than those it holds
     (a `train --force` into --model during the export replaced them: reported)."""
-    from ..checkpoint import CONFIG_FILE, weight_files
-
-    files = [Path(model_dir) / CONFIG_FILE, *weight_files(model_dir)]
-    return {p.name: (s.st_ino, s.st_size, s.st_mtime_ns) for p in files for s in [p.stat()]}
+    return {p.name: (s.st_ino, s.st_size, s.st_mtime_ns) for p in model_files(model_dir) for s in [p.stat()]}
 
 
 def op_entry() -> dict:
