@@ -113,6 +113,10 @@ class DecoderSession(ABC):
         """Bytes of KV-cache buffers this session allocated."""
         return 0
 
+    def _reserve(self, needed: int) -> None:
+        """Make the state hold `needed` slots per row before a step reads or writes them (`needed` covers
+        every row's length). Sessions whose buffers always hold max_seq slots do nothing."""
+
     # The primitive and what is built on it -----------------------------------------------------
     def extend(self, slots: list[int], tokens: torch.Tensor, lengths: torch.Tensor,
                start_pos: torch.Tensor) -> torch.Tensor:
@@ -123,6 +127,8 @@ class DecoderSession(ABC):
         start_pos = torch.as_tensor(start_pos, dtype=torch.int64)
         lengths = torch.as_tensor(lengths, dtype=torch.int64)
         self.check_extend(slots, tokens, lengths, start_pos)
+        if slots:
+            self._reserve(max(int((start_pos + tokens.shape[1]).max()), int(self.lengths.max())))
         rows = torch.tensor(slots, dtype=torch.int64)
         logits = self._extend(rows, tokens, lengths, start_pos)
         self.lengths[rows] = start_pos + lengths
@@ -144,6 +150,7 @@ class DecoderSession(ABC):
         ring slot at their next position, which their next extend overwrites before reading, and their
         carry and length are put back as they were."""
         self.check_decode(self.prefilled)
+        self._reserve(int(self.lengths.max()) + 1)
         saved = self._hold(hold) if hold else None
         logits = self._decode(tokens)
         self.lengths.add_(1)
@@ -171,6 +178,7 @@ class DecoderSession(ABC):
 
         if saved.length > self.max_seq:
             raise InputError(f"a saved prefix of {saved.length} tokens exceeds the session's {self.max_seq}")
+        self._reserve(max(saved.length, int(self.lengths.max())))
         write_slot(*self.state(), slot, saved)
         self.lengths[slot] = saved.length
         self.prefilled = True

@@ -66,6 +66,9 @@ class OrtSession(DecoderSession):
         # Spare buffers of state written as a new tensor (the carry), keyed by the input they replace.
         self._spare = {o.alias_of: torch.zeros_like(self._bufs[o.alias_of]) for o in spec.state_outputs()
                        if not o.in_place}
+        # K/V laid out at a capacity that follows the sequences (state.KVCapacity): ONNX Runtime's
+        # Attention reads every slot of the buffer it is given, whatever the rows hold.
+        self._capacity = state_lib.KVCapacity(self._bufs, self._roles, max_seq)
         self._logits = new((batch, backend.config.vocab_size))
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._binding = backend.sessions["decode"].io_binding()
@@ -78,8 +81,13 @@ class OrtSession(DecoderSession):
     def state(self):
         return self._bufs, self._roles
 
-    def kv_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for name, b in self._bufs.items() if self._roles[name] != "carry")
+    def kv_bytes(self) -> int:  # allocated: K/V storage for max_seq slots, and the rings
+        rings = sum(b.numel() * b.element_size() for name, b in self._bufs.items()
+                    if self._roles[name] not in ("carry", *state_lib.SEQ_ROLES))
+        return self._capacity.nbytes + rings
+
+    def _reserve(self, needed: int) -> None:
+        self._capacity.reserve(needed)
 
     def _bind(self, b, name: str, t: torch.Tensor, output: bool) -> None:
         kind = "cpu" if t.device.type == "cpu" else "cuda"

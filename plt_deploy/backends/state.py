@@ -12,6 +12,12 @@ sequence, not with the session's T), `write_rows` puts what it wrote back (K/V s
 position on, rings and carry whole). A prefix of a slot (`SlotState`) is the same cut at its
 length: K/V slots 0..P-1 with the rings and carry as of P - 1, which is all an extend from P reads.
 These three functions are the one place the kinds of state are told apart.
+
+Runtimes that bind buffers by address (ONNX Runtime) cannot hand a kernel the first n slots of a
+[B, Hkv, T, D] buffer without a copy, and ONNX Runtime's Attention reads all T slots whatever
+nonpad_kv_seqlen says. `KVCapacity` keeps such a session's K/V at a capacity that follows the
+sequences (256, 512, ... slots, up to max_seq) inside storage allocated once for max_seq, so a step
+reads what the rows hold, not what the session could hold.
 """
 
 from __future__ import annotations
@@ -54,6 +60,52 @@ def write_rows(bufs: dict[str, torch.Tensor], roles: dict[str, str], rows: torch
             bufs[name][rows, :, first:src.shape[2]] = src[:, :, first:]
         else:
             bufs[name][rows] = src
+
+
+CAPACITY_STEP = 256  # the smallest K/V capacity KVCapacity lays buffers out for
+
+
+def capacity_for(needed: int, current: int, max_seq: int) -> int:
+    """The capacity a session needing `needed` slots per row should have: 256 x a power of two, at most
+    max_seq. Grown when `needed` exceeds `current`; shrunk only when 4x smaller fits (no back and forth)."""
+    want = CAPACITY_STEP
+    while want < needed:
+        want *= 2
+    want = min(want, max_seq)
+    return want if want > current or want * 4 <= current else current
+
+
+class KVCapacity:
+    """A session's K/V buffers as [B, Hkv, cap, D] views of the front of storage sized for max_seq.
+
+    `reserve(n)` re-lays every K/V buffer out at capacity_for(n) when that changes: each row keeps its
+    first min(old, new) slots (the caller's n covers every row's length, so nothing live is dropped).
+    The storage, and so the memory the session holds, never changes; `bufs` (the session's dict)
+    gets the new views, which start at the storage's address."""
+
+    def __init__(self, bufs: dict[str, torch.Tensor], roles: dict[str, str], max_seq: int):
+        self.bufs, self.max_seq = bufs, max_seq
+        self.storage = {name: b.view(-1) for name, b in bufs.items() if roles[name] in SEQ_ROLES}  # flat
+        self.cap = max_seq
+        self._relayout(min(CAPACITY_STEP, max_seq))  # empty yet: start small
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.storage.values())
+
+    def reserve(self, needed: int) -> None:
+        new = capacity_for(needed, self.cap, self.max_seq)
+        if new != self.cap:
+            self._relayout(new)
+
+    def _relayout(self, new: int) -> None:
+        keep = min(self.cap, new)
+        for name, flat in self.storage.items():
+            B, H, _, D = self.bufs[name].shape
+            live = self.bufs[name][:, :, :keep].clone()  # [B, H, keep, D] (the views overlap: copy first)
+            self.bufs[name] = flat[: B * H * new * D].view(B, H, new, D)
+            self.bufs[name][:, :, :keep] = live
+        self.cap = new
 
 
 @dataclass

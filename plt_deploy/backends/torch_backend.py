@@ -46,7 +46,13 @@ class TorchSession(DecoderSession):
         return logits.float()
 
     def _decode(self, tokens):
-        return self.model.decode_step(tokens, self.cache).float()
+        """One step on the cache's K/V cut to the slots the rows reach (views, written in place): the
+        attention then reads what the rows hold, not the session's max_seq slots."""
+        span = int(self.cache.lengths.max()) + 1
+        c = self.cache
+        cut = PLTCache(k=[t[:, :, :span] for t in c.k], v=[t[:, :, :span] for t in c.v], local_k=c.local_k,
+                       local_v=c.local_v, carry=c.carry, lengths=c.lengths)
+        return self.model.decode_step(tokens, cut).float()
 
     @property
     def lengths(self):

@@ -5,6 +5,7 @@
     python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080, 2 layouts
     python -m plt_deploy.bench.micro kv-read     # the shared cache's read per decode step vs the memory floor
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
+    python -m plt_deploy.bench.micro capacity EXPORT_DIR CHECKPOINT [CONTEXT]   # decode vs the session's max_seq
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
 printed), weights sized like the small preset's (40 matrices of 512x1536 fp32 = 126 MB: out of cache).
@@ -204,12 +205,59 @@ def kv_read(layers: int = 10, hkv: int = 4, d: int = 64, t: int = 2080, rows: in
               f"{nbytes[k] / v / 1e6:.1f} GB/s")
 
 
+def capacity(export_dir: str, checkpoint: str, context: int = 128, steps: int = 40) -> None:
+    """Decode at `context` tokens in sessions sized for more (max_seq = context + 64, 1024, the export's
+    limit), as `serve --max-context` sizes its slots: K/V at a capacity following the rows (now) against
+    buffers of max_seq slots (before: CAPACITY_STEP above max_seq on ONNX Runtime; torch's model
+    step on the uncut cache). Batch 1, 1 thread, all sessions' steps interleaved; greedy checked equal."""
+    import torch
+
+    from ..backends import state as state_lib
+    from ..backends.ort_backend import OrtBackend
+    from ..backends.torch_backend import load
+
+    torch.set_num_threads(1)
+    ort_be, torch_be = OrtBackend(export_dir, threads=1), load(checkpoint, threads=1)
+    sizes = sorted({context + 64, 1024, ort_be.max_seq})
+    prompt = torch.randint(3, ort_be.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    sessions = {}
+    for n in sizes:
+        sessions[f"onnxruntime max_seq {n}, now"] = (s := ort_be.start(1, n), s.decode)
+        step, state_lib.CAPACITY_STEP = state_lib.CAPACITY_STEP, 1 << 40
+        sessions[f"onnxruntime max_seq {n}, before"] = (s := ort_be.start(1, n), s.decode)  # laid out at max_seq
+        state_lib.CAPACITY_STEP = step
+        s._reserve = lambda needed: None  # and kept there, as before
+        sessions[f"torch max_seq {n}, now"] = (s := torch_be.start(1, n), s.decode)
+        full = (lambda s: lambda tok: (torch_be.model.decode_step(tok, s.cache).float(), s.lengths.add_(1))[0])
+        sessions[f"torch max_seq {n}, before"] = (s := torch_be.start(1, n), full(s))
+    tokens, times = {}, {k: [] for k in sessions}
+    for k, (s, _) in sessions.items():
+        tokens[k] = s.prefill(prompt, torch.tensor([context])).argmax(-1)
+    for _ in range(steps):
+        for k, (_, step_fn) in sessions.items():
+            t0 = time.perf_counter()
+            tokens[k] = step_fn(tokens[k]).argmax(-1)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    for runtime in ("onnxruntime", "torch"):
+        assert len({int(v) for k, v in tokens.items() if k.startswith(runtime)}) == 1, "greedy tokens differ"
+    print(f"| runtime, session max_seq | decode ms at context {context}: before | now | before / now |")
+    print("|---|---:|---:|---:|")
+    for k in sessions:
+        if k.endswith("now"):
+            name = k[: -len(", now")]
+            before, now = statistics.median(times[name + ", before"]), statistics.median(times[k])
+            print(f"| {name} | {before:.2f} | {now:.2f} | {before / now:.2f} |")
+
+
 if __name__ == "__main__":
-    cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read}
+    cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read,
+            "capacity": capacity}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]
     if sys.argv[1] == "profile":
         cmds["profile"](args[0], *map(int, args[1:]))
+    elif sys.argv[1] == "capacity":
+        cmds["capacity"](args[0], args[1], *map(int, args[2:]))
     else:
         cmds[sys.argv[1]](*map(int, args))
