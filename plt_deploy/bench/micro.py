@@ -5,6 +5,7 @@
     python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080, 2 layouts
     python -m plt_deploy.bench.micro kv-read     # the shared cache's read per decode step vs the memory floor
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
+    python -m plt_deploy.bench.micro nonpad      # ONNX Runtime Attention: nonpad_kv_seqlen 160 vs 2080 in a 2080 cache
     python -m plt_deploy.bench.micro capacity EXPORT_DIR CHECKPOINT [CONTEXT]   # decode vs the session's max_seq
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
@@ -205,6 +206,26 @@ def kv_read(layers: int = 10, hkv: int = 4, d: int = 64, t: int = 2080, rows: in
               f"{nbytes[k] / v / 1e6:.1f} GB/s")
 
 
+def nonpad(layers: int = 10, hkv: int = 4, d: int = 64, t: int = 2080, rows: int = 4) -> None:
+    """Does ONNX Runtime's Attention read only the first nonpad_kv_seqlen slots? The same 2080-slot
+    caches with 160, 1000 and 2080 of them valid (the G-SWA decode body's grouped layout)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((1, hkv, rows, d), dtype=np.float32)}
+    feeds.update({f"{kv}{i}": rng.standard_normal((1, hkv, t, d), dtype=np.float32) for i in range(layers) for kv in "kv"})
+    ins = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, hkv, rows, d]),
+           helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+    ins += [helper.make_tensor_value_info(f"{kv}{i}", TensorProto.FLOAT, [1, hkv, t, d])
+            for i in range(layers) for kv in "kv"]
+    nodes = [helper.make_node("Attention", ["q", f"k{i}", f"v{i}", "", "", "", "n"], [f"y{i}"], scale=d ** -0.5)
+             for i in range(layers)]
+    sess = _session(nodes, ins, [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(layers)])
+    fns = {n: (lambda n: lambda: sess.run(None, {**feeds, "n": np.array([n])}))(n) for n in (160, 1000, t)}
+    for n, ms in _interleaved(fns, rounds=15).items():
+        print(f"{layers} x Attention over {t} cached slots, nonpad_kv_seqlen {n}: {ms:.2f} ms")
+
+
 def capacity(export_dir: str, checkpoint: str, context: int = 128, steps: int = 40) -> None:
     """Decode at `context` tokens in sessions sized for more (max_seq = context + 64, 1024, the export's
     limit), as `serve --max-context` sizes its slots: K/V at a capacity following the rows (now) against
@@ -251,7 +272,7 @@ def capacity(export_dir: str, checkpoint: str, context: int = 128, steps: int = 
 
 if __name__ == "__main__":
     cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read,
-            "capacity": capacity}
+            "capacity": capacity, "nonpad": nonpad}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]
