@@ -316,6 +316,24 @@ def test_parity_with_mlx(tmp_path, name, overrides, file_dtype):
     assert step_err <= FP32_FLOOR * scale, (step_err, scale)
 
 
+def test_mlx_backend_in_quant_error(tmp_path):
+    """bench.mlx_accuracy's MlxBackend (mlx-lm's model behind our session interface; generate's padded
+    prompts included) measured against our torch model by check.quant_error: the fp32 models agree,
+    and the memo answers a second measurement without running mlx-lm."""
+    pytest.importorskip("mlx.core", reason="mlx-lm parity needs the `parity` extra (mlx[cpu], mlx-lm)")
+    from plt_deploy.bench.mlx_accuracy import load_mlx
+    from plt_deploy.check.quant_error import quantization_error
+
+    folder = write_folder(tmp_path, random_loopcoder(seed=6, window=4))
+    ours = TorchBackend(load_checkpoint(folder))
+    theirs = load_mlx(folder, ours.config, memo=True)
+    first = quantization_error(ours, theirs, "int8", positions=48, greedy_tokens=12)
+    assert first["top1_agreement"] == 1.0 and first["logit_rms_error_relative"] < 1e-5
+    assert first["greedy_agreement_lengths"] == [12, 12]
+    theirs.model = None  # a second measurement must come from the memo
+    assert quantization_error(ours, theirs, "int8", positions=48, greedy_tokens=12) == first
+
+
 def test_gate_sign_matters(tmp_path):
     """Flip the gate's sign in the file (the orientation a wrong mapping would give): parity fails."""
     from safetensors.torch import load_file, save_file

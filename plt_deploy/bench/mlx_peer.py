@@ -11,6 +11,9 @@ extra (mlx[cpu], mlx-lm).
 `--weights int4`: both sides at 4 bits, from the same fp32 folder: mlx-lm's model quantized by its
 own API (`mlx_lm.utils.quantize_model`, affine, group 64) against our int4 export (the fp32 export
 quantized by `export.quantize_export`, block 64, symmetric RTN); torch (no int4 path) is left out.
+
+`--accuracy`: not speed but issue 19's accuracy numbers, each side's 4-/8-bit model against its own
+fp32 model on the same token streams (bench/mlx_accuracy.py); prints a markdown table, `--json` keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -133,7 +137,21 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--weights", choices=("fp32", "int4"), default="fp32")
+    p.add_argument("--accuracy", action="store_true", help="issue 19's accuracy numbers, not speed")
+    p.add_argument("--positions", type=int, default=2000, help="teacher-forced positions (--accuracy)")
+    p.add_argument("--json", type=Path, help="also write the --accuracy result here")
     args = p.parse_args(argv)
+    if args.accuracy:
+        from . import mlx_accuracy
+
+        r = mlx_accuracy.run(args.workdir, args.positions, args.threads,
+                             tick=lambda s: print(s, file=sys.stderr, flush=True))
+        if args.json:
+            args.json.write_text(json.dumps(r, indent=2) + "\n")
+        print(f"load average {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after; "
+              f"{args.threads} thread(s)\n")
+        print(mlx_accuracy.table(r))
+        return
     print(json.dumps(run(args.workdir, args.prompt, args.steps, args.threads, args.weights), indent=2))
 
 
