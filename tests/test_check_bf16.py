@@ -101,3 +101,14 @@ def test_float32_copy_prefill_matches_the_torch_model(bf16_export):
                                torch.as_tensor(feeds[0][spec.one("lengths").name])).double().numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_triton_repo_refuses_a_bf16_export_for_onnxruntime(bf16_export, tmp_path, capsys):
+    """Reported: triton-repo wrote an onnxruntime repository of a bf16 export, which Triton then could not
+    load (UNAVAILABLE); generate / serve / check refuse it up front, and so does triton-repo now."""
+    from cli_helpers import assert_one_line_error, run_cli
+
+    _, ex = bf16_export
+    code, _, err = run_cli(capsys, "triton-repo", "--model", str(ex), "--out", str(tmp_path / "tr"))
+    assert_one_line_error(code, err, "bfloat16 exports do not run on ONNX Runtime")
+    assert not (tmp_path / "tr").exists()

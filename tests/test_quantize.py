@@ -161,8 +161,8 @@ def _nothing_written(parent, name):
 @pytest.mark.parametrize("args,needle", [
     (["--weights", "int4", "--block-size", "32"], "mlp_hidden = 176 is not a multiple of the block size; use "
                                                   "--block-size 16"),
-    (["--weights", "int4", "--block-size", "48"], "--block-size 48: choose from 16, 32, 64, 128"),
-    (["--weights", "int4", "--quant-method", "gptq"], "--quant-method 'gptq' is unknown"),
+    (["--weights", "int4", "--block-size", "48"], "Invalid value for --block-size: 48: choose from 16, 32, 64, 128"),
+    (["--weights", "int4", "--quant-method", "gptq"], "Invalid value for --quant-method: 'gptq' is unknown"),
     (["--weights", "int3"], "Invalid value for '--weights': 'int3' is not one of"),
     (["--weights", "fp16", "--dtype", "fp32"], "--weights fp16 stores float16 weights but --dtype is float32"),
     (["--block-size", "16"], "need --weights int8|int4"),
@@ -219,3 +219,36 @@ def test_runtime_matches_torch_with_the_rounded_weights(quantized):
                                     positions=128, greedy_tokens=8)
     assert vs_rounded["logit_rms_error"] * 3 < vs_float["logit_rms_error"]
     assert vs_rounded["top1_agreement"] >= vs_float["top1_agreement"]
+
+
+def test_quantized_export_fits_max_batch_1_and_a_short_max_seq(tiny_exports, tmp_path, capsys):
+    """Reported: int8/int4 with --max-batch 1 failed its own validation and `check` ('batch of 2 exceeds
+    the export's --max-batch 1'); --max-seq 8 failed with 'chunk lengths ... must be in [1, 7]'. The
+    greedy prompts and the stream now fit the export (check's float rule), with notes."""
+    ck, _ = tiny_exports["vanilla"]
+    for args, name in ((["--max-batch", "1"], "b1"), (["--max-batch", "1", "--max-seq", "8"], "s8")):
+        code, _, err = run_cli(capsys, "export", "--model", str(ck), "--out", str(tmp_path / name), "--weights",
+                               "int4", *args)
+        assert code == 0 and "quantization error (int4, block 16): top-1 agreement" in err, err
+    code, out, err = run_cli(capsys, "check", "--model", str(ck), "--onnx", str(tmp_path / "s8"), "--new-tokens", "4")
+    assert code in (0, 1) and "Traceback" not in err and "quantization error, not parity" in out, err + out
+    assert "note: positions 2000 -> 4 (the export's --max-batch and --max-seq)" in err, err
+    assert "note: greedy tokens 4 -> 2 (the export's --max-seq 8)" in err, err
+
+
+def test_options_an_export_folder_keeps_are_refused(quantized, tiny_exports, tmp_path, capsys):
+    """Reported: --max-batch / --max-seq / --opset were silently ignored when quantizing an export folder;
+    --out inside the source export was written there (then copied by triton-repo with it)."""
+    _, ex = tiny_exports["plt"]
+    for args in (["--max-batch", "2"], ["--max-seq", "64", "--opset", "25"]):
+        code, _, err = run_cli(capsys, "export", "--model", str(ex), "--out", str(tmp_path / "q"), "--weights", "int4",
+                               *args)
+        assert_one_line_error(code, err, "not apply to an export folder")
+        assert code == 2
+    code, _, err = run_cli(capsys, "export", "--model", str(ex), "--out", str(ex / "q4"), "--weights", "int4")
+    assert_one_line_error(code, err, "is inside the source export")
+    assert not (ex / "q4").exists() and _nothing_written(tmp_path, "q")
+    code, _, err = run_cli(capsys, "export", "--model", str(ex), "--out", str(tmp_path / "f"))
+    assert_one_line_error(code, err, "is an export folder; export takes a checkpoint folder", "--weights int8|int4")
+    code, _, err = run_cli(capsys, "bench", "--model", str(quantized["plt", "int4"][1]))
+    assert_one_line_error(code, err, "is an export folder; bench builds", "scripts/quant-bench.py")

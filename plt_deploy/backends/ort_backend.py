@@ -168,9 +168,7 @@ class OrtBackend(Backend):
         self.manifest = read_manifest(export_dir, verify_hashes=verify_hashes)
         self.config = self.manifest.config
         self.tokenizer_dir = str(export_dir)  # the tokenizer files export copied (none: the byte tokenizer)
-        if self.manifest.dtype == "bfloat16":
-            raise BackendUnavailable(f"{export_dir}: bfloat16 exports do not run on ONNX Runtime's CPU provider; "
-                                     "export with --dtype float32 or float16")
+        check_runnable(self.manifest, export_dir)
         self.providers = resolve_providers(provider)
         self.device = _DEVICE.get(self.providers[0], "cpu")
         self.device_id = 0
@@ -207,6 +205,13 @@ class OrtBackend(Backend):
 
     def close(self) -> None:
         self.sessions.clear()
+
+
+def check_runnable(manifest, export_dir) -> None:
+    """What ONNX Runtime cannot run, refused in one line (the backend at load, `triton-repo` before writing)."""
+    if manifest.dtype == "bfloat16":
+        raise BackendUnavailable(f"{export_dir}: bfloat16 exports do not run on ONNX Runtime's CPU provider; "
+                                 "export with --dtype float32 or float16")
 
 
 def export_limits(manifest) -> SessionLimits:

@@ -29,47 +29,54 @@ def token_stream(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarr
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int64)
 
 
-def stream_logits(backend: Backend, stream: np.ndarray) -> np.ndarray:
-    """Prefill PROMPT tokens per row, then decode the rest of the stream: logits [batch, 1 + steps, V]."""
+def stream_logits(backend: Backend, stream: np.ndarray, prompt: int = PROMPT) -> np.ndarray:
+    """Prefill `prompt` tokens per row, then decode the rest of the stream: logits [batch, 1 + steps, V]."""
     batch, length = stream.shape
     session = backend.start(batch, length)
     tokens = torch.from_numpy(stream)
-    out = [session.prefill(tokens[:, :PROMPT], torch.full((batch,), PROMPT, dtype=torch.int64))]
-    for t in range(PROMPT, length):
+    out = [session.prefill(tokens[:, :prompt], torch.full((batch,), prompt, dtype=torch.int64))]
+    for t in range(prompt, length):
         out.append(session.decode(tokens[:, t]))
     return torch.stack(out, 1).float().numpy()  # [B, 1 + steps, V]
 
 
-def fit_stream(positions: int, max_batch: int, max_seq: int) -> tuple[int, int]:
-    """(batch, stream length) giving about `positions` compared positions within an export's limits."""
+def fit_stream(positions: int, max_batch: int, max_seq: int) -> tuple[int, int, int]:
+    """(batch, stream length, prompt) giving about `positions` compared positions within an export's
+    limits (the prompt shrinks below PROMPT only for a --max-seq under 2 x PROMPT, to half of it)."""
     batch = min(8, max_batch)
-    per_row = min(-(-positions // batch), max_seq - PROMPT)  # positions per row = length - PROMPT + 1
-    return batch, per_row + PROMPT - 1
+    prompt = min(PROMPT, max_seq // 2)
+    per_row = min(-(-positions // batch), max_seq - prompt)  # positions per row = length - prompt + 1
+    return batch, per_row + prompt - 1, prompt
 
 
 def quantization_error(reference: Backend, test: Backend, weights: str, positions: int = POSITIONS,
                        greedy_tokens: int = 64, seed: int = 0) -> dict:
     """Compare `test` (a quantized export) with `reference` (the float model); see the module docstring."""
-    from .parity import compare_greedy
+    from .parity import PROMPT_LENGTHS, compare_greedy, fit_workload
     from .report import greedy_prompts
 
     cfg = reference.config
-    batch, length = fit_stream(positions, test.max_batch or 8, min(test.max_seq, reference.max_seq))
+    max_batch, max_seq = test.max_batch or 8, min(test.max_seq, reference.max_seq)
+    batch, length, prompt = fit_stream(positions, max_batch, max_seq)
     stream = token_stream(cfg.vocab_size, batch, length, seed)
-    ref, out = stream_logits(reference, stream), stream_logits(test, stream)
+    ref, out = stream_logits(reference, stream, prompt), stream_logits(test, stream, prompt)
     diff = out - ref
     rms = float(np.sqrt(np.mean(diff ** 2)))
     ref_rms = float(np.sqrt(np.mean(ref ** 2)))
     agree = ref.argmax(-1) == out.argmax(-1)  # [B, positions]
-    greedy_tokens = min(greedy_tokens, min(test.max_seq, reference.max_seq) - 10)
-    greedy = compare_greedy(reference, test, greedy_prompts(cfg.vocab_size), greedy_tokens)
+    # The greedy prompts fitted to the export as check's float comparison fits them (one rule).
+    _, prompt_lengths, _, greedy_tokens, notes = fit_workload(max_batch, max_seq, len(PROMPT_LENGTHS), 0,
+                                                              greedy_tokens)
+    greedy = compare_greedy(reference, test, greedy_prompts(cfg.vocab_size, prompt_lengths), greedy_tokens)
     lengths = [p["tokens"] if p["identical"] else p["first_mismatch"] for p in greedy["prompts"]]
     bound = BOUNDS[weights]
     top1 = float(agree.mean())
     report = {"weights": weights, "positions": int(agree.size), "logit_rms_error": rms,
               "logit_rms_error_relative": rms / ref_rms if ref_rms else None, "top1_agreement": top1,
               "greedy_new_tokens": greedy_tokens, "greedy_agreement_lengths": lengths,
-              "rule": RULE.format(bound=bound), "bound": bound, "passed": top1 >= bound}
+              "rule": RULE.format(bound=bound), "bound": bound, "passed": top1 >= bound,
+              "notes": ([f"positions {positions} -> {agree.size} (the export's --max-batch and --max-seq)"]
+                        if agree.size < positions else []) + notes}
     report["line"] = (f"top-1 agreement {top1:.4f} over {agree.size} positions (bound {bound}), logit RMS error "
                       f"{rms:.3g} ({report['logit_rms_error_relative'] or 0:.2%} of the logits' RMS), greedy "
                       f"agreement {lengths} of {greedy_tokens} tokens")

@@ -61,8 +61,11 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
         plan_check.trt_section(manifest.data, Path(onnx) / "manifest.json")
         availability.require()
     dtype = manifest.dtype
+    asked_new_tokens = new_tokens
     batch, prompt_lengths, steps, new_tokens, notes = fit_workload(manifest.max_batch, manifest.max_seq, 2, steps,
                                                                    new_tokens)
+    if manifest.quantized:  # compared on its own workload (check.quant_error), fitted with its own notes
+        notes, new_tokens = [], asked_new_tokens
     for note in notes:
         log(f"note: {note}")
     reference = load_torch(model, dtype=dtype if dtype != "bfloat16" else "float32")
@@ -78,7 +81,8 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
         if provider and name == "onnxruntime":
             options["provider"] = provider
         if manifest.quantized:
-            out["backends"][name] = entry = _quantization_entry(reference, name, onnx, options, manifest, log)
+            out["backends"][name] = entry = _quantization_entry(reference, name, onnx, options, manifest, log,
+                                                                new_tokens)
             out["passed"] &= entry["passed"]
             continue
         with load_backend(name, str(onnx), **options) as be:
@@ -104,15 +108,18 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
     return out
 
 
-def _quantization_entry(reference, name: str, onnx, options: dict, manifest, log) -> dict:
+def _quantization_entry(reference, name: str, onnx, options: dict, manifest, log, new_tokens: int) -> dict:
     """A quantized export against the float torch model: quantization error (check.quant_error), not parity."""
     from ..backends import load_backend
-    from .quant_error import quantization_error
+    from .quant_error import POSITIONS, quantization_error
 
     fmt = manifest.weights["format"]
     with load_backend(name, str(onnx), **options) as be:
-        log(f"check {name}: {fmt} weights, quantization error against the float torch model")
-        q = quantization_error(reference, be, fmt)
+        log(f"check {name}: {fmt} weights, quantization error against the float torch model "
+            f"({POSITIONS} teacher-forced positions, {new_tokens} greedy tokens)")
+        q = quantization_error(reference, be, fmt, greedy_tokens=new_tokens)
+    for note in q["notes"]:
+        log(f"note: {note}")
     return {"quantization": q, "passed": q["passed"]}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..backends import LOADERS
@@ -50,6 +52,14 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, variants, r
 
     if (model is None) == (preset is None):
         raise click.UsageError("give exactly one of --model or --preset")
+    if model is not None:
+        from ..backends.folders import require_kind
+
+        if (Path(model) / "manifest.json").is_file():
+            raise click.BadParameter(f"{model} is an export folder; bench builds and exports its own variants from a "
+                                     "checkpoint folder (to time quantized exports: scripts/quant-bench.py)",
+                                     param_hint="--model")
+        require_kind(model, "checkpoint", "--model")
     if json_path:  # before the run: it must not replace the checkpoint's files or another file
         from ..bench.suite import SCHEMA
         from ..output_folder import check_report_path

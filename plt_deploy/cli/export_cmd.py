@@ -9,7 +9,8 @@ from ..export.quantize import WEIGHT_CHOICES
 
 
 @click.command("export")
-@click.option("--model", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--model", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder (with --weights int8|int4 also a float export folder).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Export folder to write (export/NAME).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"]),
               help="Weight and activation dtype (default: the checkpoint's).")
@@ -35,8 +36,14 @@ def command(model, out, dtype, opset, max_batch, max_seq, weights, block_size, q
     With --weights int8|int4, --model may also be a float export folder: its graphs are quantized
     without tracing again (check the result with `plt-deploy check --model CHECKPOINT --onnx OUT`)."""
     from ..backends.folders import check_config, folder_kind, require_kind
-    from ..export.quantize import FLOAT_WEIGHTS, parse_weights
+    from ..export.quantize import BLOCK_SIZES, FLOAT_WEIGHTS, METHODS, parse_weights
 
+    if block_size is not None and block_size not in BLOCK_SIZES:  # a wrong value is a usage error (exit 2)
+        raise click.BadParameter(f"{block_size}: choose from {', '.join(map(str, BLOCK_SIZES))}",
+                                 param_hint="--block-size")
+    if quant_method is not None and quant_method not in METHODS:
+        raise click.BadParameter(f"{quant_method!r} is unknown; this plt-deploy implements {', '.join(METHODS)}",
+                                 param_hint="--quant-method")
     dtype = FLOAT_WEIGHTS.get(dtype, dtype)
     dtype, spec = parse_weights(weights, dtype, block_size, quant_method, quantize_embeddings)
     if spec is not None and folder_kind(model) == "export":
@@ -44,9 +51,20 @@ def command(model, out, dtype, opset, max_batch, max_seq, weights, block_size, q
 
         if dtype is not None:
             raise click.UsageError("--dtype does not apply to an export folder (its graphs keep their dtype)")
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("opset", "max_batch", "max_seq")
+                 if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to an export "
+                                   "folder (its graphs keep their opset and limits; check it with `plt-deploy check`)")
         path = quantize_export(model, out, spec, force=force, log=lambda line: click.echo(line, err=True))
         click.echo(f"wrote {path} ({spec.format} weights from the export {model})")
         return
+    if folder_kind(model) == "export":
+        from ..errors import InputError
+
+        raise InputError(f"--model {model} is an export folder; export takes a checkpoint folder (config.json + "
+                         "model.safetensors), or a float export folder with --weights int8|int4 to quantize it")
     require_kind(model, "checkpoint", "--model")
     check_config(model)  # a bad config fails before torch loads
     from ..export.exporter import export_model

@@ -28,9 +28,11 @@ def quantize_export(src: str | Path, out: str | Path, spec: WeightSpec, force: b
     if m.quantized:
         raise InputError(f"{src}: already quantized ({m.weights['format']}, block {m.weights['block_size']}); "
                          "quantize from the float checkpoint or a float export")
-    spec = check_quantizable(m.config, spec, log)
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out} is the source export; write the quantized export to another folder")
+    if src.resolve() in out.resolve().parents:  # it would become part of the source (triton-repo copies it)
+        raise InputError(f"--out {out} is inside the source export {src}; write the quantized export beside it")
+    spec = check_quantizable(m.config, spec, log)
     def check():  # under the lock, and again at the swap
         check_replaceable(out, "export", manifest_lib.MANIFEST_FILE, force, sources=[src],
                           owned=manifest_lib.owned_names)

@@ -47,8 +47,9 @@ def check_artifact(path: str | Path, backend: str, plugin: str | Path | None = N
 
     manifest = read_manifest(path, verify_hashes=True)
     if backend == "onnxruntime":
-        from ..backends.ort_backend import export_limits
+        from ..backends.ort_backend import check_runnable, export_limits
 
+        check_runnable(manifest, path)
         return Checked("export", limits=export_limits(manifest))
     return _check_tensorrt(path, manifest, plugin, plugin_sha256)
 
