@@ -15,7 +15,8 @@ from ..config import MODES, PRESETS
 @click.option("--mode", type=click.Choice(MODES), default="plt", show_default=True)
 @click.option("--loops", type=click.IntRange(min=2), help="Number of loops L for plt/looped (default: 2).")
 @click.option("--window", type=click.IntRange(min=1), help="G-SWA window w.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]),
+              help="Weight dtype.")
 @seed_option(default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the output of an earlier init/train whole (its train_results.json "
               "goes too). A folder holding anything else (a Hugging Face model, other files, hidden ones included) "
@@ -26,6 +27,9 @@ def command(preset, out, mode, loops, window, dtype, seed, force):
     from ..errors import ConfigError
 
     loops_for_mode(mode, loops)
+    from ..export.quantize import FLOAT_WEIGHTS
+
+    dtype = FLOAT_WEIGHTS.get(dtype, dtype)  # fp32 / fp16 / bf16, as export spells them
     changes = {k: v for k, v in dict(mode=mode, loops=loops, window=window, dtype=dtype).items() if v is not None}
     try:
         PLTConfig.from_name(preset, **changes)  # a bad combination fails here, before torch is imported

@@ -263,7 +263,7 @@ def _export_model(model_dir, out, dtype, opset, max_batch, max_seq, force, valid
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
 
     stages = ["load checkpoint", "trace prefill", "trace decode", "post-process + save", "onnx.checker",
-              "validate vs torch", "manifest"]
+              "validate vs torch" if validate else "no validation", "manifest"]
     with progress_reporter("export", len(stages), every=0, enabled=progress, transient=False,
                            detail=stages[0]) as bar:
 
