@@ -127,7 +127,7 @@ def level_table(models, levels, workdir: Path, positions: int, tick) -> list[dic
                 for lv in levels:
                     level["value"] = lv
                     with OrtBackend(exports[v, w], threads=1) as be:
-                        batch, length = quant_error.fit_stream(positions, 8, be.max_seq)
+                        batch, length, _ = quant_error.fit_stream(positions, 8, be.max_seq)
                         stream = quant_error.token_stream(m.cfg.vocab_size, batch, length)
                         quant_error.stream_logits(be, stream[:, :24])  # warm-up
                         t = time.perf_counter()

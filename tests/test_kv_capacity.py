@@ -40,26 +40,35 @@ def test_relayout_keeps_every_rows_slots_in_the_same_storage(monkeypatch):
 
 
 def _serve_like(session, prompt_a, prompt_b):
-    """Slots joining and leaving a 3-row session while others decode, a prefix saved and loaded: every
-    path that reserves capacity (extend, decode, load_slot), growing past several steps and shrinking
-    after a reset. -> the logits of every call, in order."""
-    out = [session.prefill_slots([0], prompt_a, torch.tensor([prompt_a.shape[1]]))]
-    tok = torch.tensor([5, 6, 7])
-    for _ in range(6):  # slot 0 crosses capacity 8 (CAPACITY_STEP 8)
-        out.append(session.decode(tok))
-        tok = out[-1].argmax(-1)
+    """Slots joining and leaving a 3-row session while others decode: every path that reserves capacity
+    (extend of one row, of two non-consecutive rows, decode with a row held between its chunks,
+    load_slot), growing past several steps, shrinking while a row still holds tokens, growing again.
+    -> the logits of every call, in order."""
+    out = []
+
+    def decode(n, hold=None):
+        tok = out[-1].argmax(-1) if out[-1].shape[0] == 3 else torch.tensor([5, 6, 7])
+        for _ in range(n):
+            out.append(session.decode(tok, hold=hold))
+            tok = out[-1].argmax(-1)
+
+    out.append(session.prefill_slots([2], prompt_a, torch.tensor([prompt_a.shape[1]])))
+    decode(6)  # slot 2 crosses capacity 8
     out.append(session.extend([1], prompt_b[:, :5], torch.tensor([5]), torch.tensor([0])))  # a chunk...
+    decode(2, hold=[1])  # ...the others decode while slot 1 waits for its next chunk
     out.append(session.extend([1], prompt_b[:, 5:], torch.tensor([prompt_b.shape[1] - 5]), torch.tensor([5])))
     saved = session.save_slot(1, prompt_b.shape[1])
-    for _ in range(30):  # slot 0 past 32
-        out.append(session.decode(tok))
-        tok = out[-1].argmax(-1)
-    session.reset_slots([0, 1, 2])  # every slot free: the capacity shrinks to what the loaded prefix needs
-    session.load_slot(2, saved)
-    out.append(session.extend([2], prompt_a[:, :3], torch.tensor([3]), torch.tensor([prompt_b.shape[1]])))
-    for _ in range(3):
-        out.append(session.decode(tok))
-        tok = out[-1].argmax(-1)
+    chunk = torch.cat([prompt_b[:, :3], prompt_a[:, :3]])  # rows 0 and 2: a copy, not a view of the rows
+    out.append(session.extend([0, 2], chunk, torch.tensor([3, 3]), torch.tensor([0, int(session.lengths[2])])))
+    decode(24)  # slot 2 past 32
+    session.reset_slots([0])
+    out.append(session.extend([0], prompt_a[:, :3], torch.tensor([3]), torch.tensor([0])))
+    decode(5)
+    session.reset_slots([2, 1])  # slot 0 holds 8 tokens: the capacity shrinks under it (rows move down)
+    decode(3)
+    session.load_slot(1, saved)
+    out.append(session.extend([1], prompt_a[:, :3], torch.tensor([3]), torch.tensor([prompt_b.shape[1]])))
+    decode(4)  # slot 1 past 16 again
     return out
 
 
@@ -75,10 +84,10 @@ def test_onnxruntime_steps_at_any_capacity_equal_the_full_buffers(tiny_exports, 
     caps = []
     s._reserve = lambda n, r=s._reserve: (r(n), caps.append(s._capacity.cap))  # noqa: E731
     small = _serve_like(s, prompt_a, prompt_b)
-    grown = caps.index(64)
-    assert caps[:grown + 1] == sorted(caps[:grown + 1]) and {8, 16, 32} <= set(caps[:grown]), caps  # step by step
-    assert caps[grown:-5] == [64] * (len(caps) - grown - 5), caps
-    assert caps[-5:] == [16, 16, 16, 32, 32], caps  # after the reset: load_slot, extend, 3 decodes
+    grown = caps.index(64)  # grew step by step, shrank to 16 with slot 0's 8 tokens in it, grew again
+    assert caps[:grown + 1] == sorted(caps[:grown + 1]) and {8, 16, 32} <= set(caps[:grown]), caps
+    shrunk = caps.index(16, grown)
+    assert set(caps[grown:shrunk]) == {64} and caps[-1] == 32, caps
     assert s.kv_bytes() == kv_bytes_formula(be.config, 3, 64, 4)  # allocated for max_seq, whatever the capacity
     for a, b in zip(full, small, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

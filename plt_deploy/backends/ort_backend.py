@@ -67,8 +67,10 @@ class OrtSession(DecoderSession):
         self._spare = {o.alias_of: torch.zeros_like(self._bufs[o.alias_of]) for o in spec.state_outputs()
                        if not o.in_place}
         # K/V laid out at a capacity that follows the sequences (state.KVCapacity): ONNX Runtime's
-        # Attention reads every slot of the buffer it is given, whatever the rows hold.
-        self._capacity = state_lib.KVCapacity(self._bufs, self._roles, max_seq)
+        # Attention reads every slot of the buffer it is given, whatever the rows hold. Not under the
+        # TensorRT provider, whose engines are built per input shape: there the caches stay max_seq.
+        self._capacity = state_lib.KVCapacity(self._bufs, self._roles, max_seq,
+                                              fixed=backend.providers[0] == "TensorrtExecutionProvider")
         self._logits = new((batch, backend.config.vocab_size))
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._binding = backend.sessions["decode"].io_binding()

@@ -83,28 +83,33 @@ class KVCapacity:
     The storage, and so the memory the session holds, never changes; `bufs` (the session's dict)
     gets the new views, which start at the storage's address."""
 
-    def __init__(self, bufs: dict[str, torch.Tensor], roles: dict[str, str], max_seq: int):
-        self.bufs, self.max_seq = bufs, max_seq
+    def __init__(self, bufs: dict[str, torch.Tensor], roles: dict[str, str], max_seq: int, fixed: bool = False):
+        self.bufs, self.max_seq, self.fixed = bufs, max_seq, fixed  # fixed: always max_seq (static shapes)
         self.storage = {name: b.view(-1) for name, b in bufs.items() if roles[name] in SEQ_ROLES}  # flat
         self.cap = max_seq
-        self._relayout(min(CAPACITY_STEP, max_seq))  # empty yet: start small
+        if not fixed:
+            self._relayout(min(CAPACITY_STEP, max_seq))  # empty yet: start small
 
     @property
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self.storage.values())
 
     def reserve(self, needed: int) -> None:
-        new = capacity_for(needed, self.cap, self.max_seq)
+        new = self.cap if self.fixed else capacity_for(needed, self.cap, self.max_seq)
         if new != self.cap:
             self._relayout(new)
 
     def _relayout(self, new: int) -> None:
-        keep = min(self.cap, new)
+        """Row i of the B*H rows moves from offset i*old*D to i*new*D in its storage. Growing moves rows
+        up, last first; shrinking moves them down, first first: no row lands on one not yet moved. A
+        row's own old and new places may overlap, so each goes through a copy of one row (never of a
+        whole buffer: the session's memory is all the move needs, plus one row)."""
         for name, flat in self.storage.items():
-            B, H, _, D = self.bufs[name].shape
-            live = self.bufs[name][:, :, :keep].clone()  # [B, H, keep, D] (the views overlap: copy first)
-            self.bufs[name] = flat[: B * H * new * D].view(B, H, new, D)
-            self.bufs[name][:, :, :keep] = live
+            B, H, old, D = self.bufs[name].shape
+            keep, rows = min(old, new) * D, B * H
+            for i in (range(rows - 1, 0, -1) if new > old else range(1, rows)):  # row 0 stays at offset 0
+                flat[i * new * D: i * new * D + keep] = flat[i * old * D: i * old * D + keep].clone()
+            self.bufs[name] = flat[: rows * new * D].view(B, H, new, D)
         self.cap = new
 
 

@@ -56,9 +56,10 @@ def command(model, preset, backend, batches, prompt_len, new_tokens, variants, r
         from ..backends.folders import require_kind
 
         if (Path(model) / "manifest.json").is_file():
-            raise click.BadParameter(f"{model} is an export folder; bench builds and exports its own variants from a "
-                                     "checkpoint folder (to time quantized exports: scripts/quant-bench.py)",
-                                     param_hint="--model")
+            from ..errors import InputError
+
+            raise InputError(f"--model {model} is an export folder; bench builds and exports its own variants from a "
+                             "checkpoint folder (to time quantized exports: scripts/quant-bench.py)")
         require_kind(model, "checkpoint", "--model")
     if json_path:  # before the run: it must not replace the checkpoint's files or another file
         from ..bench.suite import SCHEMA
