@@ -87,8 +87,8 @@ class KVCapacity:
         self.bufs, self.max_seq, self.fixed = bufs, max_seq, fixed  # fixed: always max_seq (static shapes)
         self.storage = {name: b.view(-1) for name, b in bufs.items() if roles[name] in SEQ_ROLES}  # flat
         self.cap = max_seq
-        if not fixed:
-            self._relayout(min(CAPACITY_STEP, max_seq))  # empty yet: start small
+        if not fixed and CAPACITY_STEP < max_seq:
+            self._relayout(CAPACITY_STEP)  # empty yet: start small
 
     @property
     def nbytes(self) -> int:
