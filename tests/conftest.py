@@ -1,6 +1,14 @@
 """Shared fixtures: ONNX exports are slow (dynamo tracing), so the suite makes each once."""
 
+import signal
+
 import pytest
+
+# Tests send SIGINT to the CLI's subprocesses (Ctrl-C paths, server shutdowns). A harness that starts
+# the suite as a background job of a non-interactive shell has SIGINT ignored, and an ignored signal
+# stays ignored in every child; restore Python's handler so the children get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 EXPORT_MODES = ("plt", "looped", "vanilla")
 
