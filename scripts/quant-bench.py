@@ -1,6 +1,6 @@
 """int8 / int4 weight-only exports against fp32, side by side in one run (docs/bench.md).
 
-    python scripts/quant-bench.py [--preset small] [--batch 1,8] [--threads 1] [--block-size 32]
+    python scripts/quant-bench.py [--preset small] [--batch 1,8] [--threads 1] [--block-size 32[,128]]
         [--trained runs/demo] [--work runs/quant-bench] [--json runs/quant-bench.json]
 
 Speed: vanilla, plt-2 and looped-2 of one random preset (same weights), each exported in fp32 and
@@ -33,7 +33,8 @@ def main() -> None:
     p.add_argument("--batch", type=ints, default=(1, 8))
     p.add_argument("--variants", default="vanilla,plt-2,looped-2")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--block-size", type=ints, default=(32,),
+                   help="int8/int4 block size; several (32,128) quantize and time one copy per size, side by side")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -45,14 +46,15 @@ def main() -> None:
     p.add_argument("--work", default="runs/quant-bench")
     p.add_argument("--json", default="runs/quant-bench.json")
     a = p.parse_args()
-    r = run(a.preset, tuple(a.variants.split(",")), block_size=a.block_size, batches=a.batch,
+    r = run(a.preset, tuple(a.variants.split(",")), block_size=a.block_size[0] if len(a.block_size) == 1 else a.block_size,
+            batches=a.batch,
             prompt_len=a.prompt_len, new_tokens=a.new_tokens, repeats=a.repeats, threads=a.threads,
             positions=a.positions, trained=a.trained, trained_block=a.trained_block_size, examples=a.examples,
             workdir=a.work, tick=lambda s: print(s, file=sys.stderr, flush=True),
             parts=tuple(a.parts.split(",")))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=2) + "\n")
-    print(f"{a.preset}, ONNX Runtime CPU, {a.threads} thread(s), block {a.block_size}, prompt {a.prompt_len}, "
+    print(f"{a.preset}, ONNX Runtime CPU, {a.threads} thread(s), block {','.join(map(str, a.block_size))}, prompt {a.prompt_len}, "
           f"{a.new_tokens} steps x {a.repeats} rounds; load average {r['load_before'][0]:.1f} before, "
           f"{r['load_after'][0]:.1f} after ({r['cpus']} CPUs)")
     if "speed" in r:

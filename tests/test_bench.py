@@ -158,3 +158,22 @@ def test_bench_tensorrt_fails_fast_without_tensorrt(tmp_path, capsys):
         main(["bench", "--preset", "tiny", "--backend", "tensorrt", "--no-progress", "--workdir", str(tmp_path)])
     assert exc.value.code == 1 and capsys.readouterr().err.strip() == f"error: {reason}"
     assert not any(tmp_path.iterdir())  # nothing exported before the refusal
+
+
+def test_quant_bench_labels_one_copy_per_block_size():
+    """scripts/quant-bench.py --block-size 32,128: each int format quantized once per size, and every
+    label maps back to its own format and size (ratios and accuracy rows are keyed by label)."""
+    from plt_deploy.bench.quant import labels, ratios, spec_of
+
+    assert labels(("fp32", "int8", "int4"), 32) == ["fp32", "int8", "int4"]
+    many = labels(("fp32", "int8", "int4"), (32, 128))
+    assert many == ["fp32", "int8-b32", "int8-b128", "int4-b32", "int4-b128"]
+    assert [(spec_of(w, (32, 128)).format, spec_of(w, (32, 128)).block_size) for w in many[1:]] == [
+        ("int8", 32), ("int8", 128), ("int4", 32), ("int4", 128)]
+    assert spec_of("int4", 64).block_size == 64
+    rows = [{"variant": v, "weights": w, "batch": 1, "decode_ms_median": ms}
+            for v, w, ms in (("vanilla", "fp32", 8.0), ("vanilla", "int4-b128", 2.0), ("plt-2", "fp32", 9.0),
+                             ("plt-2", "int4-b128", 3.0))]
+    got = {r["ratio"]: r["value"] for r in ratios(rows)}
+    assert got["vanilla int4-b128 speed-up over fp32 (fp32 ms / int4-b128 ms)"] == 4.0
+    assert got["plt-2 / vanilla at int4-b128 (ms per step)"] == 1.5

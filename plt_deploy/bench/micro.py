@@ -2,6 +2,7 @@
 
     python -m plt_deploy.bench.micro linear [THREADS]   # torch: F.linear vs (W @ x.T).T vs per-row mat-vec
     python -m plt_deploy.bench.micro matmul      # ONNX Runtime MatMul with 1, 2, 3, 8 rows
+    python -m plt_deploy.bench.micro nbits       # int4/int8 exports' MatMulNBits: 1, 2, 4, 8 rows x block size
     python -m plt_deploy.bench.micro attention   # ONNX Runtime Attention: 1 vs 2 query rows, T 160 vs 2080, 2 layouts
     python -m plt_deploy.bench.micro kv-read     # the shared cache's read per decode step vs the memory floor
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
@@ -84,6 +85,56 @@ def matmul(rows=(1, 2, 3, 8)) -> None:
         fns[f"{m} rows"] = (lambda s, x: lambda: s.run(None, {"x": x}))(sess, x)
     for k, v in _interleaved(fns).items():
         print(f"MatMul x {N_MATS} ({IN}x{OUT} fp32), {k}: {v:.2f} ms")
+
+
+def nbits(rows=(1, 2, 4, 8), blocks=(32, 64, 128), formats=("int4", "int8")) -> None:
+    """What a decode step's extra rows cost in the weight-only exports' matmuls: the `matmul` graph
+    (40 fp32 weights of 512x1536) quantized by the exporter's own pass (export.quantize.quantize_graph:
+    DequantizeLinear -> MatMul, which ONNX Runtime fuses into MatMulNBits at session creation), per
+    format and block size, each with 1, 2, 4 and 8 rows; every session interleaved with the others."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..export.quantize import WeightSpec, quantize_graph
+
+    rng = np.random.default_rng(0)
+    ws = [0.02 * rng.standard_normal((IN, OUT), dtype=np.float32) for _ in range(N_MATS)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(N_MATS)]
+    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(N_MATS)]
+    fns = {}
+    for fmt in formats:
+        for block in blocks:
+            for m in rows:
+                graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, IN])],
+                                          outs, [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)])
+                model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)], ir_version=12)
+                quantize_graph(model, WeightSpec(fmt, block))
+                sess = _session(list(model.graph.node), list(model.graph.input), list(model.graph.output),
+                                list(model.graph.initializer))
+                fused = sum(n.op_type == "MatMulNBits" for n in _optimized(model).graph.node)
+                assert fused == N_MATS, f"{fused} of {N_MATS} MatMuls fused"
+                x = rng.standard_normal((m, IN), dtype=np.float32)
+                fns[fmt, block, m] = (lambda s, x: lambda: s.run(None, {"x": x}))(sess, x)
+    got = _interleaved(fns, rounds=3 * ROUNDS)
+    print(f"MatMulNBits x {N_MATS} ({IN}x{OUT}), ms per call (rows / 1 row)")
+    for fmt in formats:
+        for block in blocks:
+            one = got[fmt, block, rows[0]]
+            print(f"  {fmt} block {block:3d}: " + ", ".join(f"{m} rows {got[fmt, block, m]:.2f} ({got[fmt, block, m] / one:.2f}x)"
+                                                       for m in rows))
+
+
+def _optimized(model):
+    """The graph ONNX Runtime's CPU provider runs for `model` (after its default optimisations)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath, opts.log_severity_level = f"{tmp}/opt.onnx", 3
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(f"{tmp}/opt.onnx")
 
 
 def attention(layers: int = 10, hq: int = 8, hkv: int = 4, d: int = 64) -> None:
@@ -272,7 +323,7 @@ def capacity(export_dir: str, checkpoint: str, context: int = 128, steps: int = 
 
 if __name__ == "__main__":
     cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read,
-            "capacity": capacity, "nonpad": nonpad}
+            "capacity": capacity, "nonpad": nonpad, "nbits": nbits}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]

@@ -26,9 +26,25 @@ from .variants import BY_NAME, _export, build_models
 INT_WEIGHTS = ("int8", "int4")
 
 
-def make_exports(preset: str, variants, weights, block_size: int, workdir: Path, max_batch: int, seed: int = 0,
+def labels(weights, block_sizes) -> list[str]:
+    """Export labels: fp32, then each int format per block size ("int4", or "int4-b128" when several)."""
+    blocks = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
+    out = [w for w in weights if w not in INT_WEIGHTS]
+    for w in (w for w in weights if w in INT_WEIGHTS):
+        out += [w] if len(blocks) == 1 else [f"{w}-b{b}" for b in blocks]
+    return out
+
+
+def spec_of(label: str, block_sizes) -> WeightSpec:
+    """The WeightSpec behind an int label of `labels`."""
+    fmt, _, block = label.partition("-b")
+    return WeightSpec(fmt, int(block) if block else (block_sizes if isinstance(block_sizes, int) else block_sizes[0]))
+
+
+def make_exports(preset: str, variants, weights, block_size, workdir: Path, max_batch: int, seed: int = 0,
                  tick=print):
-    """(models, {(variant, weights): export folder}): fp32 exports of the variants, then quantized copies."""
+    """(models, {(variant, label): export folder}): fp32 exports of the variants, then quantized copies
+    (block_size: one size, or several: one copy per int format and size, labelled by `labels`)."""
     from ..export.quantize_export import quantize_export
 
     base = PLTConfig.from_name(preset)
@@ -37,11 +53,12 @@ def make_exports(preset: str, variants, weights, block_size: int, workdir: Path,
     for v, model in models.items():
         tick(f"export {v} fp32")
         exports[v, "fp32"] = _export(model, workdir, v, max_batch, validate=False)
-        for w in weights:
-            if w in INT_WEIGHTS:
-                tick(f"quantize {v} {w}")
-                exports[v, w] = quantize_export(exports[v, "fp32"], workdir / f"onnx-{v}-{w}-b{block_size}",
-                                                WeightSpec(w, block_size), force=True)
+        for w in labels(weights, block_size):
+            if w != "fp32":
+                spec = spec_of(w, block_size)
+                tick(f"quantize {v} {spec.format} block {spec.block_size}")
+                exports[v, w] = quantize_export(exports[v, "fp32"], workdir / f"onnx-{v}-{spec.format}-b{spec.block_size}",
+                                                spec, force=True)
     return models, exports
 
 
@@ -72,6 +89,7 @@ def ratios(rows: list[dict]) -> list[dict]:
     """The comparisons the issue asks for, from one run's medians: speed-ups (fp32 ms / int ms),
     PLT-2 / vanilla and looped-2 / PLT-2 (ms per step: > 1 means slower)."""
     ms = {(r["variant"], r["weights"], r["batch"]): r["decode_ms_median"] for r in rows}
+    ints = list(dict.fromkeys(r["weights"] for r in rows if r["weights"] != "fp32"))
     out = []
 
     def add(what, batch, a, b):
@@ -79,15 +97,15 @@ def ratios(rows: list[dict]) -> list[dict]:
             out.append({"ratio": what, "batch": batch, "value": ms[a] / ms[b]})
     for batch in sorted({r["batch"] for r in rows}):
         for v in ("vanilla", "plt-2", "looped-2"):
-            for w in INT_WEIGHTS:
+            for w in ints:
                 add(f"{v} {w} speed-up over fp32 (fp32 ms / {w} ms)", batch, (v, "fp32", batch), (v, w, batch))
-        for w in ("fp32", *INT_WEIGHTS):
+        for w in ("fp32", *ints):
             add(f"plt-2 / vanilla at {w} (ms per step)", batch, ("plt-2", w, batch), ("vanilla", w, batch))
             add(f"looped-2 / plt-2 at {w} (ms per step)", batch, ("looped-2", w, batch), ("plt-2", w, batch))
     return out
 
 
-def accuracy_random(models: dict, exports: dict, variants, positions: int, threads: int, block_size: int,
+def accuracy_random(models: dict, exports: dict, variants, positions: int, threads: int, block_size,
                     tick=print) -> list[dict]:
     """Quantization error of each int export against its float torch model (random weights), and against
     torch with the same rounded weights (export.quantize.fake_quantized): what the runtime adds."""
@@ -99,17 +117,18 @@ def accuracy_random(models: dict, exports: dict, variants, positions: int, threa
     out = []
     for v in variants:
         ref = TorchBackend(models[v], threads=threads)
-        for w in INT_WEIGHTS:
+        for w in dict.fromkeys(w for (_, w) in exports if w != "fp32"):
             if (v, w) in exports:
                 tick(f"accuracy {v} {w}")
-                rounded = TorchBackend(fake_quantized(models[v], WeightSpec(w, block_size)), threads=threads)
+                rounded = TorchBackend(fake_quantized(models[v], spec_of(w, block_size)), threads=threads)
                 with OrtBackend(exports[v, w], threads=threads) as be:
-                    r = quantization_error(ref, be, w, positions=positions)
+                    fmt = spec_of(w, block_size).format
+                    r = quantization_error(ref, be, fmt, positions=positions)
                     # the runtime's own share: ORT against torch computing with the same rounded weights
-                    rt = quantization_error(rounded, be, w, positions=positions // 4, greedy_tokens=16)
-                out.append({"variant": v, **{k: r[k] for k in ("weights", "positions", "top1_agreement", "bound",
-                                                                "passed", "logit_rms_error", "logit_rms_error_relative",
-                                                                "greedy_agreement_lengths", "greedy_new_tokens")},
+                    rt = quantization_error(rounded, be, fmt, positions=positions // 4, greedy_tokens=16)
+                out.append({"variant": v, "weights": w, **{k: r[k] for k in (
+                    "positions", "top1_agreement", "bound", "passed", "logit_rms_error", "logit_rms_error_relative",
+                    "greedy_agreement_lengths", "greedy_new_tokens")},
                             "vs_rounded_torch": {k: rt[k] for k in ("positions", "top1_agreement",
                                                                      "logit_rms_error_relative")}})
     return out
@@ -145,7 +164,7 @@ def accuracy_trained(checkpoint: Path, workdir: Path, block_size: int, examples:
 
 
 def run(preset: str = "small", variants=("vanilla", "plt-2", "looped-2"), weights=("fp32", "int8", "int4"),
-        block_size: int = 32, batches=(1, 8), prompt_len: int = 32, new_tokens: int = 64, repeats: int = 3,
+        block_size: int | tuple[int, ...] = 32, batches=(1, 8), prompt_len: int = 32, new_tokens: int = 64, repeats: int = 3,
         warmup: int = 8, threads: int = 1, positions: int = 2000, trained: str | None = None, trained_block: int = 16,
         examples: int = 256, workdir: str | Path = "runs/quant-bench", seed: int = 0, tick=print,
         parts=("speed", "random", "trained")) -> dict:
