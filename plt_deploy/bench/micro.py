@@ -8,6 +8,7 @@
     python -m plt_deploy.bench.micro profile EXPORT_DIR [BATCH] [MAX_SEQ]   # ORT profile of a decode graph
     python -m plt_deploy.bench.micro nonpad      # ONNX Runtime Attention: nonpad_kv_seqlen 160 vs 2080 in a 2080 cache
     python -m plt_deploy.bench.micro capacity EXPORT_DIR CHECKPOINT [CONTEXT]   # decode vs the session's max_seq
+    python -m plt_deploy.bench.micro no-local PLT_EXPORT VANILLA_EXPORT [CONTEXT]   # PLT decode if G-SWA's local part were free
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
 printed), weights sized like the small preset's (40 matrices of 512x1536 fp32 = 126 MB: out of cache).
@@ -183,23 +184,7 @@ def profile(export_dir: str, batch: int = 1, max_seq: int = 640, steps: int = 40
     opts.enable_profiling, opts.intra_op_num_threads, opts.log_severity_level = True, 1, 3
     opts.profile_file_prefix = str(Path(export_dir).resolve().parent / "decode_profile")
     sess = ort.InferenceSession(str(m.graph_path("decode")), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    values = {}
-    for t in spec.inputs:
-        shape = [batch if d == "batch" else max_seq if d == "max_seq" else d for d in t.shape]
-        if t.role in ("tokens", "position"):
-            arr = np.full(shape, 5 if t.role == "tokens" else max_seq - 100, np.int64)
-        else:
-            arr = (0.1 * rng.random(shape)).astype(np.float32)
-        values[t.name] = ort.OrtValue.ortvalue_from_numpy(arr)
-    binding = sess.io_binding()
-    for t in spec.inputs:
-        binding.bind_ortvalue_input(t.name, values[t.name])
-    for t in spec.outputs:
-        if t.alias_of:
-            binding.bind_ortvalue_output(t.name, values[t.alias_of])
-        else:
-            binding.bind_output(t.name)
+    binding = _decode_binding(sess, spec, batch, max_seq, max_seq - 100)
     for _ in range(steps):
         sess.run_with_iobinding(binding)
     path = sess.end_profiling()
@@ -321,14 +306,94 @@ def capacity(export_dir: str, checkpoint: str, context: int = 128, steps: int = 
             print(f"| {name} | {before:.2f} | {now:.2f} | {before / now:.2f} |")
 
 
+def _decode_binding(sess, spec, batch: int, max_seq: int, position: int):
+    """IO binding of a decode graph as the backend runs it: random caches of max_seq slots, every
+    sequence at `position`, present_* bound to their past_* (written in place)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    values = {}
+    for t in spec.inputs:
+        shape = [batch if d == "batch" else max_seq if d == "max_seq" else d for d in t.shape]
+        if t.role in ("tokens", "position"):
+            arr = np.full(shape, 5 if t.role == "tokens" else position, np.int64)
+        else:
+            arr = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        values[t.name] = ort.OrtValue.ortvalue_from_numpy(arr)
+    binding = sess.io_binding()
+    for t in spec.inputs:
+        binding.bind_ortvalue_input(t.name, values[t.name])
+    for t in spec.outputs:
+        if t.alias_of:
+            binding.bind_ortvalue_output(t.name, values[t.alias_of])
+        else:
+            binding.bind_output(t.name)
+    return binding
+
+
+def without_local_part(model):
+    """`model` with its G-SWA function's local attention replaced by the global output (y_l := y_g, so
+    y = y_g: the gate's nodes stay, the ring reads and the local attention go). An ablation, not a model."""
+    from onnx import helper
+
+    from ..ops import contract
+
+    fn = next(f for f in model.functions if f.name == contract.OP_NAME and f.domain == contract.OP_DOMAIN)
+    nodes = list(fn.node)
+    attention = [n for n in nodes if n.op_type == "Attention"]
+    glob = next(n for n in attention if len(n.input) == 7)  # the decode body's global part: nonpad_kv_seqlen
+    local = next(n for n in attention if n is not glob)
+    y_g = next(n for n in nodes if n.op_type == "Reshape" and n.input[0] == glob.output[0]).output[0]
+    rest = [n for n in nodes if n is not local]
+    at = max(i for i, n in enumerate(rest) if y_g in n.output) + 1
+    rest.insert(at, helper.make_node("Identity", [y_g], [local.output[0]]))
+    del fn.node[:]
+    fn.node.extend(rest)
+    return model
+
+
+def no_local(plt_export: str, vanilla_export: str, context: int = 96, steps: int = 100) -> None:
+    """PLT's decode step as exported, the same graph with G-SWA's local part removed
+    (`without_local_part`), and vanilla's, batch 1, 1 thread, caches of 256 slots (the K/V capacity
+    a session starts at), interleaved: how much of PLT / vanilla any local-attention kernel could win."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from ..export.manifest import read_manifest
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    graphs, runs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        plt_m = read_manifest(plt_export, verify_hashes=False)
+        ablated = without_local_part(onnx.load(str(plt_m.graph_path("decode"))))
+        onnx.save(ablated, f"{tmp}/no_local.onnx", save_as_external_data=True, location="no_local.onnx.data")
+        van_m = read_manifest(vanilla_export, verify_hashes=False)
+        graphs = {"plt, as exported": (str(plt_m.graph_path("decode")), plt_m),
+                  "plt, local part removed": (f"{tmp}/no_local.onnx", plt_m),
+                  "vanilla": (str(van_m.graph_path("decode")), van_m)}
+        for name, (path, m) in graphs.items():
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            binding = _decode_binding(sess, m.graphs["decode"], 1, 256, context)
+            runs[name] = (lambda s, b: lambda: [s.run_with_iobinding(b) for _ in range(steps)])(sess, binding)
+        got = {k: v / steps for k, v in _interleaved(runs).items()}
+    print(f"| decode graph (batch 1, context {context}, 1 thread) | ms per step | vs vanilla |\n|---|---:|---:|")
+    for k, v in got.items():
+        print(f"| {k} | {v:.3f} | {v / got['vanilla']:.3f} |")
+
+
 if __name__ == "__main__":
     cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read,
-            "capacity": capacity, "nonpad": nonpad, "nbits": nbits}
+            "capacity": capacity, "nonpad": nonpad, "nbits": nbits, "no-local": no_local}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]
     if sys.argv[1] == "profile":
         cmds["profile"](args[0], *map(int, args[1:]))
+    elif sys.argv[1] == "no-local":
+        cmds["no-local"](args[0], args[1], *map(int, args[2:]))
     elif sys.argv[1] == "capacity":
         cmds["capacity"](args[0], args[1], *map(int, args[2:]))
     else:
