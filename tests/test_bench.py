@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -177,3 +178,30 @@ def test_quant_bench_labels_one_copy_per_block_size():
     got = {r["ratio"]: r["value"] for r in ratios(rows)}
     assert got["vanilla int4-b128 speed-up over fp32 (fp32 ms / int4-b128 ms)"] == 4.0
     assert got["plt-2 / vanilla at int4-b128 (ms per step)"] == 1.5
+
+
+def test_micro_no_local_ablation_runs_on_exports(tiny_exports, capsys):
+    """bench.micro no-local: the ablated PLT decode graph loses exactly the local attention (one
+    `Attention` of the G-SWA body), still runs, and differs from the export (its gate is open)."""
+    import onnx
+    import onnxruntime as ort
+
+    from plt_deploy.bench import micro
+    from plt_deploy.export.manifest import read_manifest
+
+    plt_export, vanilla_export = tiny_exports["plt"][1], tiny_exports["vanilla"][1]
+    m = read_manifest(plt_export, verify_hashes=False)
+    model = onnx.load(str(m.graph_path("decode")))
+    before = [n.op_type for f in model.functions for n in f.node].count("Attention")
+    ablated = micro.without_local_part(model)
+    assert [n.op_type for f in ablated.functions for n in f.node].count("Attention") == before - 1 == 1
+    outs = {}
+    for name, proto in (("export", onnx.load(str(m.graph_path("decode")))), ("ablated", ablated)):
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        binding = micro._decode_binding(sess, m.graphs["decode"], 1, 64, 40)
+        sess.run_with_iobinding(binding)
+        outs[name] = binding.copy_outputs_to_cpu()[0]
+    assert np.isfinite(outs["ablated"]).all() and not np.allclose(outs["ablated"], outs["export"])
+    micro.no_local(str(plt_export), str(vanilla_export), context=40, steps=2)
+    table = capsys.readouterr().out
+    assert "| plt, local part removed |" in table and "| vanilla | " in table
