@@ -227,8 +227,11 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
                 piece, _ = decoder.push(int(tokens[0]))
                 if piece:
                     stream(piece)
-        outs = generate(be, [tok.encode(p) for p in prompts], params, pad_id=tok.pad_id,
-                        on_tokens=on_tokens if decoder is not None else None, decode=tok.decode)
+        ids = [tok.encode(p) for p in prompts]
+        step = be.max_batch or len(ids)  # more prompts than an export's --max-batch: run them in batches
+        outs = [o for i in range(0, len(ids), step)
+                for o in generate(be, ids[i:i + step], params, pad_id=tok.pad_id,
+                                  on_tokens=on_tokens if decoder is not None else None, decode=tok.decode)]
         if decoder is not None and (rest := decoder.flush()):
             stream(rest)
     return [visible_text(tok.decode, o, params.stop_strings) for o in outs]

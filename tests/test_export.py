@@ -341,3 +341,15 @@ def test_decode_graph_size_and_step_only_work_once(tmp_path):
     assert "ScatterElements" not in p2 + v2 and v2.count("TensorScatter") == 4
     assert v2.count("Attention") == 2  # vanilla: the same one-node Attention per layer
     assert len(p2) - len(v2) <= 20 + 21 * 2, (len(p2), len(v2))
+
+
+def test_generate_runs_more_prompts_than_max_batch_in_batches(tiny_exports, capsys):
+    """An export's --max-batch (4 here) bounds one batch, not how many prompts `generate` takes."""
+    from plt_deploy.cli import main
+
+    ck, ex = tiny_exports["plt"]
+    prompts = [x for p in ("a", "bc", "def", "g", "hi", "jk") for x in ("--prompt", p)]
+    main(["generate", "--model", str(ck), *prompts, "--max-new-tokens", "6"])
+    torch_text = capsys.readouterr().out
+    main(["generate", "--backend", "onnxruntime", "--model", str(ex), *prompts, "--max-new-tokens", "6", "--threads", "1"])
+    assert capsys.readouterr().out == torch_text and torch_text.count("\n") >= 6

@@ -62,3 +62,11 @@ def test_layout_names_each_wrong_tensor(tmp_path, capsys):
     (folder / "model.safetensors").write_bytes(os.urandom(64))
     code, _, err = run_cli(capsys, "layout", "--model", str(folder))
     assert_one_line_error(code, err, "not a valid safetensors file")
+
+
+def test_layout_of_an_export_folder_says_what_it_takes(tmp_path, capsys):
+    export = tmp_path / "ex"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")  # what makes a folder an export (backends.folders.folder_kind)
+    code, _, err = run_cli(capsys, "layout", "--model", str(export))
+    assert_one_line_error(code, err, "is an export folder; --model takes a checkpoint folder")

@@ -13,30 +13,26 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from test_serve_server import checkpoint, free_port, sse_events  # noqa: E402,F401  (shared fixture)
+from test_serve_server import checkpoint, sse_events  # noqa: E402,F401  (shared fixture)
 
 
 def test_two_replicas_spread_stream_and_shut_down(checkpoint):  # noqa: F811
-    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-c", "from plt_deploy.cli import main; main()", "serve", "--model", str(checkpoint),
-           "--port", str(port), "--max-context", "128", "--slots", "2", "--replicas", "2", "--ray-cpus", "2",
+           "--port", "0", "--max-context", "128", "--slots", "2", "--replicas", "2", "--ray-cpus", "2",
            "--threads", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready, stderr_tail = threading.Event(), []
+    ready, stderr_tail, urls = threading.Event(), [], []
 
-    def read_stdout():  # `serve` prints "ready:" once serve.run returned: every replica RUNNING
-        for line in proc.stdout:
-            if line.startswith("ready:"):
+    def drain_stderr():  # `serve` prints "ready on URL" once serve.run returned: every replica RUNNING.
+        for line in proc.stderr:  # Never let Ray's stderr fill the pipe; keep the end for a failure message.
+            if line.startswith("ready on http://"):
+                urls.append(line.split()[2])
                 ready.set()
-
-    def drain_stderr():  # never let Ray's stderr fill the pipe; keep the end for a failure message
-        for line in proc.stderr:
             stderr_tail[:] = (stderr_tail + [line])[-20:]
 
-    for target in (read_stdout, drain_stderr):
-        threading.Thread(target=target, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
+    threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
+    threading.Thread(target=drain_stderr, daemon=True).start()
     try:
         # Not /health: the proxy answers it as soon as the FIRST replica is up, while the second
         # may still be loading its engine (then every request lands on the first).
@@ -45,6 +41,8 @@ def test_two_replicas_spread_stream_and_shut_down(checkpoint):  # noqa: F811
             pass
         if not ready.is_set():
             pytest.fail(f"Ray Serve did not print ready in 180 s (exit {proc.poll()}): {''.join(stderr_tail)[-2000:]}")
+        url = urls[0]  # --port 0: the ready line names the port the proxy really listens on
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), url
         replicas, texts = set(), set()
         deadline = time.monotonic() + 60
         while len(replicas) < 2 and time.monotonic() < deadline:  # Ray's router picks between the two

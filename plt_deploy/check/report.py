@@ -89,7 +89,7 @@ def run_check(model: str | Path, onnx: str | Path, backends=("onnxruntime",), re
             log(f"check {name}: prefill + {steps} decode steps, batch {batch}, against torch")
             parity = compare_backends(reference, be, steps=steps, batch=batch, dtype=dtype,
                                       prompt_lengths=prompt_lengths)
-            log(f"check {name}: {new_tokens} greedy tokens for {batch} prompts")
+            log(f"check {name}: {new_tokens} greedy tokens for {batch} prompt{'s' if batch != 1 else ''}")
             greedy = compare_greedy(reference, be, greedy_prompts(manifest.config.vocab_size, prompt_lengths),
                                     new_tokens)
         entry = {"parity": parity, "greedy": greedy, "passed": parity["passed"] and greedy["passed"]}

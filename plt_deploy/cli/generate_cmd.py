@@ -31,7 +31,8 @@ def _prompt_text(f) -> str:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
               help="0 = greedy.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sample from the k most likely tokens (0: no top-k cut).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=1.0, show_default=True)
 @seed_option(help="Sampling seed.")
 @click.option("--stop", multiple=True, callback=non_empty, help="Stop when this text appears (not printed; repeatable); EOS always stops.")

@@ -37,8 +37,10 @@ def command(preset, config_path, model, mode, loops, window):
     elif config_path:
         cfg = PLTConfig.from_json(config_path)
     else:
+        from ..backends.folders import require_kind
         from ..checkpoint import load_config
 
+        require_kind(model, "checkpoint", "--model")  # an export folder: say so, not "config.json not found"
         cfg = load_config(model)
     from rich.markup import escape
     from rich.table import Table

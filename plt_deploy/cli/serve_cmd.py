@@ -68,10 +68,10 @@ def command(model, backend, slots, max_context, max_queue, max_step_tokens, pref
 
     require_serve_packages(ray=bool(replicas))  # one line naming the extra, before anything loads
     preflight(backend, model)
-    if not replicas:
+    if not ray_address:  # a local server or Ray proxy: a busy port fails now, in one line; 0 becomes the real one
         from ..serve.deps import claim_port
 
-        port = claim_port(host, port)  # a busy port fails now, in one line; port 0 becomes the real one
+        port = claim_port(host, port)
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
                    max_step_tokens=max_step_tokens, prefix_cache_mb=0 if no_prefix_cache else prefix_cache_mb,
                    host=host, port=port, api_key=api_key, threads=threads,

@@ -13,6 +13,7 @@ Ray's HTTP proxy spreads requests over the replicas; every response names its re
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 from ray import serve
@@ -90,7 +91,9 @@ def run_ray(model: str, replicas: int = 1, max_replicas: int | None = None, ray_
         app = deployment(replicas, max_replicas, engine_options=dict(model_dir=model, **engine_options),
                          settings_options=settings)
         serve.run(app, name="plt", route_prefix="/", blocking=False)
-        print(f"ready: {replicas} replica{'s' if replicas > 1 else ''} on http://{host}:{port}", flush=True)
+        where = f"port {port} of the Ray cluster's HTTP proxies" if ray_address else f"http://{host}:{port}"
+        print(f"ready on {where} ({replicas} Ray Serve replica{'s' if replicas > 1 else ''})", file=sys.stderr,
+              flush=True)
         stop.wait()
     finally:
         serve.shutdown()
