@@ -9,6 +9,7 @@
     python -m plt_deploy.bench.micro nonpad      # ONNX Runtime Attention: nonpad_kv_seqlen 160 vs 2080 in a 2080 cache
     python -m plt_deploy.bench.micro capacity EXPORT_DIR CHECKPOINT [CONTEXT]   # decode vs the session's max_seq
     python -m plt_deploy.bench.micro no-local PLT_EXPORT VANILLA_EXPORT [CONTEXT]   # PLT decode if G-SWA's local part were free
+    python -m plt_deploy.bench.micro bind EXPORT_DIR...   # OrtSession.decode: binding kept vs rebound every step
 
 Everything runs on 1 thread (linear: THREADS), each variant interleaved with the others over several rounds (median
 printed), weights sized like the small preset's (40 matrices of 512x1536 fp32 = 126 MB: out of cache).
@@ -388,14 +389,48 @@ def no_local(plt_export: str, vanilla_export: str, context: int = 96, steps: int
         print(f"| {k} | {v:.3f} | {v / got['vanilla']:.3f} | {nodes[k]} |")
 
 
+def bind(*export_dirs: str, context: int = 96, steps: int = 200) -> None:
+    """OrtSession.decode as it runs (the IO binding made once per K/V layout) against the same session
+    rebinding every input and output each step (what it did before), batch 1, 1 thread, interleaved:
+    the Python cost of binding, which grows with the number of state buffers (PLT: 4 per layer)."""
+    import torch
+
+    from ..backends.ort_backend import OrtBackend
+
+    runs, backends = {}, []
+    for d in export_dirs:
+        be = OrtBackend(d, threads=1)
+        backends.append(be)
+        prompt = torch.randint(3, be.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+        for how in ("bound once", "rebound every step"):
+            s = be.start(1, context + steps + 8)
+            tok = s.prefill(prompt, torch.tensor([context])).argmax(-1)
+
+            def run(s=s, tok=tok, rebind=how != "bound once"):
+                s.lengths.fill_(context)  # every run decodes the same positions, context .. context + steps
+                for _ in range(steps):
+                    if rebind:
+                        s._bound_cap = None
+                    s.decode(tok)
+            runs[f"{Path(d).name}, {how}"] = run
+    got = {k: v / steps for k, v in _interleaved(runs).items()}
+    print(f"| export, decode binding (batch 1, 1 thread) | ms per step |\n|---|---:|")
+    for k, v in got.items():
+        print(f"| {k} | {v:.3f} |")
+    for be in backends:
+        be.close()
+
+
 if __name__ == "__main__":
     cmds = {"linear": linear, "matmul": matmul, "attention": attention, "profile": profile, "kv-read": kv_read,
-            "capacity": capacity, "nonpad": nonpad, "nbits": nbits, "no-local": no_local}
+            "capacity": capacity, "nonpad": nonpad, "nbits": nbits, "no-local": no_local, "bind": bind}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     args = sys.argv[2:]
     if sys.argv[1] == "profile":
         cmds["profile"](args[0], *map(int, args[1:]))
+    elif sys.argv[1] == "bind":
+        cmds["bind"](*args)
     elif sys.argv[1] == "no-local":
         cmds["no-local"](args[0], args[1], *map(int, args[2:]))
     elif sys.argv[1] == "capacity":
