@@ -228,9 +228,10 @@ def generate_text(model: str, prompts: list[str], backend: str = "torch", max_ne
                 if piece:
                     stream(piece)
         ids = [tok.encode(p) for p in prompts]
-        step = be.max_batch or len(ids)  # more prompts than an export's --max-batch: run them in batches
-        outs = [o for i in range(0, len(ids), step)
-                for o in generate(be, ids[i:i + step], params, pad_id=tok.pad_id,
+        step = be.max_batch or max(1, len(ids))  # more prompts than an export's --max-batch: in batches
+        batches = [ids[i:i + step] for i in range(0, len(ids), step)] or [ids]  # none: generate refuses it
+        outs = [o for part in batches
+                for o in generate(be, part, params, pad_id=tok.pad_id,
                                   on_tokens=on_tokens if decoder is not None else None, decode=tok.decode)]
         if decoder is not None and (rest := decoder.flush()):
             stream(rest)

@@ -81,3 +81,37 @@ def test_a_ctrl_c_after_the_command_finished_does_not_fail_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 0 and "interrupted" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--ray-address", "auto"], "--ray-address goes with --replicas N"),
+    (["--max-replicas", "4", "--ray-cpus", "2"], "--max-replicas, --ray-cpus go with --replicas N"),
+    (["--replicas", "2", "--ray-address", "auto", "--port", "0"], "0 cannot name a port on a Ray cluster's nodes"),
+])
+def test_serve_ray_options_without_their_context_are_usage_errors(tiny_exports, capsys, args, needle):
+    """Ray options were ignored without --replicas (a single-process server started); --port 0 cannot
+    be resolved for a cluster's proxies. Usage errors, before anything loads."""
+    pytest.importorskip("fastapi")
+    code, _, err = run_cli(capsys, "serve", "--model", str(tiny_exports["plt"][0]), *args)
+    assert code == 2 and needle in err, err
+
+
+def test_decode_takes_one_token_per_row_and_generate_needs_prompts(tiny_exports):
+    """A session of 2 rows given 1 token: ONNX Runtime broadcast it to both rows once the binding was
+    kept across steps; now every backend refuses it. generate_text with no prompt is an InputError."""
+    import torch
+
+    from plt_deploy.backends.ort_backend import OrtBackend
+    from plt_deploy.backends.torch_backend import load
+    from plt_deploy.errors import InputError
+    from plt_deploy.generate import generate_text
+
+    ck, ex = tiny_exports["plt"]
+    for be in (OrtBackend(ex, threads=1), load(ck, threads=1)):
+        s = be.start(2, 16)
+        tok = s.prefill(torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.tensor([3, 3])).argmax(-1)
+        s.decode(tok)
+        with pytest.raises(InputError, match=r"one token per row, \[2\]; got shape \[1\]"):
+            s.decode(tok[:1])
+    with pytest.raises(InputError):
+        generate_text(str(ck), [], "torch", max_new_tokens=2)

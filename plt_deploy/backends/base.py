@@ -150,6 +150,8 @@ class DecoderSession(ABC):
         ring slot at their next position, which their next extend overwrites before reading, and their
         carry and length are put back as they were."""
         self.check_decode(self.prefilled)
+        if tuple(tokens.shape) != (self.batch,):  # ONNX Runtime would broadcast one token to every row
+            raise InputError(f"decode takes one token per row, [{self.batch}]; got shape {list(tokens.shape)}")
         self._reserve(int(self.lengths.max()) + 1)
         saved = self._hold(hold) if hold else None
         logits = self._decode(tokens)

@@ -132,14 +132,19 @@ class OrtSession(DecoderSession):
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One decode step. The binding is made once per K/V layout (`_bind_decode`): a step copies the
-        tokens and positions into the bound host buffers and rebinds only the carry, whose output goes
-        to the spare buffer swapped in afterwards. Binding everything every step cost about 0.4 ms per
+        tokens and positions into the bound host buffers (on CUDA: binds them anew, as ONNX Runtime
+        copies a host input to the device when it is bound) and rebinds only the carry, whose output
+        goes to the spare buffer swapped in afterwards. Binding everything every step cost about 0.4 ms per
         step, vanilla and PLT alike (`python -m plt_deploy.bench.micro bind EXPORT`)."""
         b = self._binding
         if self._bound_cap != self._capacity.cap:  # first step, or the K/V were laid out anew
             self._bind_decode()
-        self._step_tokens.copy_(tokens)
-        self._step_pos.copy_(self._lengths)
+        if self.device == "cpu":  # the CPU provider reads the bound host buffers themselves
+            self._step_tokens.copy_(tokens)
+            self._step_pos.copy_(self._lengths)
+        else:  # a device provider copies host inputs when they are bound: bind this step's values
+            for name, role in self._host_inputs:
+                b.bind_cpu_input(name, (tokens if role == "tokens" else self._lengths).numpy().astype(np.int64))
         for name, past, output in self._carry_io:
             self._bind(b, name, self._spare[past] if output else self._bufs[past], output=output)
         self.be.sessions["decode"].run_with_iobinding(b)
@@ -156,7 +161,8 @@ class OrtSession(DecoderSession):
         b.clear_binding_outputs()
         self._step_tokens = torch.zeros(self.batch, dtype=torch.int64)
         self._step_pos = torch.zeros(self.batch, dtype=torch.int64)
-        self._carry_io = []
+        self._carry_io, self._host_inputs = [], [(t.name, t.role) for t in spec.inputs
+                                                   if t.role in ("tokens", "position")]
         for t in spec.inputs:
             if t.role in ("tokens", "position"):
                 buf = self._step_tokens if t.role == "tokens" else self._step_pos

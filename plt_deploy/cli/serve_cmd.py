@@ -66,10 +66,17 @@ def command(model, backend, slots, max_context, max_queue, max_step_tokens, pref
     from ..backends.folders import preflight
     from ..serve.deps import require_serve_packages
 
+    ray_only = [f for f, v in (("--max-replicas", max_replicas), ("--ray-address", ray_address),
+                               ("--ray-cpus", ray_cpus)) if v is not None]
+    if ray_only and not replicas:  # they would be ignored: the single-process server has no Ray
+        raise click.UsageError(f"{', '.join(ray_only)} go{'es' if len(ray_only) == 1 else ''} with --replicas N")
     require_serve_packages(ray=bool(replicas))  # one line naming the extra, before anything loads
     preflight(backend, model)
-    if not ray_address:  # a local server or Ray proxy: a busy port fails now, in one line; 0 becomes the real one
-        from ..serve.deps import claim_port
+    if replicas and ray_address:  # the proxies run on the cluster's nodes: their port cannot be checked here
+        if port == 0:
+            raise click.BadParameter("0 cannot name a port on a Ray cluster's nodes; give one", param_hint="--port")
+    else:  # this machine listens (the single server, or a local Ray's proxy): a busy port fails now, in
+        from ..serve.deps import claim_port  # one line; 0 becomes the real port
 
         port = claim_port(host, port)
     options = dict(model=model, backend=backend, slots=slots, max_context=max_context, max_queue=max_queue,
