@@ -75,6 +75,13 @@ class OrtSession(DecoderSession):
         self._lengths = torch.zeros(batch, dtype=torch.int64)
         self._binding = backend.sessions["decode"].io_binding()
         self._bound_cap = None  # the K/V capacity the decode binding was made for (_bind_decode)
+        # Host buffers the binding reads tokens and positions from, and what a step rebinds: the
+        # carry, (graph name, state input, is output), since its new-tensor output swaps buffers.
+        self._step_in = {t.name: torch.zeros(batch, dtype=torch.int64) for t in spec.inputs
+                         if t.role in ("tokens", "position")}
+        self._host_roles = {t.name: t.role for t in spec.inputs if t.name in self._step_in}
+        self._carry_io = [(t.name, t.name, False) for t in spec.inputs if t.name in self._spare]
+        self._carry_io += [(t.name, t.alias_of, True) for t in spec.outputs if t.alias_of in self._spare]
         self._prefill_binding = backend.sessions["prefill"].io_binding()
 
     @property
@@ -139,12 +146,12 @@ class OrtSession(DecoderSession):
         b = self._binding
         if self._bound_cap != self._capacity.cap:  # first step, or the K/V were laid out anew
             self._bind_decode()
-        if self.device == "cpu":  # the CPU provider reads the bound host buffers themselves
-            self._step_tokens.copy_(tokens)
-            self._step_pos.copy_(self._lengths)
-        else:  # a device provider copies host inputs when they are bound: bind this step's values
-            for name, role in self._host_inputs:
-                b.bind_cpu_input(name, (tokens if role == "tokens" else self._lengths).numpy().astype(np.int64))
+        for name, role in self._host_roles.items():
+            value = tokens if role == "tokens" else self._lengths
+            if self.device == "cpu":  # the CPU provider reads the bound host buffer itself
+                self._step_in[name].copy_(value)
+            else:  # a device provider copies a host input when it is bound: bind this step's values
+                b.bind_cpu_input(name, value.numpy().astype(np.int64))
         for name, past, output in self._carry_io:
             self._bind(b, name, self._spare[past] if output else self._bufs[past], output=output)
         self.be.sessions["decode"].run_with_iobinding(b)
@@ -153,31 +160,22 @@ class OrtSession(DecoderSession):
         return self._logits.to("cpu", torch.float32, copy=True)  # the caller's own copy: the buffer is rewritten
 
     def _bind_decode(self) -> None:
-        """Bind every decode input and output: host buffers for tokens and positions, the state buffers
-        (in place: the output is its input's memory), the logits. `_carry_io` lists what is rebound
-        each step, (graph name, state input, is output): a new-tensor output swaps its buffers."""
-        spec, b = self._spec, self._binding
+        """Bind every decode input and output: the host buffers for tokens and positions, the state
+        buffers (in place: the output is its input's memory; the carry's output its spare), the logits."""
+        b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
-        self._step_tokens = torch.zeros(self.batch, dtype=torch.int64)
-        self._step_pos = torch.zeros(self.batch, dtype=torch.int64)
-        self._carry_io, self._host_inputs = [], [(t.name, t.role) for t in spec.inputs
-                                                   if t.role in ("tokens", "position")]
-        for t in spec.inputs:
-            if t.role in ("tokens", "position"):
-                buf = self._step_tokens if t.role == "tokens" else self._step_pos
+        for t in self._spec.inputs:
+            if t.name in self._step_in:
+                buf = self._step_in[t.name]
                 b.bind_input(t.name, "cpu", 0, np.int64, list(buf.shape), buf.data_ptr())
             else:
                 self._bind(b, t.name, self._bufs[t.name], output=False)
-                if t.name in self._spare:
-                    self._carry_io.append((t.name, t.name, False))
-        for t in spec.outputs:
+        for t in self._spec.outputs:
             if t.role == "logits":
                 self._bind(b, t.name, self._logits, output=True)
-            elif t.in_place:
-                self._bind(b, t.name, self._bufs[t.alias_of], output=True)
             else:
-                self._carry_io.append((t.name, t.alias_of, True))
+                self._bind(b, t.name, self._bufs[t.alias_of] if t.in_place else self._spare[t.alias_of], output=True)
         self._bound_cap = self._capacity.cap
 
     def cache_arrays(self) -> dict[str, np.ndarray]:
